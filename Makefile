@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh clone:
+#   make reproduce   run every notebook in order (executed copies in build/, results in data/results/)
+#   make test        run the whole test suite (notebooks at smoke parameters included)
+# Both create .venv/ if it is missing and install the project into it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.vitprune-installed
+KERNEL := vitprune-lite
+
+.PHONY: setup reproduce test lab train bench clean-build
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,test]"
+	# A one-line .pth file makes a bare `import timm` work in this environment too (see vitprune_lite/compat.py).
+	echo "import vitprune_lite.compat" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vitprune_lite_compat.pth"
+	# The notebooks' kernel lives inside the environment: papermill and JupyterLab find it with no global set-up.
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (vitprune_lite)" > /dev/null
+	touch $(STAMP)
+
+reproduce: setup
+	$(PY) -m vitprune_lite reproduce
+
+test: setup
+	$(PY) -m pytest
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# Rebuild the shipped base-model checkpoint (data/base_vit.safetensors) from scratch.
+train: setup
+	$(PY) -m vitprune_lite train
+
+bench: setup
+	$(PY) -m vitprune_lite.benchmarks.surgery_speedup
+
+clean-build:
+	rm -rf build/

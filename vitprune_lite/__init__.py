@@ -1,0 +1,25 @@
+"""vitprune_lite: a small, reproducible companion to three papers on pruning Vision Transformers.
+
+- TAP-ViTs (arXiv 2601.02437): devices upload a Gaussian mixture of their private features; the
+  cloud selects matching public images and prunes a model per device and budget.
+- ToaSt (arXiv 2602.15720): coupled Q/K and V/O dimension pruning inside heads, plus Token
+  Channel Selection in the feed-forward network.
+- Pruning One More Token (arXiv 2407.05941): latency-aware, training-free token pruning, with
+  Token Merging and Top-K as baselines.
+
+Modules, one concept each:
+
+- ``compat``   keeps ``import timm`` working when torchvision's compiled ops cannot load.
+- ``paths``    where data, figures and results live; atomic writes.
+- ``data``     the embedded synthetic benchmark (public pool + private device tasks) and loaders
+               for real image folders and scikit-learn's digits.
+- ``models``   the base ViT: config, training, safetensors checkpoints, timm names.
+- ``surgery``  the one mechanism that physically removes heads, head dimensions and channels.
+- ``measure``  FLOPs, parameters, memory, latency and accuracy, used by every notebook.
+
+Submodules are imported explicitly (``from vitprune_lite import surgery``), so importing the
+package itself stays cheap.
+"""
+from . import compat as _compat  # noqa: F401  (installs the torchvision work-around)
+
+__version__ = "0.1.0"
