@@ -3,7 +3,9 @@
 Paths resolve from the package's location, never from the working directory, so a notebook
 behaves the same when stepped through from ``notebooks/`` in JupyterLab and when papermill runs
 it from the repository root. ``VITPRUNE_ROOT`` overrides the root (for an installed, non-editable
-copy, or to send outputs elsewhere).
+copy). ``VITPRUNE_OUT`` sends what the notebooks *write* (results, figures, executed copies)
+elsewhere while inputs (checkpoint, data cache) still come from the root: the tests use it so a
+smoke run never overwrites the committed results.
 """
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ def root() -> Path:
     return Path(env).resolve() if env else Path(__file__).resolve().parent.parent
 
 
+def out_root() -> Path:
+    """Root of everything the notebooks write: ``$VITPRUNE_OUT`` if set, else :func:`root`."""
+    env = os.environ.get("VITPRUNE_OUT")
+    return Path(env).resolve() if env else root()
+
+
 def data_dir() -> Path:
     """``data/``: shipped checkpoint, generated-data cache, results and latency curves."""
     return root() / "data"
@@ -31,18 +39,18 @@ def cache_dir() -> Path:
 
 
 def results_dir() -> Path:
-    """``data/results/``: one JSON file per notebook."""
-    return data_dir() / "results"
+    """``data/results/``: one JSON file per notebook (under :func:`out_root`)."""
+    return out_root() / "data" / "results"
 
 
 def figures_dir() -> Path:
-    """``figures/``: PNG figures written by the notebooks."""
-    return root() / "figures"
+    """``figures/``: PNG figures written by the notebooks (under :func:`out_root`)."""
+    return out_root() / "figures"
 
 
 def build_dir() -> Path:
-    """``build/``: executed notebooks and HTML exports (git-ignored)."""
-    return root() / "build"
+    """``build/``: executed notebooks and HTML exports (git-ignored; under :func:`out_root`)."""
+    return out_root() / "build"
 
 
 def _atomic_replace(path: Path, write) -> Path:

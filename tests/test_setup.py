@@ -1,0 +1,109 @@
+"""Set-up: one dependency list, the torchvision work-around, paths independent of the cwd."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from vitprune_lite import paths, reproduce
+
+ROOT = Path(__file__).resolve().parent.parent
+# Conda spells a few packages differently from PyPI.
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    py = {_name(r) for r in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        py |= {_name(r) for r in extra}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            conda |= {_name(r) for r in dep["pip"] if not r.startswith("-e")}
+        else:
+            name = _name(dep)
+            if name not in ("python", "pip"):
+                conda.add(CONDA_TO_PYPI.get(name, name))
+    assert conda == py
+
+
+def test_constraints_pin_torch():
+    pins = (ROOT / "constraints.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0$", pins, re.M)
+
+
+def test_bare_import_timm_works_in_a_fresh_interpreter():
+    # What a user types first in the project's kernel; the .pth file installs the work-around.
+    out = subprocess.run([sys.executable, "-c", "import timm, torchvision; print(timm.__version__)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_compat_stubs_only_when_ops_are_missing():
+    code = ("import vitprune_lite, torchvision, torch\n"
+            "from vitprune_lite import compat\n"
+            "print(compat.torchvision_was_stubbed(), compat.torchvision_ops_available())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    stubbed, ops = out.stdout.split()
+    # Either torchvision's ops loaded and nothing was replaced, or they are missing and were.
+    assert (stubbed, ops) in {("False", "True"), ("True", "False")}
+
+
+def test_paths_do_not_depend_on_cwd(tmp_path, monkeypatch):
+    before = paths.results_dir()
+    monkeypatch.chdir(tmp_path)
+    assert paths.results_dir() == before == ROOT / "data" / "results"
+    monkeypatch.setenv("VITPRUNE_ROOT", str(tmp_path))
+    assert paths.figures_dir() == tmp_path / "figures"
+
+
+def test_atomic_json_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "r.json"
+    paths.write_json_atomic(target, {"a": 1})
+    with pytest.raises(ValueError):
+        paths.write_json_atomic(target, {"a": float("nan")})
+    assert paths.read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_notebooks_are_numbered_and_clean():
+    import json
+
+    nbs = reproduce.notebooks()
+    assert nbs and nbs[0].name.startswith("00_")
+    for nb in nbs:
+        cells = json.loads(nb.read_text())["cells"]
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert "parameters" in code[0].get("metadata", {}).get("tags", []), f"{nb.name}: first code cell must be tagged parameters"
+        assert all(not c.get("outputs") and not c.get("execution_count") for c in code), f"{nb.name} carries outputs"
+
+
+@pytest.mark.parametrize("text, expected", [("SEED=1", ("SEED", 1)), ("SMOKE=True", ("SMOKE", True)),
+                                            ("DEVICE=cpu", ("DEVICE", "cpu")), ("B=[1, 32]", ("B", [1, 32]))])
+def test_parse_param(text, expected):
+    assert reproduce.parse_param(text) == expected
+
+
+def test_parse_param_refuses_garbage():
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        reproduce.parse_param("no-equals-sign")
+
+
+def test_cli_refuses_unknown_notebook(capsys):
+    from vitprune_lite.__main__ import main
+
+    assert main(["reproduce", "--only", "99"]) == 1
+    assert "no notebook numbered" in capsys.readouterr().err

@@ -1,0 +1,49 @@
+"""Command line: ``python -m vitprune_lite {reproduce,train}``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitprune_lite", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    rep = sub.add_parser("reproduce", help="run the notebooks in order with papermill")
+    rep.add_argument("--smoke", action="store_true", help="small sizes (what the tests run)")
+    rep.add_argument("--only", nargs="+", default=(), metavar="NN", help="notebook numbers, e.g. 00 03")
+    rep.add_argument("-p", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                     help="parameter passed to every notebook (repeatable)")
+
+    tr = sub.add_parser("train", help="retrain the base model and rewrite data/base_vit.safetensors")
+    tr.add_argument("--epochs", type=int, default=None, help="override the default epoch count")
+    tr.add_argument("--out", default=None, help="checkpoint path (default data/base_vit.safetensors)")
+
+    args = parser.parse_args(argv)
+    if args.cmd == "reproduce":
+        from .reproduce import NotebookFailed, parse_param, reproduce
+
+        try:
+            params = dict(parse_param(p) for p in args.params)
+            reproduce(only=args.only, smoke=args.smoke, parameters=params)
+        except (NotebookFailed, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    if args.cmd == "train":
+        import dataclasses
+
+        from . import models, paths
+
+        tcfg = models.TrainConfig()
+        if args.epochs is not None:
+            tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
+        model, meta = models.train_base_model(tcfg=tcfg)
+        out = models.save_checkpoint(model, args.out or paths.data_dir() / models.BASE_CHECKPOINT, meta)
+        print(f"wrote {out}: " + ", ".join(f"{k} {v:.3f}" for k, v in meta["accuracy"].items()))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Run the notebooks in order with papermill: the whole reproduction, headless.
+
+Executed copies go to ``build/notebooks/`` (git-ignored); the notebooks themselves write their
+results to ``data/results/`` and figures to ``figures/``. A notebook's executed copy appears only
+once it has run to the end; a failure stops the run and names the notebook and the cell.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import paths
+
+KERNEL = "vitprune-lite"
+
+
+def notebooks() -> list[Path]:
+    """The numbered notebooks (``notebooks/NN_*.ipynb``) in reading order."""
+    return sorted((paths.root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` -> ``(NAME, value)``; VALUE is a Python literal, else kept as a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise ValueError(f"parameter {text!r} must look like NAME=VALUE, e.g. SEED=1 or DEVICE=cpu")
+    try:
+        return name, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return name, raw
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook and the failing cell."""
+
+
+def run_notebook(nb: Path, parameters: Mapping[str, Any] | None = None, cwd: Path | None = None,
+                 out_dir: Path | None = None, kernel: str = KERNEL) -> Path:
+    """Execute one notebook with papermill; return the executed copy's path.
+
+    Args:
+        nb: the notebook.
+        parameters: overrides injected after the cell tagged ``parameters``.
+        cwd: working directory of the kernel (default: the repository root).
+        out_dir: where the executed copy goes (default ``build/notebooks``).
+    """
+    import papermill as pm
+
+    out_dir = Path(out_dir or paths.build_dir() / "notebooks")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / nb.name
+    partial = out_dir / f".{nb.stem}.partial.ipynb"
+    try:
+        pm.execute_notebook(str(nb), str(partial), parameters=dict(parameters or {}), kernel_name=kernel,
+                            cwd=str(cwd or paths.root()), progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as err:
+        failed = out_dir / f"{nb.stem}.failed.ipynb"
+        os.replace(partial, failed)
+        raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count} ({err.ename}: {err.evalue}); "
+                             f"the executed copy up to the failure is {failed}") from None
+    os.replace(partial, final)
+    return final
+
+
+def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping[str, Any] | None = None,
+              kernel: str = KERNEL) -> list[Path]:
+    """Run the numbered notebooks in order (or those whose number is in ``only``).
+
+    Args:
+        only: notebook numbers to run, e.g. ``["00", "03"]``; empty runs all.
+        smoke: pass ``SMOKE=True`` to every notebook (small sizes, for tests).
+        parameters: further overrides passed to every notebook.
+    """
+    todo = notebooks()
+    if only:
+        wanted = {o.zfill(2) for o in only}
+        unknown = wanted - {p.name[:2] for p in todo}
+        if unknown:
+            raise ValueError(f"no notebook numbered {sorted(unknown)}; have {[p.name[:2] for p in todo]}")
+        todo = [p for p in todo if p.name[:2] in wanted]
+    params = dict(parameters or {})
+    if smoke:
+        params["SMOKE"] = True
+    done, t_all = [], time.perf_counter()
+    for i, nb in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        print(f"[{i}/{len(todo)}] {nb.name} ...", flush=True)
+        done.append(run_notebook(nb, params, kernel=kernel))
+        print(f"[{i}/{len(todo)}] {nb.name} done in {time.perf_counter() - t0:.0f} s "
+              f"(elapsed {time.perf_counter() - t_all:.0f} s)", flush=True)
+    return done
