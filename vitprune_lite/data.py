@@ -9,7 +9,7 @@ Design:
 
 - **Classes** (12) are shapes - disk, ring, square, triangle, plus, cross, horizontal and
   vertical stripes, checkerboard, diamond, two dots, half-disk - drawn at a random position,
-  scale and slight rotation, with random foreground/background colours, so colour is never a
+  scale and slight rotation, bright on a dark background in random hues, so colour is never a
   cue and the class lives in the shape.
 - **Styles** (5) are the "domains" a camera adds: ``clean``, ``lowlight`` (dark and grainy),
   ``noise`` (strong sensor noise), ``blur`` (defocus) and ``colorshift`` (swapped, tinted
@@ -245,8 +245,10 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
     scale = rng.uniform(0.55, 0.85, size=n)
     theta = rng.uniform(-0.26, 0.26, size=n)  # +-15 degrees keeps square and diamond apart
     freq = rng.uniform(7.0, 11.0, size=n)
-    bg = rng.uniform(0, 1, size=(n, 3))
-    fg = np.clip(1 - bg + rng.normal(0, 0.12, size=(n, 3)), 0, 1)
+    # Dark background, bright foreground, random hues: colour says nothing about the class,
+    # while the shape stays a clear light/dark pattern for the camera styles to degrade.
+    bg = rng.uniform(0.0, 0.35, size=(n, 3))
+    fg = rng.uniform(0.65, 1.0, size=(n, 3))
     texture = rng.normal(0, 0.04, size=(n, size, size, 1))
 
     out = np.empty((n, size, size, 3), dtype=np.float64)

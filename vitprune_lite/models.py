@@ -2,7 +2,8 @@
 
 The base model is a plain timm ``VisionTransformer`` (so every timm-aware tool, ToMe-style
 patches included, applies unchanged), sized for a 2-core CPU: 32 x 32 images, 4 x 4 patches
-(64 patch tokens + CLS), width 192, 6 blocks of 6 heads (head width 32), MLP ratio 4.
+(64 patch tokens + CLS), width 128, 6 blocks of 4 heads (head width 32), MLP ratio 4
+(1.2 M parameters; it trains in about 20 minutes on 2 cores).
 
 Checkpoints are safetensors (no pickle) with a JSON metadata file beside them: model config,
 seed, data generator version, accuracies, training time and the weights' sha256. Loading checks
@@ -41,10 +42,10 @@ class ViTConfig:
 
     img_size: int = 32       # pixels per side
     patch_size: int = 4      # 8 x 8 = 64 patch tokens, plus CLS
-    embed_dim: int = 192     # token width
+    embed_dim: int = 128     # token width
     depth: int = 6           # transformer blocks
-    num_heads: int = 6       # head width 32
-    mlp_ratio: float = 4.0   # MLP hidden width 768
+    num_heads: int = 4       # head width 32
+    mlp_ratio: float = 4.0   # MLP hidden width 512
     num_classes: int = 12    # the benchmark's classes
     qkv_bias: bool = True
     global_pool: str = "token"  # classify from CLS: the token methods rely on it
@@ -54,11 +55,11 @@ class ViTConfig:
 class TrainConfig:
     """How the base model is trained (defaults: the shipped checkpoint)."""
 
-    epochs: int = 12
+    epochs: int = 15
     batch_size: int = 128
     lr: float = 1e-3            # AdamW peak learning rate
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0
+    warmup_epochs: float = 0.5  # linear warm-up, then cosine decay to 0
     label_smoothing: float = 0.1
     seed: int = 0
     threads: int = 2            # torch CPU threads (the reference machine has 2 cores)
