@@ -177,7 +177,7 @@ def train_base_model(cfg: ViTConfig = ViTConfig(), tcfg: TrainConfig = TrainConf
         ``(model, metadata)``; metadata holds configs, history, accuracies and seconds.
     """
     from . import data
-    from .measure import accuracy
+    from .measure import accuracy, environment
 
     threads = torch.get_num_threads()
     torch.set_num_threads(tcfg.threads)
@@ -204,6 +204,7 @@ def train_base_model(cfg: ViTConfig = ViTConfig(), tcfg: TrainConfig = TrainConf
         "train_seconds": round(hist["seconds"], 1),
         "val_curve": hist["val_acc"],
         "final_loss": float(np.mean(hist["loss"][-20:])),
+        "environment": environment(),
     }
     return model, meta
 
