@@ -63,6 +63,8 @@ def test_compat_stubs_only_when_ops_are_missing():
 
 
 def test_paths_do_not_depend_on_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("VITPRUNE_OUT", raising=False)
+    monkeypatch.delenv("VITPRUNE_ROOT", raising=False)
     before = paths.results_dir()
     monkeypatch.chdir(tmp_path)
     assert paths.results_dir() == before == ROOT / "data" / "results"

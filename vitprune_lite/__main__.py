@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitprune_lite {reproduce,train}``."""
+"""Command line: ``python -m vitprune_lite {reproduce,html,train}``."""
 from __future__ import annotations
 
 import argparse
@@ -15,20 +15,36 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-p", dest="params", action="append", default=[], metavar="NAME=VALUE",
                      help="parameter passed to every notebook (repeatable)")
 
+    rep.add_argument("--no-html", action="store_true", help="skip the HTML export of the executed notebooks")
+
+    web = sub.add_parser("html", help="export executed notebooks (build/notebooks) to build/html with an index")
+    web.add_argument("--screenshot", action="store_true", help="also render index.html in headless Chromium")
+
     tr = sub.add_parser("train", help="retrain the base model and rewrite data/base_vit.safetensors")
     tr.add_argument("--epochs", type=int, default=None, help="override the default epoch count")
     tr.add_argument("--out", default=None, help="checkpoint path (default data/base_vit.safetensors)")
 
     args = parser.parse_args(argv)
     if args.cmd == "reproduce":
-        from .reproduce import NotebookFailed, parse_param, reproduce
+        from .reproduce import NotebookFailed, export_html, parse_param, reproduce
 
         try:
             params = dict(parse_param(p) for p in args.params)
-            reproduce(only=args.only, smoke=args.smoke, parameters=params)
+            done = reproduce(only=args.only, smoke=args.smoke, parameters=params)
         except (NotebookFailed, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
+        if not args.no_html:
+            print(f"HTML: {export_html(done)}")
+        return 0
+    if args.cmd == "html":
+        from . import paths
+        from .reproduce import export_html, screenshot
+
+        index = export_html()
+        print(f"wrote {index}")
+        if args.screenshot:
+            print(f"screenshot: {screenshot(index, paths.build_dir() / 'html' / 'index.png')}")
         return 0
     if args.cmd == "train":
         import dataclasses

@@ -92,3 +92,74 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
         print(f"[{i}/{len(todo)}] {nb.name} done in {time.perf_counter() - t0:.0f} s "
               f"(elapsed {time.perf_counter() - t_all:.0f} s)", flush=True)
     return done
+
+
+def export_html(executed: Sequence[Path] | None = None, out_dir: Path | None = None) -> Path:
+    """Export executed notebooks to HTML for teaching, plus an ``index.html`` linking them and the figures.
+
+    Args:
+        executed: executed notebooks (default: every ``build/notebooks/NN_*.ipynb``).
+        out_dir: where the pages go (default ``build/html``).
+
+    Returns:
+        The path of ``index.html``.
+    """
+    import html
+    import shutil
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    executed = sorted(executed or (paths.build_dir() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not executed:
+        raise FileNotFoundError("no executed notebooks in build/notebooks; run `make reproduce` first")
+    out_dir = Path(out_dir or paths.build_dir() / "html")
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter()
+    items = []
+    for nb_path in executed:
+        body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+        page = out_dir / f"{nb_path.stem}.html"
+        paths.write_bytes_atomic(page, body.encode())
+        items.append(f'<li><a href="{page.name}">{html.escape(nb_path.stem)}</a></li>')
+    figs = []
+    for fig in sorted(paths.figures_dir().glob("*.png")):
+        shutil.copyfile(fig, out_dir / "figures" / fig.name)
+        figs.append(f'<figure><img src="figures/{fig.name}" alt="{fig.stem}"><figcaption>{fig.stem}</figcaption></figure>')
+    index = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>vitprune_lite notebooks</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+figure{{display:inline-block;margin:.5em;vertical-align:top}} img{{max-width:520px;border:1px solid #ddd}}
+figcaption{{font-size:.8em;color:#555}}</style></head>
+<body><h1>vitprune_lite: executed notebooks</h1>
+<p>Pruning Vision Transformers for edge devices: TAP-ViTs, ToaSt and Pruning One More Token,
+reproduced on an embedded benchmark.</p>
+<h2>Notebooks</h2><ol>{''.join(items)}</ol>
+<h2>Figures</h2>{''.join(figs)}
+</body></html>
+"""
+    return paths.write_bytes_atomic(out_dir / "index.html", index.encode())
+
+
+def screenshot(page: Path, png: Path, width: int = 1200, height: int = 1600, timeout: float = 60) -> Path:
+    """Render ``page`` in headless Chromium and save a PNG screenshot (to check the HTML as a reader would).
+
+    Raises:
+        FileNotFoundError: no Chromium on PATH (Debian: ``apt-get install chromium``).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        raise FileNotFoundError("no Chromium found on PATH; install it (Debian: apt-get install chromium)")
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                        f"--screenshot={png}", Path(page).resolve().as_uri()],
+                       check=True, capture_output=True, timeout=timeout)
+    return png
