@@ -1,0 +1,80 @@
+"""Notebook 01 at smoke parameters: results JSON, selected index sets, figures."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import run_smoke
+from vitprune_lite import gmm
+
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
+
+DEVICES = {"night_cam", "drone", "factory", "phone"}
+SPACES = {"vit_cls", "pixel_stats", "combined"}
+
+
+@pytest.fixture(scope="module")
+def nb01(nb_out):
+    return run_smoke("01_", nb_out)
+
+
+def test_01_results(nb01):
+    res = nb01
+    assert res["smoke"] is True and res["seed"] == 0
+    assert res["environment"]["threads"] >= 1
+    params = res["parameters"]
+    assert set(params["feature_spaces"]) == SPACES and params["default_feature_space"] == "combined"
+    assert set(res["devices"]) == DEVICES
+    for d, dev in res["devices"].items():
+        assert set(dev["spaces"]) == SPACES
+        for name, e in dev["spaces"].items():
+            assert 2 <= e["k"] <= 10 and str(e["k"]) in e["bic"]
+            assert min(e["bic"].values()) == e["bic"][str(e["k"])]
+            assert e["capacity_ratio"] <= gmm.MAX_PARAM_RATIO
+            assert 0 < e["upload_bytes"] < e["raw_bytes"] / 10
+            assert e["raw_bytes"] == dev["n_train"] * 32 * 32 * 3
+            for group in ("precision", "random_precision"):
+                for s in ("metric", "finetune"):
+                    assert set(e[group][s]) == {"class", "style", "both"}
+                    assert all(0 <= v <= 1 for v in e[group][s].values())
+            assert 0 <= e["membership_auc"] <= 1
+            assert 0 <= e["nearest_record"]["closer_to_members"] <= 1
+            for ev in SPACES:
+                for metric in ("mmd2", "frechet"):
+                    assert set(e["distance"][ev][metric]) == {"selected", "selected_finetune", "random", "oracle"}
+                    assert all(math.isfinite(v) for v in e["distance"][ev][metric].values())
+            assert 0 <= e["class_balance"]["metric"]["min_share"] <= 1
+            covs = {r["covariance_type"] for r in e["membership_sweep"]}
+            assert covs == {"diag", "full"}
+
+
+def test_01_selection_beats_random(nb01):
+    for d, dev in nb01["devices"].items():
+        for name, e in dev["spaces"].items():
+            for s in ("metric", "finetune"):
+                for what in ("class", "both"):
+                    assert e["precision"][s][what] > e["random_precision"][s][what], (d, name, s, what)
+        # The default space must also find the device's camera styles.
+        e = dev["spaces"][nb01["parameters"]["default_feature_space"]]
+        assert e["precision"]["metric"]["style"] > e["random_precision"]["metric"]["style"], d
+
+
+def test_01_selected_sets_file(nb01, nb_out):
+    sets = gmm.load_selected_sets(nb_out / "data" / "results" / gmm.SELECTED_SETS)
+    assert str(sets["default_feature_space"]) == "combined"
+    n_metric, n_finetune = nb01["parameters"]["n_metric"], nb01["parameters"]["n_finetune"]
+    pool_n = nb01["pool"]["n"]
+    for d in DEVICES:
+        for source in SPACES | {"random"}:
+            metric, finetune = sets[f"{d}/{source}/metric"], sets[f"{d}/{source}/finetune"]
+            assert metric.dtype == np.int64 and len(metric) == n_metric and len(finetune) == min(n_finetune, pool_n)
+            np.testing.assert_array_equal(finetune[:n_metric], metric)
+            assert len(np.unique(finetune)) == len(finetune) and 0 <= finetune.min() and finetune.max() < pool_n
+    assert len(sets) == 1 + len(DEVICES) * len(SPACES | {"random"}) * 2
+
+
+def test_01_figures(nb01, nb_out):
+    for fig in ("01_bic", "01_samples_vs_private", "01_top_bottom", "01_selection_quality", "01_membership"):
+        assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000
