@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vitprune-installed
 KERNEL := vitprune-lite
 
-.PHONY: setup reproduce test lab train bench clean-build
+.PHONY: setup reproduce test lab train bench clean-build report
 
 setup: $(STAMP)
 
@@ -41,3 +41,7 @@ bench: setup
 
 clean-build:
 	rm -rf build/
+
+# Rewrite README.md's results section from data/results/*.json (the tests fail while it is stale).
+report: setup
+	$(PY) -m vitprune_lite report

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitprune_lite {reproduce,html,train}``."""
+"""Command line: ``python -m vitprune_lite {reproduce,html,train,report}``."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--epochs", type=int, default=None, help="override the default epoch count")
     tr.add_argument("--out", default=None, help="checkpoint path (default data/base_vit.safetensors)")
 
+    rp = sub.add_parser("report", help="regenerate README.md's results section from data/results/*.json")
+    rp.add_argument("--check", action="store_true", help="only check; exit 1 if the README is stale")
+
     args = parser.parse_args(argv)
+    if args.cmd == "report":
+        from .report import update_readme
+
+        stale = update_readme(write=not args.check)
+        print(("README.md results section is stale: run `python -m vitprune_lite report`" if args.check else
+               "README.md results section rewritten") if stale else "README.md results section is up to date")
+        return int(stale and args.check)
     if args.cmd == "reproduce":
         from .reproduce import NotebookFailed, export_html, parse_param, reproduce
 
