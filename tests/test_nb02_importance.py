@@ -1,0 +1,38 @@
+"""Notebook 02 at smoke parameters (runs after notebook 01's smoke test, which writes the sets)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_smoke
+
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
+
+
+def test_02_head_channel_importance(nb_out):
+    if not (nb_out / "data" / "results" / "01_selected_sets.npz").exists():
+        run_smoke("01_", nb_out)  # run alone: make notebook 01's selected sets first
+    res = run_smoke("02_", nb_out)
+    assert res["smoke"] is True
+    labels = [b["label"] for b in res["budgets"]]
+    assert labels == ["90", "80", "70", "60", "50"]
+    for d, per_budget in res["results"].items():
+        for crit in res["parameters"]["criteria"]:
+            flops = [per_budget[lab][crit]["flops"] for lab in labels]
+            params = [per_budget[lab][crit]["params"] for lab in labels]
+            assert all(a > b for a, b in zip(flops, flops[1:])), (d, crit, flops)  # tighter -> fewer
+            assert flops[0] < res["dense"]["flops"] and all(a >= b for a, b in zip(params, params[1:]))
+            assert all(0 <= per_budget[lab][crit]["acc"] <= 1 for lab in labels)
+        # toast_tcs has toast's parameters but computes fewer channels
+        assert per_budget["50"]["toast_tcs"]["params"] == per_budget["50"]["toast"]["params"]
+        assert per_budget["50"]["toast_tcs"]["flops"] < per_budget["50"]["toast"]["flops"]
+    for where, rep in res["tcs_audit"].items():
+        s = rep["sample"]
+        assert s["acc_batch1"] == s["acc_shuffled"] == s["acc_sorted"], where
+        assert s["changed_shuffled"] == 0 and s["changed_sorted"] == 0, where
+        assert set(rep["batch"]) == set(s)
+    assert res["tcs_flops"]["tcs"] < res["tcs_flops"]["dense"]
+    assert "tap_gmm" in res["finetune"]["criteria"]
+    assert res["environment"]["threads"] >= 1
+    for fig in ("02_head_importance", "02_mlp_channel_importance", "02_rank_correlation",
+                "02_accuracy_vs_budget", "02_speedup_vs_flops"):
+        assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000
