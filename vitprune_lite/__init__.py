@@ -9,13 +9,24 @@
 
 Modules, one concept each:
 
-- ``compat``   keeps ``import timm`` working when torchvision's compiled ops cannot load.
-- ``paths``    where data, figures and results live; atomic writes.
-- ``data``     the embedded synthetic benchmark (public pool + private device tasks) and loaders
-               for real image folders and scikit-learn's digits.
-- ``models``   the base ViT: config, training, safetensors checkpoints, timm names.
-- ``surgery``  the one mechanism that physically removes heads, head dimensions and channels.
-- ``measure``  FLOPs, parameters, memory, latency and accuracy, used by every notebook.
+- ``compat``      keeps ``import timm`` working when torchvision's compiled ops cannot load.
+- ``paths``       where data, figures and results live; atomic writes.
+- ``data``        the embedded synthetic benchmark (public pool + private device tasks) and
+                  loaders for real image folders and scikit-learn's digits.
+- ``models``      the base ViT: config, the one training loop, safetensors checkpoints, timm names.
+- ``surgery``     the one mechanism that physically removes heads, head dimensions and channels.
+- ``measure``     FLOPs, parameters, memory, latency and accuracy, used by every notebook.
+- ``features``    frozen feature extractors a device or the cloud embeds images with.
+- ``gmm``         TAP-ViTs' device/cloud exchange: GMM uploads and public-image selection.
+- ``privacy``     what an upload reveals: membership inference, nearest-record distance.
+- ``importance``  unit scores: TAP-ViTs HSIC and KL layer importance, ToaSt, baselines.
+- ``tcs``         ToaSt's Token Channel Selection in the MLP.
+- ``peers``       the torch-pruning library as a peer baseline.
+- ``latency``     latency-workload curves L(n), step detection, test-retest.
+- ``tokens``      token reduction: Pruning One More Token, ToMe, Top-K, EViT.
+- ``pipelines``   end-to-end device pipelines (upload + budget -> pruned model + report).
+- ``report``      the README's results section, generated from ``data/results``.
+- ``plots``, ``reproduce``, ``benchmarks``: figures, the papermill runner, speed benchmarks.
 
 Submodules are imported explicitly (``from vitprune_lite import surgery``), so importing the
 package itself stays cheap.
