@@ -500,9 +500,10 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
     """Measure L(n) once over all token counts.
 
     Interleaved (default): round after round, every point is timed once
-    (:func:`measure.measure_latency` with a fresh shuffle seed). After ``rounds`` rounds, only
-    points whose interval half-width exceeds ``target_rel_ci`` of their median get more rounds,
-    up to ``max_rounds`` or until ``time_budget_s`` would be exceeded.
+    (:func:`measure.measure_latency` with a fresh shuffle seed); each round's load factor
+    (:func:`round_factors`) is divided out. After ``rounds`` rounds, only points whose interval
+    half-width exceeds ``target_rel_ci`` of their median get more rounds, up to ``max_rounds`` or
+    until ``time_budget_s`` would be exceeded.
     Sequential: n descending, each point's ``rounds`` rounds back to back (the naive protocol).
 
     Args:
@@ -564,7 +565,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
         for i, name in enumerate(reversed(names)):
             run([name], i * rounds, rounds)  # round ids unique per point: nothing is shared
     else:
-        active, r, last_round_s = names, 0, 0.0
+        active, r = names, 0
         while active:
             t_round = time.perf_counter()
             run(active, r)
