@@ -12,12 +12,7 @@ import torch
 from vitprune_lite import latency, models, tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest)
 
 
 def synthetic(level_fn, noise: float, seed: int, n=np.arange(2, 198), rounds: int = 7) -> latency.Sweep:

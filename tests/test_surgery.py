@@ -22,13 +22,7 @@ TOKENS = 1 + (32 // 8) ** 2                        # cls + 16 patches
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: on a shared 2-core machine, two threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest)
 
 
 def randomize(model: nn.Module, seed: int = 1) -> nn.Module:

@@ -19,12 +19,7 @@ N = 1 + (32 // 4) ** 2  # CLS + 64 patches, as in the base model
 METHODS = ("tome", "topk", "evit", "pomt")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest)
 
 
 def randomize(model: nn.Module, seed: int = 1) -> nn.Module:
