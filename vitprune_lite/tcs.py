@@ -37,7 +37,6 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import surgery
@@ -121,11 +120,14 @@ class TCSMlp(Mlp):
                                dtype=x.dtype, device=x.device)
             mask.scatter_(-1, idx if idx.dim() == 2 else idx[None], 1.0)
             return lin(x * mask[:, None, :])
-        if idx.dim() == 1 or x.shape[0] == 1:  # one subset for all rows: a plain smaller matmul
-            idx1 = idx.reshape(-1)
-            return F.linear(x.index_select(-1, idx1), lin.weight.index_select(1, idx1), lin.bias)
         B, N, _ = x.shape
-        wt = self._tcs_transposed(lin, cache)  # [C_in, C_out], contiguous rows per channel
+        wt = self._tcs_transposed(lin, cache)  # [C_in, C_out]: a kept channel is one contiguous row
+        if idx.dim() == 1 or B == 1:  # one subset for all rows: a plain smaller matmul
+            idx1 = idx.reshape(-1)
+            xs = x.index_select(-1, idx1).reshape(B * N, -1)
+            ws = wt.index_select(0, idx1)  # [k, C_out]
+            out = torch.mm(xs, ws) if lin.bias is None else torch.addmm(lin.bias, xs, ws)
+            return out.reshape(B, N, -1)
         xs = x.gather(2, idx[:, None, :].expand(B, N, idx.shape[1]))  # [B, N, k]
         ws = wt[idx]  # [B, k, C_out]
         if lin.bias is None:

@@ -271,7 +271,7 @@ class _ReducingBlock(Block):
             if plan.method == "tome":
                 x, state.size = bipartite_merge(x, aux, plan.remove, prefix, state.size)
                 if state.proportional:  # computed once per merge, used by every later block
-                    state.bias = state.size.log().to(x.dtype).transpose(1, 2).unsqueeze(1)
+                    state.bias = state.size.log().transpose(1, 2).unsqueeze(1)  # [B, 1, 1, N]
             elif plan.method == "pomt":
                 x = _keep_and_fuse(x, pomt_scores(*aux, prefix=prefix), plan.remove, prefix, None)
             else:
@@ -300,10 +300,14 @@ def _attend(attn: Attention, x: Tensor, bias: Optional[Tensor], need: Optional[s
     dq = getattr(attn, "qk_dim", attn.head_dim)
     dv = getattr(attn, "v_dim", attn.head_dim)
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    q, k, v = attn.qkv(x).split([H * dq, H * dq, H * dv], dim=-1)
-    q = attn.q_norm(q.reshape(B, N, H, dq).transpose(1, 2))  # [B, H, N, Dqk]
-    k = attn.k_norm(k.reshape(B, N, H, dq).transpose(1, 2))
-    v = v.reshape(B, N, H, dv).transpose(1, 2)  # [B, H, N, Dv]
+    qkv = attn.qkv(x)
+    if dq == dv:  # timm's layout: one reshape and permute for all three (fewer ops than a split)
+        q, k, v = qkv.reshape(B, N, 3, H, dq).permute(2, 0, 3, 1, 4).unbind(0)
+    else:  # surgery's SlimAttention: [q (H*dq) | k (H*dq) | v (H*dv)]
+        q, k, v = qkv.split([H * dq, H * dq, H * dv], dim=-1)
+        q, k = q.reshape(B, N, H, dq).transpose(1, 2), k.reshape(B, N, H, dq).transpose(1, 2)
+        v = v.reshape(B, N, H, dv).transpose(1, 2)
+    q, k = attn.q_norm(q), attn.k_norm(k)  # [B, H, N, Dqk]; v: [B, H, N, Dv]
     aux: Any = None
     if need == "full" or not attn.fused_attn:
         logits = (q * attn.scale) @ k.transpose(-2, -1)
@@ -363,7 +367,7 @@ def bipartite_merge(x: Tensor, metric: Tensor, r: int, prefix: int = 1,
         return x, x.new_ones(B, N, 1) if size is None else size
     m = metric[:, prefix:]
     m = m / m.norm(dim=-1, keepdim=True)
-    sim = m[:, 0::2] @ m[:, 1::2].transpose(-2, -1)  # [B, Na, Nb] cosine, A = even, B = odd
+    sim = torch.bmm(m[:, 0::2], m[:, 1::2].transpose(1, 2))  # [B, Na, Nb] cosine, A = even, B = odd
     best, match = sim.max(dim=-1)  # [B, Na]
     src = best.topk(r, dim=-1).indices  # [B, r] the A tokens with the closest partners
     dst = match.gather(1, src)
@@ -377,10 +381,9 @@ def bipartite_merge(x: Tensor, metric: Tensor, r: int, prefix: int = 1,
         w = torch.cat([x, x.new_ones(B, N, 1)], dim=-1)
     else:
         w = torch.cat([x * size, size], dim=-1)
-    w = w.view(B * N, C + 1)
-    w = w.index_add(0, dst, w.index_select(0, src))
-    keep = torch.ones(B * N, dtype=torch.bool, device=x.device)
-    keep[src] = False
+    w = w.view(B * N, C + 1)  # a fresh tensor (from cat): safe to update in place
+    w.index_add_(0, dst, w.index_select(0, src))
+    keep = torch.ones(B * N, dtype=torch.bool, device=x.device).index_fill_(0, src, False)
     w = w.index_select(0, keep.nonzero().squeeze(1)).view(B, N - r, C + 1)
     size = w[..., C:]
     return w[..., :C] / size, size
