@@ -98,3 +98,137 @@ def test_split_validation_is_a_seeded_partition():
     assert len(va) == 5 and sorted(np.concatenate([tr, va]).tolist()) == list(range(20))
     tr2, va2 = pipelines.split_validation(np.arange(20), 0.25, seed=3)
     assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+
+
+# ----------------------------------------------------------------------------- the other methods
+
+REC = dict(ft_batch=8, val_fraction=0.25)
+
+
+def test_given_selection_skips_the_upload(setup, tiny_vit):
+    public, request = setup
+    sel = gmm.select(request.upload, public.features, n_metric=16, n_finetune=40)
+    bare = pipelines.DeviceRequest("drone", BUDGET)  # no upload: the selection stands in for it
+    a = pipelines.tap_vits(tiny_vit, bare, pipelines.PublicData(public.x, public.y), selection=sel,
+                           n_metric=16, n_finetune=40, ft_steps=0, **FAST)
+    b = pipelines.tap_vits(tiny_vit, request, public, n_metric=16, n_finetune=40, ft_steps=0, **FAST)
+    assert torch.equal(a.model(public.x[:8]), b.model(public.x[:8]))
+
+
+def test_score_cache_reuses_scores_across_budgets_and_seeds(setup, tiny_vit):
+    public, request = setup
+    cache: dict = {}
+    kw = dict(n_metric=16, n_finetune=40, ft_steps=0, cache=cache, **FAST)
+    a = pipelines.tap_vits(tiny_vit, request, public, **kw)
+    assert len(cache) == 1 and not a.report["seconds"]["scores_cached"]
+    other = pipelines.DeviceRequest("drone", (0.75, 0.75), request.upload)
+    b = pipelines.tap_vits(tiny_vit, other, public, **kw)
+    assert len(cache) == 1 and b.report["seconds"]["scores_cached"]
+    ref = pipelines.tap_vits(tiny_vit, other, public, n_metric=16, n_finetune=40, ft_steps=0, **FAST)
+    assert torch.equal(b.model(public.x[:8]), ref.model(public.x[:8]))
+
+
+def test_toast_pipeline_is_coupled_pruning_plus_sample_mode_tcs(setup, tiny_vit):
+    public, request = setup
+    out = pipelines.toast(tiny_vit, request, public, n_finetune=40, ft_steps=0, tcs_fc1=0.0, tcs_fc2=0.5, **REC)
+    r = out.report
+    assert out.device == "*" and r["criterion"] == "toast" and r["tcs"]["mode"] == "sample"
+    assert r["flops"] < r["flops_without_tcs"] < r["dense_flops"]
+    assert [s["fc2_keep"] for s in __import__("vitprune_lite.tcs").tcs.settings(out.model)]
+    # block 0's attention stays dense, the others are re-packed per head
+    w = r["widths"]
+    assert w[0]["qk_dim"] == tiny_vit.blocks[0].attn.head_dim > w[1]["qk_dim"]
+    # per-image TCS: the same prediction alone and in a batch
+    x = public.x[:16]
+    assert torch.equal(measure.predict(out.model, x, batch_size=1), measure.predict(out.model, x, batch_size=16))
+
+
+def test_torch_pruning_pipeline_meets_the_budget_and_recovers(setup, tiny_vit):
+    public, request = setup
+    out = pipelines.torch_pruning(tiny_vit, request, public, n_finetune=40, ft_steps=2, **REC)
+    r = out.report
+    assert r["finetune"]["steps"] == 2 and r["n_val"] == 10 and r["params"] < r["dense_params"]
+    assert r["torch_pruning"]["heads_kept"] == [b.attn.num_heads for b in out.model.blocks]
+    out.model(public.x[:4])  # the repaired attention runs
+
+
+def test_token_reduction_pipeline(setup, tiny_vit):
+    public, request = setup
+    out = pipelines.token_reduction(tiny_vit, request, public, method="pomt", amount=6)
+    assert out.report["schedule"]["method"] == "pomt" and out.report["flops"] < out.report["dense_flops"]
+    assert not hasattr(tiny_vit, "_tr_method")  # the dense model is not patched
+    with pytest.raises(ValueError, match="method must be one of"):
+        pipelines.token_reduction(tiny_vit, request, public, method="merge")
+
+
+def test_oracle_reads_only_the_private_split_it_is_given(setup, tiny_vit, small_bench):
+    public, request = setup
+    x, y = small_bench.devices["drone"]["train"].tensors()
+    out = pipelines.oracle(tiny_vit, request, public, private=(x, y), n_metric=16, ft_steps=0, **FAST)
+    assert out.report["selection"] == "private" and out.report["n_metric"] == 16
+    assert out.report["n_train"] + out.report["n_val"] == len(x)
+
+
+@pytest.fixture(scope="module")
+def tiny_curve():
+    """A latency curve of the tiny model's shape, with made-up linear latencies (1 + 0.5 n ms):
+    these tests check the plan's logic, not this machine's timings."""
+    from vitprune_lite import latency, models
+
+    cfg = models.ViTConfig(embed_dim=48, depth=2, num_heads=4, patch_size=8)
+    m = models.create_base_model(cfg, seed=0).eval()
+    n = list(range(2, 18))
+    ms = [1 + 0.5 * v for v in n]
+    sweep = latency.Sweep(n, ms, ms, ms, [[v, v] for v in ms])
+    return latency.Curve("tiny", "test", 1, 1, "network", latency.model_fingerprint(m), [sweep])
+
+
+def test_combined_plan_picks_the_most_accurate_candidate_under_the_budget(setup, tiny_vit, tiny_curve):
+    public, _ = setup
+    structures = {"dense": tiny_vit,
+                  "half": importance.prune_copy(tiny_vit, importance.make_plan(
+                      tiny_vit, importance.score(tiny_vit, "magnitude_l2"), BUDGET))}
+    val = (public.x[:32], public.y[:32])
+    grid = [("pomt", 4), ("tome", 2)]
+    loose = pipelines.DeviceRequest("drone", BUDGET, latency_ms=1e6)
+    out = pipelines.combined_plan(tiny_vit, loose, public, curve=tiny_curve, structures=structures,
+                                  val=val, token_grid=grid, rounds=1)
+    cands = out.report["candidates"]
+    assert len(cands) == 2 * 3 and out.report["budget_predicted_met"]
+    best = max(c["val_acc"] for c in cands)
+    assert out.report["choice"]["val_acc"] == best
+    # token settings are predicted cheaper than the same structure without them
+    for name in structures:
+        own = {c["tokens"]: c["predicted_ms"] for c in cands if c["structure"] == name}
+        assert own["pomt"] < own["none"] and own["tome"] < own["none"]
+    # an impossible budget: the fastest predicted candidate, flagged
+    tight = pipelines.DeviceRequest("drone", BUDGET, latency_ms=1e-9)
+    out = pipelines.combined_plan(tiny_vit, tight, public, curve=tiny_curve, structures=structures,
+                                  val=val, token_grid=grid, rounds=1)
+    assert not out.report["budget_predicted_met"]
+    assert out.report["choice"]["predicted_ms"] == min(c["predicted_ms"] for c in out.report["candidates"])
+    assert not hasattr(tiny_vit, "_tr_method") and structures["dense"] is tiny_vit
+
+
+def test_combined_plan_refuses_bad_requests(setup, tiny_vit, tiny_curve):
+    public, _ = setup
+    val = (public.x[:8], public.y[:8])
+    with pytest.raises(ValueError, match="needs request.latency_ms"):
+        pipelines.combined_plan(tiny_vit, pipelines.DeviceRequest("drone", BUDGET), public, curve=tiny_curve,
+                                structures={"dense": tiny_vit}, val=val)
+    req = pipelines.DeviceRequest("drone", BUDGET, latency_ms=5.0)
+    with pytest.raises(ValueError, match="token_grid method"):
+        pipelines.combined_plan(tiny_vit, req, public, curve=tiny_curve, structures={"dense": tiny_vit},
+                                val=val, token_grid=[("prune", 3)])
+    with pytest.raises(ValueError, match="structures must name"):
+        pipelines.combined_plan(tiny_vit, req, public, curve=tiny_curve, structures={}, val=val)
+
+
+def test_predict_ms_reads_the_curve():
+    from vitprune_lite import latency
+
+    n, y = [2, 5, 9], [4.0, 6.0, 10.0]
+    assert latency.predict_ms(n, y, [9, 9], 20.0) == pytest.approx(20.0)
+    assert latency.predict_ms(n, y, [9, 5], 20.0) == pytest.approx(20.0 * 8.0 / 10.0)
+    with pytest.raises(ValueError, match="leaves the curve's range"):
+        latency.predict_ms(n, y, [1, 9], 20.0)

@@ -47,7 +47,7 @@ __all__ = [
     "Sweep", "Curve", "sweep", "profile", "bootstrap_median_ci", "detect_steps", "test_retest",
     "analyse", "ripple", "linear_fit", "device_label", "model_fingerprint", "curve_path",
     "curves_dir", "save_curve", "load_curve", "find_curves", "check_curve", "plot_sweep",
-    "round_factors",
+    "round_factors", "predict_ms",
 ]
 
 _ORDERS = ("interleaved", "sequential")
@@ -698,6 +698,32 @@ def check_curve(curve: Curve, model: nn.Module, batch_size: int) -> None:
         what = ", ".join(f"{k}: curve {a} vs model {b}" for k, (a, b) in diff.items())
         raise ValueError(f"curve {curve.model!r} belongs to a different model ({what}); "
                          f"profile this model with latency.profile")
+
+
+def predict_ms(n: Sequence[int], median_ms: Sequence[float], flow: Sequence[int], full_ms: float) -> float:
+    """Predicted latency of a token schedule, read off a network latency curve.
+
+    The curve gives ``L(n)``, the whole network at ``n`` tokens, so ``L(n) / L(N)`` is the cost of
+    ``n`` tokens relative to all ``N``, fixed costs included. A schedule that runs block ``b``
+    at ``flow[b]`` tokens is predicted at ``full_ms * mean_b L(flow[b]) / L(N)``: each block's
+    share at its token count, scaled to ``full_ms`` (this model's measured latency at ``N``
+    tokens, so a pruned structure can reuse the dense model's curve). The token method's own
+    work (matching, sorting) is not in the curve: measure the chosen plan to check.
+
+    Args:
+        n: token counts of the curve, ascending, ending at N; median_ms: ``L(n)``, aligned.
+        flow: tokens each block runs on (e.g. ``tokens.schedule_of(model)["tokens"]``).
+        full_ms: the model's latency at N tokens.
+    """
+    n, y = np.asarray(n, dtype=float), np.asarray(median_ms, dtype=float)
+    if n.ndim != 1 or n.shape != y.shape or len(n) < 2 or np.any(np.diff(n) <= 0):
+        raise ValueError("the curve needs >= 2 ascending token counts with one latency each")
+    f = np.asarray(flow, dtype=float)
+    if f.size == 0 or f.min() < n[0] or f.max() > n[-1]:
+        raise ValueError(f"flow {list(flow)} leaves the curve's range {int(n[0])}..{int(n[-1])}")
+    if not full_ms > 0:
+        raise ValueError(f"full_ms must be > 0, got {full_ms}")
+    return float(full_ms * np.interp(f, n, y).mean() / y[-1])
 
 
 # ----------------------------------------------------------------------------- plotting

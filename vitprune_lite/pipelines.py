@@ -6,29 +6,41 @@ Every pipeline has the same shape so notebook 04 can run them side by side::
 
 - ``base``: the dense model (never modified; a pruned copy is returned);
 - ``request``: a :class:`DeviceRequest` - what leaves the device (its GMM upload, or nothing for
-  the data-free methods) and its budget;
+  the data-free methods), its parameter budget and, for the combined plan, its latency budget;
 - ``public``: a :class:`PublicData` - the cloud's labelled public pool and its features;
 - the result: a :class:`PrunedModel` whose ``report`` says what was done and at what size.
 
 The cloud never sees the device's private images: the private test accuracy is added on the
-device side by :func:`evaluate_on_device`, after the pipeline has returned. Model selection uses
-a validation split carved from the cloud's own fine-tune set.
+device side by :func:`evaluate_on_device`, after the pipeline has returned (the oracle is the one
+exception, by design). Model selection uses a validation split carved from the fine-tune set,
+never the device's test split.
 
-Implemented here:
+The pipelines (:data:`PIPELINES`):
 
 - :func:`tap_vits`: TAP-ViTs (METHODS.md section 1): GMM upload -> metric and fine-tune sets
   (:func:`vitprune_lite.gmm.select`) -> composite neuron importance + KL layer sensitivity
   (:mod:`vitprune_lite.importance`) -> surgery -> recovery fine-tune (:func:`vitprune_lite.models.fit`).
 - :func:`one_size_fits_all`: the same steps on a random public subset (no upload), one model
   for every device - the baseline TAP-ViTs argues against.
+- :func:`toast`: ToaSt (METHODS.md section 2): coupled QK/VO dimension pruning from the weights,
+  block 0 dense, the same recovery on random public images, then Token Channel Selection in
+  ``sample`` mode. Data-free: one model for every device.
+- :func:`torch_pruning`: the torch-pruning library (whole heads + MLP channels) at the same
+  parameter budget, the same recovery.
+- :func:`token_reduction`: POMT, ToMe, Top-K or EViT on the dense model; no training.
+- :func:`combined_plan`: given a latency budget in milliseconds, choose a TAP-ViTs structure and
+  a token schedule together from the device's latency curve, maximising validation accuracy.
+- :func:`oracle`: TAP-ViTs scored and recovered on the device's private training data - the
+  upper bound no real deployment reaches.
 
-Not implemented yet (notebook 04's other rows): ToaSt (+ TCS), the torch-pruning peer, the
-token methods, the combined structure + token plan, and the oracle; each is meant to return a
-:class:`PrunedModel` from the same arguments, sharing :func:`prune_and_recover`.
+Structured methods share :func:`prune_and_recover` (or :func:`recover` where another library
+prunes), so their recoveries are identical: same steps, data order, learning rate and selection
+rule.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -37,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import gmm, importance, measure, models, surgery
+from . import gmm, importance, latency, measure, models, peers, surgery, tcs, tokens
 
 
 @dataclass(frozen=True)
@@ -49,11 +61,14 @@ class DeviceRequest:
         budget: ``(mlp_keep, attn_keep)``, each in (0, 1] (e.g. one of
             :data:`vitprune_lite.importance.TAP_BUDGETS`).
         upload: the device's :class:`vitprune_lite.gmm.Upload` (``None`` for data-free methods).
+        latency_ms: the device's latency budget for one image (batch 1), in milliseconds; read
+            only by :func:`combined_plan`.
     """
 
     device: str
     budget: tuple[float, float]
     upload: Optional[gmm.Upload] = None
+    latency_ms: Optional[float] = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,18 +143,11 @@ def split_validation(idx: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
     return idx[perm[n_val:]], idx[perm[:n_val]]
 
 
-def prune_and_recover(
-    base: nn.Module,
+def recover(
+    model: nn.Module,
     public: PublicData,
-    metric_idx: np.ndarray,
     finetune_idx: np.ndarray,
-    budget: tuple[float, float],
     *,
-    criterion: str = "tap",
-    adaptive: bool = True,
-    alpha: float = 1.1,
-    score_options: Optional[Mapping[str, Any]] = None,
-    sens_images: Optional[int] = None,
     val_fraction: float = 0.1,
     ft_steps: int = 200,
     ft_batch: int = 64,
@@ -147,48 +155,25 @@ def prune_and_recover(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The shared core: score on the metric set, prune, fine-tune, keep the better on validation.
+    """The shared recovery: fine-tune a pruned model, keep it unless validation says otherwise.
 
     Args:
-        base: dense timm ViT (left untouched).
-        public: the public pool.
-        metric_idx: pool indices ``[n_metric]`` the units are scored on.
-        finetune_idx: pool indices ``[n_finetune]`` for recovery (a validation share is held out).
-        budget: ``(mlp_keep, attn_keep)``.
-        criterion: an :data:`vitprune_lite.importance.CRITERIA` name.
-        adaptive: TAP-ViTs' KL layer sensitivity -> per-layer keep ratios; False keeps every
-            layer at the budget's ratio.
-        alpha: softmax factor of the adaptive ratios (paper: 1.1).
-        score_options: passed to :func:`vitprune_lite.importance.score`.
-        sens_images: images of the metric set used by the layer sensitivity (None: all).
-        val_fraction: share of the fine-tune set held out for validation.
-        ft_steps: recovery optimiser steps (0: no fine-tune).
-        ft_batch, ft_lr: recovery batch size and peak learning rate.
-        seed: seeds the validation split, scoring options that take one, and the fine-tune.
+        model: the pruned model (not modified; the fine-tune runs on a copy).
+        public: the pool ``finetune_idx`` points into.
+        finetune_idx: pool indices ``[n]``; a seeded ``val_fraction`` share is held out.
+        val_fraction: share held out for validation, in [0, 1).
+        ft_steps: optimiser steps (0: no fine-tune); ft_batch, ft_lr: batch size and peak
+            learning rate (AdamW, warm-up and cosine decay in :func:`vitprune_lite.models.fit`).
+        seed: seeds the split and the fine-tune (data order, augmentation).
         progress: show the fine-tune progress bar.
 
     Returns:
-        ``(model, report)``: the pruned model (eval mode) and what happened, including
-        ``"val_acc_pruned"``, ``"val_acc_finetuned"`` and ``"kept"`` (which of the two was kept:
-        fine-tuning is kept unless it lowers validation accuracy).
+        ``(model, info)``: the fine-tuned copy, or the pruned model if fine-tuning lowered
+        validation accuracy (``info["kept"]`` says which), with both validation accuracies.
     """
-    budget = _check_budget(budget)
     if ft_steps < 0:
         raise ValueError(f"ft_steps must be >= 0, got {ft_steps}")
-    metric_idx = np.asarray(metric_idx, dtype=np.int64)
-    if len(metric_idx) < 2:
-        raise ValueError(f"the metric set needs at least 2 images, got {len(metric_idx)}")
     train_idx, val_idx = split_validation(finetune_idx, val_fraction, seed)
-    t = {"start": time.perf_counter()}
-    x_metric = public.x[metric_idx]
-    scores = importance.score(base, criterion, x_metric, public.y[metric_idx], **dict(score_options or {}))
-    t["scored"] = time.perf_counter()
-    ratios = None
-    if adaptive:
-        sens = importance.layer_sensitivity(base, x_metric, scores, max_images=sens_images)
-        ratios = importance.adaptive_ratios(sens, budget, alpha)
-    t["ratios"] = time.perf_counter()
-    model = importance.prune_copy(base, importance.make_plan(base, scores, budget, layer_ratios=ratios))
     val = (public.x[val_idx], public.y[val_idx]) if len(val_idx) else None
     acc_pruned = measure.accuracy(model, *val) if val else None
     hist: dict[str, Any] = {"steps": 0, "seconds": 0.0}
@@ -201,45 +186,137 @@ def prune_and_recover(
         # Without a validation split there is nothing to select on: the fine-tuned weights stand.
         if acc_ft is None or acc_pruned is None or acc_ft >= acc_pruned:
             model, kept = tuned, "finetuned"
-    t["done"] = time.perf_counter()
-    x1 = public.x[:1]
+    info = {"n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+            "val_acc_pruned": acc_pruned, "val_acc_finetuned": acc_ft, "kept": kept,
+            "val_acc": acc_ft if kept == "finetuned" and acc_ft is not None else acc_pruned,
+            "finetune": {"steps": hist["steps"], "seconds": hist["seconds"], "lr": ft_lr, "batch": ft_batch}}
+    return model.eval(), info
+
+
+def size_report(base: nn.Module, model: nn.Module, x1: Tensor) -> dict[str, Any]:
+    """Parameters, FLOPs (for the one-image input ``x1``) and block widths, next to the dense model's."""
+    return {"params": measure.count_params(model), "flops": measure.count_flops(model, x1),
+            "dense_params": measure.count_params(base), "dense_flops": measure.count_flops(base, x1),
+            "widths": surgery.block_widths(model)}
+
+
+def _cache_key(base: nn.Module, criterion: str, idx: np.ndarray, x: Tensor, adaptive: bool,
+               sens_images: Optional[int], options: Mapping[str, Any]) -> tuple:
+    digest = hashlib.sha1(np.ascontiguousarray(idx).tobytes() + repr(tuple(x.shape)).encode()).hexdigest()
+    return (id(base), criterion, digest, adaptive, sens_images, repr(sorted(options.items())))
+
+
+def prune_and_recover(
+    base: nn.Module,
+    public: PublicData,
+    metric_idx: np.ndarray,
+    finetune_idx: np.ndarray,
+    budget: tuple[float, float],
+    *,
+    criterion: str = "tap",
+    adaptive: bool = True,
+    alpha: float = 1.1,
+    score_options: Optional[Mapping[str, Any]] = None,
+    sens_images: Optional[int] = None,
+    cache: Optional[dict] = None,
+    **recovery: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The shared core: score on the metric set, prune, then :func:`recover`.
+
+    Args:
+        base: dense timm ViT (left untouched).
+        public: the public pool (or any labelled pool the indices point into).
+        metric_idx: pool indices ``[n_metric]`` the units are scored on.
+        finetune_idx: pool indices ``[n_finetune]`` for recovery (a validation share is held out).
+        budget: ``(mlp_keep, attn_keep)``.
+        criterion: an :data:`vitprune_lite.importance.CRITERIA` name.
+        adaptive: TAP-ViTs' KL layer sensitivity -> per-layer keep ratios; False keeps every
+            layer at the budget's ratio.
+        alpha: softmax factor of the adaptive ratios (paper: 1.1).
+        score_options: passed to :func:`vitprune_lite.importance.score`.
+        sens_images: images of the metric set used by the layer sensitivity (None: all).
+        cache: optional dict kept by the caller: scores and layer sensitivities computed for the
+            same model, criterion, metric set and options are reused from it (budgets and
+            recovery seeds then cost no rescoring).
+        **recovery: passed to :func:`recover` (``ft_steps``, ``ft_batch``, ``ft_lr``,
+            ``val_fraction``, ``seed``, ``progress``).
+
+    Returns:
+        ``(model, report)``: the pruned (and possibly fine-tuned) model in eval mode and what
+        happened, including ``"val_acc_pruned"``, ``"val_acc_finetuned"`` and ``"kept"``.
+    """
+    budget = _check_budget(budget)
+    if recovery.get("ft_steps", 0) < 0:
+        raise ValueError(f"ft_steps must be >= 0, got {recovery['ft_steps']}")
+    split_validation(finetune_idx, recovery.get("val_fraction", 0.1))  # refuse a bad split before scoring
+    metric_idx = np.asarray(metric_idx, dtype=np.int64)
+    if len(metric_idx) < 2:
+        raise ValueError(f"the metric set needs at least 2 images, got {len(metric_idx)}")
+    options = dict(score_options or {})
+    t0 = time.perf_counter()
+    x_metric = public.x[metric_idx]
+    key = _cache_key(base, criterion, metric_idx, x_metric, adaptive, sens_images, options)
+    hit = cache is not None and key in cache
+    if hit:
+        scores, sens = cache[key]
+    else:
+        scores = importance.score(base, criterion, x_metric, public.y[metric_idx], **options)
+        sens = importance.layer_sensitivity(base, x_metric, scores, max_images=sens_images) if adaptive else None
+        if cache is not None:
+            cache[key] = (scores, sens)
+    ratios = importance.adaptive_ratios(sens, budget, alpha) if adaptive else None
+    t1 = time.perf_counter()
+    model = importance.prune_copy(base, importance.make_plan(base, scores, budget, layer_ratios=ratios))
+    model, rec = recover(model, public, finetune_idx, **recovery)
+    t2 = time.perf_counter()
     report = {
         "criterion": criterion, "budget": list(budget),
         "block_params_kept_target": importance.block_param_fraction(*budget),
         "adaptive": adaptive,
         "layer_keep": {k: v.tolist() for k, v in ratios.items()} if ratios else None,
-        "n_metric": int(len(metric_idx)), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
-        "params": measure.count_params(model), "flops": measure.count_flops(model, x1),
-        "dense_params": measure.count_params(base), "dense_flops": measure.count_flops(base, x1),
-        "widths": surgery.block_widths(model),
-        "val_acc_pruned": acc_pruned, "val_acc_finetuned": acc_ft, "kept": kept,
-        "finetune": {"steps": hist["steps"], "seconds": hist["seconds"], "lr": ft_lr, "batch": ft_batch},
-        "seconds": {"score": t["scored"] - t["start"], "layer_ratios": t["ratios"] - t["scored"],
-                    "prune_and_recover": t["done"] - t["ratios"]},
+        "n_metric": int(len(metric_idx)), **rec, **size_report(base, model, public.x[:1]),
+        "seconds": {"score_and_ratios": t1 - t0, "scores_cached": hit, "prune_and_recover": t2 - t1},
     }
-    return model.eval(), report
+    return model, report
 
 
-def tap_vits(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_metric: int = 640,
-             n_finetune: int = 6400, **options: Any) -> PrunedModel:
-    """TAP-ViTs for one device: its GMM upload picks the public images; prune; recover.
-
-    Args:
-        base: dense timm ViT (left untouched).
-        request: the device's budget and upload (required).
-        public: the public pool with ``features`` in the upload's feature space.
-        n_metric, n_finetune: sizes of the metric and fine-tune sets (paper: 640 and 6,400).
-        **options: passed to :func:`prune_and_recover` (``ft_steps``, ``val_fraction``, ...).
-
-    Raises:
-        ValueError: no upload, or public data without features.
-    """
-    _check_budget(request.budget)
+def _selection(request: DeviceRequest, public: PublicData, selection: Optional[gmm.Selection],
+               n_metric: int, n_finetune: int) -> gmm.Selection:
+    """The device's metric and fine-tune sets: given (already picked from its upload), or picked now."""
+    if selection is not None:
+        if not isinstance(selection, gmm.Selection):
+            raise TypeError(f"selection must be a gmm.Selection, got {type(selection).__name__}")
+        return gmm.Selection(selection.metric[:n_metric], selection.finetune[:n_finetune])
     if request.upload is None:
         raise ValueError(f"tap_vits needs the device's GMM upload; request for {request.device!r} has none")
     if public.features is None:
         raise ValueError("tap_vits needs PublicData.features (gmm.embed_pool in the upload's feature space)")
-    sel = gmm.select(request.upload, public.features, n_metric=n_metric, n_finetune=n_finetune)
+    return gmm.select(request.upload, public.features, n_metric=n_metric, n_finetune=n_finetune)
+
+
+def _random_selection(public: PublicData, n_metric: int, n_finetune: int, seed: int) -> gmm.Selection:
+    pool = public.features.index if public.features is not None else np.arange(len(public.x))
+    return gmm.random_selection(pool, n_metric=n_metric, n_finetune=n_finetune, seed=seed)
+
+
+def tap_vits(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_metric: int = 640,
+             n_finetune: int = 6400, selection: Optional[gmm.Selection] = None, **options: Any) -> PrunedModel:
+    """TAP-ViTs for one device: its GMM upload picks the public images; prune; recover.
+
+    Args:
+        base: dense timm ViT (left untouched).
+        request: the device's budget and upload.
+        public: the public pool with ``features`` in the upload's feature space.
+        n_metric, n_finetune: sizes of the metric and fine-tune sets (paper: 640 and 6,400).
+        selection: the sets the cloud already picked from this upload (e.g. notebook 01's
+            shipped selection); then neither ``request.upload`` nor ``public.features`` is read.
+        **options: passed to :func:`prune_and_recover` (``ft_steps``, ``val_fraction``, ``cache``, ...).
+
+    Raises:
+        ValueError: no upload and no selection, or public data without features.
+    """
+    _check_budget(request.budget)
+    sel = _selection(request, public, selection, n_metric, n_finetune)
     model, report = prune_and_recover(base, public, sel.metric, sel.finetune, request.budget, **options)
     report["selection"] = "gmm"
     return PrunedModel("tap_vits", request.device, model, report)
@@ -253,14 +330,182 @@ def one_size_fits_all(base: nn.Module, request: DeviceRequest, public: PublicDat
     only, so every device gets the same model.
     """
     _check_budget(request.budget)
-    pool = public.features.index if public.features is not None else np.arange(len(public.x))
-    sel = gmm.random_selection(pool, n_metric=n_metric, n_finetune=n_finetune, seed=options.get("seed", 0))
+    sel = _random_selection(public, n_metric, n_finetune, options.get("seed", 0))
     model, report = prune_and_recover(base, public, sel.metric, sel.finetune, request.budget, **options)
     report["selection"] = "random"
     return PrunedModel("one_size_fits_all", "*", model, report)
 
 
-PIPELINES = {"tap_vits": tap_vits, "one_size_fits_all": one_size_fits_all}
+#: ToaSt's Token Channel Selection schedule for the 6-block base model: fraction of FFN input
+#: channels (fc1) and MLP hidden units (fc2) dropped per block - the later, more redundant blocks
+#: drop most (METHODS.md section 2; notebook 02 audits it).
+TCS_FC1 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.3)
+TCS_FC2 = (0.0, 0.0, 0.0, 0.5, 0.9, 0.9)
+
+
+def toast(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_finetune: int = 6400,
+          tcs_fc1: Any = TCS_FC1, tcs_fc2: Any = TCS_FC2, **options: Any) -> PrunedModel:
+    """ToaSt: coupled QK/VO dimension pruning (weights only, block 0 dense), recovery, then TCS.
+
+    Recovery uses a random public fine-tune set (seeded like :func:`one_size_fits_all`'s), since
+    ToaSt reads no device data; the model is the same for every device. Token Channel Selection
+    is installed after recovery in ``sample`` mode (per-image choice: no batch dependence).
+
+    Args:
+        tcs_fc1, tcs_fc2: TCS drop fractions per block (one number or ``[depth]``); both 0
+            gives plain coupled pruning.
+        **options: passed to :func:`recover` (``ft_steps``, ``seed``, ...).
+    """
+    budget = _check_budget(request.budget)
+    depth = len(importance._check_model(base))
+    tcs._ratio_list(tcs_fc1, depth, "tcs_fc1"), tcs._ratio_list(tcs_fc2, depth, "tcs_fc2")  # refuse early
+    sel = _random_selection(public, 2, n_finetune, options.get("seed", 0))
+    model, report = prune_and_recover(base, public, sel.metric, sel.finetune, budget, criterion="toast",
+                                      adaptive=False, **options)
+    flops_no_tcs = report["flops"]
+    tcs.patch(model, tcs_fc1, tcs_fc2, mode="sample")
+    report.update(selection="random", flops=measure.count_flops(model, public.x[:1]),
+                  flops_without_tcs=flops_no_tcs, tcs={"fc1": list(np.broadcast_to(tcs_fc1, depth).tolist()),
+                                                        "fc2": list(np.broadcast_to(tcs_fc2, depth).tolist()),
+                                                        "mode": "sample"})
+    return PrunedModel("toast", "*", model, report)
+
+
+def torch_pruning(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_finetune: int = 6400,
+                  importance_kind: str = "magnitude", **options: Any) -> PrunedModel:
+    """The torch-pruning peer: whole heads and MLP channels to the same parameter budget, same recovery.
+
+    Args:
+        importance_kind: ``"magnitude"`` (weights only) or ``"taylor"`` (gradients on the
+            random public metric set's first 640 images).
+        **options: passed to :func:`recover`.
+    """
+    budget = _check_budget(request.budget)
+    if importance_kind not in peers.IMPORTANCES:
+        raise ValueError(f"importance_kind must be one of {peers.IMPORTANCES}, got {importance_kind!r}")
+    split_validation(np.arange(max(2, n_finetune)), options.get("val_fraction", 0.1))
+    sel = _random_selection(public, 640, n_finetune, options.get("seed", 0))
+    t0 = time.perf_counter()
+    xy = {"x": public.x[sel.metric], "y": public.y[sel.metric]} if importance_kind == "taylor" else {}
+    model, info = peers.torch_pruning_prune(base, budget, importance_kind=importance_kind, **xy)
+    t1 = time.perf_counter()
+    model, rec = recover(model, public, sel.finetune, **options)
+    report = {"criterion": f"torch_pruning_{importance_kind}", "budget": list(budget),
+              "block_params_kept_target": importance.block_param_fraction(*budget), "selection": "random",
+              "torch_pruning": info, **rec, **size_report(base, model, public.x[:1]),
+              "seconds": {"prune": t1 - t0, "recover": time.perf_counter() - t1}}
+    return PrunedModel("torch_pruning", "*", model, report)
+
+
+def token_reduction(base: nn.Module, request: DeviceRequest, public: Optional[PublicData] = None, *,
+                    method: str = "pomt", amount: Any = 16, **kwargs: Any) -> PrunedModel:
+    """A token method on the dense model, no training: the same model for every device.
+
+    Args:
+        method: ``"pomt"`` (``amount`` = R), ``"tome"`` (``amount`` = r per block), ``"topk"`` /
+            ``"evit"`` (``amount`` = keep rate in (0, 1) or a drop schedule).
+        kwargs: passed to the patch (e.g. POMT's ``layer``).
+
+    ``request.budget`` is not read: a token method has no parameter budget.
+    """
+    if method not in tokens._METHODS:
+        raise ValueError(f"method must be one of {tokens._METHODS}, got {method!r}")
+    model = tokens.reduced_copy(base, method, amount, **kwargs)
+    size = model.patch_embed.img_size
+    x1 = public.x[:1] if public is not None else torch.zeros(1, 3, *size)
+    report = {"criterion": method, "amount": amount, "schedule": tokens.schedule_of(model),
+              **size_report(base, model, x1)}
+    return PrunedModel(method, "*", model, report)
+
+
+def oracle(base: nn.Module, request: DeviceRequest, public: PublicData, *, private: tuple[Tensor, Tensor],
+           n_metric: int = 640, **options: Any) -> PrunedModel:
+    """TAP-ViTs with the device's private training images as metric and fine-tune sets.
+
+    The upper bound: what the method would reach if the cloud had the device's data. Only the
+    private *training* split may be passed; the test split stays for :func:`evaluate_on_device`.
+
+    Args:
+        private: ``(x [n, 3, H, W], y [n])`` the device's private training split.
+        n_metric: images scored (the first ``n_metric`` of a seeded permutation).
+        **options: passed to :func:`prune_and_recover`.
+    """
+    budget = _check_budget(request.budget)
+    x, y = private
+    pool = PublicData(x, y)
+    perm = np.random.default_rng(options.get("seed", 0)).permutation(len(x))
+    model, report = prune_and_recover(base, pool, perm[:n_metric], perm, budget, **options)
+    report["selection"] = "private"
+    return PrunedModel("oracle", request.device, model, report)
+
+
+#: Token settings the combined plan considers by default (with "none" always included).
+COMBINED_TOKENS = (("pomt", 8), ("pomt", 16), ("pomt", 24), ("pomt", 32), ("tome", 2), ("tome", 4), ("tome", 6))
+
+
+def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *, curve: latency.Curve,
+                  structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor],
+                  token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None, rounds: int = 5,
+                  seed: int = 0) -> PrunedModel:
+    """Structure and tokens together: the most accurate plan predicted to meet the latency budget.
+
+    Every candidate is a structure (the dense model or a pruned one) with a token setting (none,
+    or one of ``token_grid``). Its batch-1 latency is predicted, not measured per candidate:
+    each structure's full-token latency is measured once on this device, and the token setting
+    scales it by the device's latency curve (:func:`vitprune_lite.latency.predict_ms`). Its
+    accuracy is measured on ``val``, a validation split of the device's fine-tune set (public
+    images, never the private test split). The plan is the candidate with the best validation
+    accuracy among those predicted within ``request.latency_ms`` (ties: the faster); if none
+    fits, the fastest predicted.
+
+    Args:
+        structures: name -> model, e.g. ``{"dense": base, "tap 50": ...}`` (models are not changed).
+        curve: the device's batch-1 network latency curve for ``base`` (:func:`latency.load_curve`).
+        val: ``(x, y)`` validation images and labels.
+        token_grid: ``(method, amount)`` pairs.
+        threads, rounds, seed: for measuring each structure's full-token latency.
+
+    Returns:
+        The chosen model (a patched copy) with a report listing every candidate's predicted
+        latency and validation accuracy.
+    """
+    if request.latency_ms is None or not request.latency_ms > 0:
+        raise ValueError(f"combined_plan needs request.latency_ms > 0 (milliseconds per image), "
+                         f"got {request.latency_ms!r}")
+    if not structures:
+        raise ValueError("structures must name at least one model (e.g. {'dense': base})")
+    latency.check_curve(curve, base, 1)
+    grid = [("none", 0)] + [tuple(g) for g in token_grid]
+    for method, _ in grid[1:]:
+        if method not in tokens._METHODS:
+            raise ValueError(f"token_grid method must be one of {tokens._METHODS}, got {method!r}")
+    x1 = val[0][:1]
+    lat = measure.measure_latency(dict(structures), x1, threads=threads or curve.threads, rounds=rounds, seed=seed)
+    pooled = curve.pooled()
+    candidates = []
+    for name, struct in structures.items():
+        for method, amount in grid:
+            model = struct if method == "none" else tokens.reduced_copy(struct, method, amount)
+            flow = tokens.schedule_of(model)["tokens"]  # tokens at each block's MLP
+            pred = latency.predict_ms(pooled["n"], pooled["median_ms"], flow, lat[name].median_ms)
+            candidates.append({"structure": name, "tokens": method, "amount": amount, "model": model,
+                               "structure_ms": lat[name].median_ms, "predicted_ms": pred,
+                               "val_acc": measure.accuracy(model, *val)})
+    fits = [c for c in candidates if c["predicted_ms"] <= request.latency_ms]
+    best = (max(fits, key=lambda c: (c["val_acc"], -c["predicted_ms"])) if fits
+            else min(candidates, key=lambda c: c["predicted_ms"]))
+    model = best["model"] if best["model"] is not structures[best["structure"]] else copy.deepcopy(best["model"])
+    report = {"criterion": "combined", "latency_budget_ms": request.latency_ms, "budget_predicted_met": bool(fits),
+              "choice": {k: v for k, v in best.items() if k != "model"},
+              "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates],
+              "curve": {"model": curve.model, "device": curve.device, "threads": curve.threads},
+              **size_report(base, model, x1)}
+    return PrunedModel("combined", request.device, model.eval(), report)
+
+
+PIPELINES = {"tap_vits": tap_vits, "one_size_fits_all": one_size_fits_all, "toast": toast,
+             "torch_pruning": torch_pruning, "token_reduction": token_reduction,
+             "combined_plan": combined_plan, "oracle": oracle}
 
 
 def evaluate_on_device(result: PrunedModel, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
