@@ -232,3 +232,18 @@ def test_predict_ms_reads_the_curve():
     assert latency.predict_ms(n, y, [9, 5], 20.0) == pytest.approx(20.0 * 8.0 / 10.0)
     with pytest.raises(ValueError, match="leaves the curve's range"):
         latency.predict_ms(n, y, [1, 9], 20.0)
+
+
+def test_choose_plan_filters_and_falls_back_to_the_fastest():
+    cands = [{"structure": "dense", "tokens": "none", "predicted_ms": 10.0, "val_acc": 0.9},
+             {"structure": "dense", "tokens": "pomt", "predicted_ms": 8.0, "val_acc": 0.85},
+             {"structure": "tap", "tokens": "none", "predicted_ms": 7.0, "val_acc": 0.8},
+             {"structure": "tap", "tokens": "pomt", "predicted_ms": 6.0, "val_acc": 0.8}]
+    c, met = pipelines.choose_plan(cands, 8.5)
+    assert met and c is cands[1]
+    c, met = pipelines.choose_plan(cands, 7.5)  # tie on accuracy: the faster
+    assert met and c is cands[3]
+    c, met = pipelines.choose_plan(cands, 7.5, where=lambda c: c["structure"] == "dense")
+    assert not met and c is cands[1]  # nothing fits: the fastest of the allowed
+    with pytest.raises(ValueError, match="latency budget must be > 0"):
+        pipelines.choose_plan(cands, 0)

@@ -43,7 +43,7 @@ import copy
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -426,15 +426,16 @@ def oracle(base: nn.Module, request: DeviceRequest, public: PublicData, *, priva
     private *training* split may be passed; the test split stays for :func:`evaluate_on_device`.
 
     Args:
-        private: ``(x [n, 3, H, W], y [n])`` the device's private training split.
-        n_metric: images scored (the first ``n_metric`` of a seeded permutation).
-        **options: passed to :func:`prune_and_recover`.
+        private: ``(x [n, 3, H, W], y [n])`` the device's private training split (its order is
+            already random: the first ``n_metric`` images are scored, all are fine-tuned on).
+        n_metric: images scored.
+        **options: passed to :func:`prune_and_recover` (``seed`` draws the validation split).
     """
     budget = _check_budget(request.budget)
     x, y = private
     pool = PublicData(x, y)
-    perm = np.random.default_rng(options.get("seed", 0)).permutation(len(x))
-    model, report = prune_and_recover(base, pool, perm[:n_metric], perm, budget, **options)
+    idx = np.arange(len(x))
+    model, report = prune_and_recover(base, pool, idx[:n_metric], idx, budget, **options)
     report["selection"] = "private"
     return PrunedModel("oracle", request.device, model, report)
 
@@ -443,35 +444,29 @@ def oracle(base: nn.Module, request: DeviceRequest, public: PublicData, *, priva
 COMBINED_TOKENS = (("pomt", 8), ("pomt", 16), ("pomt", 24), ("pomt", 32), ("tome", 2), ("tome", 4), ("tome", 6))
 
 
-def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *, curve: latency.Curve,
-                  structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor],
-                  token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None, rounds: int = 5,
-                  seed: int = 0) -> PrunedModel:
-    """Structure and tokens together: the most accurate plan predicted to meet the latency budget.
+def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor], *,
+                    curve: latency.Curve, token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None,
+                    rounds: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+    """Every structure x token setting, with predicted batch-1 latency and validation accuracy.
 
-    Every candidate is a structure (the dense model or a pruned one) with a token setting (none,
-    or one of ``token_grid``). Its batch-1 latency is predicted, not measured per candidate:
-    each structure's full-token latency is measured once on this device, and the token setting
-    scales it by the device's latency curve (:func:`vitprune_lite.latency.predict_ms`). Its
-    accuracy is measured on ``val``, a validation split of the device's fine-tune set (public
-    images, never the private test split). The plan is the candidate with the best validation
-    accuracy among those predicted within ``request.latency_ms`` (ties: the faster); if none
-    fits, the fastest predicted.
+    Each structure's full-token latency is measured once on this machine (interleaved); a token
+    setting scales it by the device's latency curve (:func:`vitprune_lite.latency.predict_ms`).
+    Accuracy is measured on ``val``, a validation split of the device's fine-tune set (public
+    images, never the private test split).
 
     Args:
-        structures: name -> model, e.g. ``{"dense": base, "tap 50": ...}`` (models are not changed).
-        curve: the device's batch-1 network latency curve for ``base`` (:func:`latency.load_curve`).
-        val: ``(x, y)`` validation images and labels.
-        token_grid: ``(method, amount)`` pairs.
+        base: the dense model the curve was profiled on.
+        structures: name -> model, e.g. ``{"dense": base, "tap 50%": ...}`` (not changed).
+        val: ``(x [n, 3, H, W], y [n])`` validation images and labels.
+        curve: the device's batch-1 network latency curve for ``base``.
+        token_grid: ``(method, amount)`` pairs; "no token reduction" is always included.
         threads, rounds, seed: for measuring each structure's full-token latency.
 
     Returns:
-        The chosen model (a patched copy) with a report listing every candidate's predicted
-        latency and validation accuracy.
+        One dict per candidate: ``structure``, ``tokens`` (method or ``"none"``), ``amount``,
+        ``model`` (a patched copy, or the structure itself for ``"none"``), ``structure_ms``,
+        ``predicted_ms``, ``val_acc``.
     """
-    if request.latency_ms is None or not request.latency_ms > 0:
-        raise ValueError(f"combined_plan needs request.latency_ms > 0 (milliseconds per image), "
-                         f"got {request.latency_ms!r}")
     if not structures:
         raise ValueError("structures must name at least one model (e.g. {'dense': base})")
     latency.check_curve(curve, base, 1)
@@ -479,27 +474,73 @@ def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *
     for method, _ in grid[1:]:
         if method not in tokens._METHODS:
             raise ValueError(f"token_grid method must be one of {tokens._METHODS}, got {method!r}")
-    x1 = val[0][:1]
-    lat = measure.measure_latency(dict(structures), x1, threads=threads or curve.threads, rounds=rounds, seed=seed)
+    lat = measure.measure_latency(dict(structures), val[0][:1], threads=threads or curve.threads,
+                                  rounds=rounds, seed=seed)
     pooled = curve.pooled()
-    candidates = []
+    out = []
     for name, struct in structures.items():
         for method, amount in grid:
             model = struct if method == "none" else tokens.reduced_copy(struct, method, amount)
             flow = tokens.schedule_of(model)["tokens"]  # tokens at each block's MLP
-            pred = latency.predict_ms(pooled["n"], pooled["median_ms"], flow, lat[name].median_ms)
-            candidates.append({"structure": name, "tokens": method, "amount": amount, "model": model,
-                               "structure_ms": lat[name].median_ms, "predicted_ms": pred,
-                               "val_acc": measure.accuracy(model, *val)})
-    fits = [c for c in candidates if c["predicted_ms"] <= request.latency_ms]
-    best = (max(fits, key=lambda c: (c["val_acc"], -c["predicted_ms"])) if fits
-            else min(candidates, key=lambda c: c["predicted_ms"]))
-    model = best["model"] if best["model"] is not structures[best["structure"]] else copy.deepcopy(best["model"])
-    report = {"criterion": "combined", "latency_budget_ms": request.latency_ms, "budget_predicted_met": bool(fits),
+            out.append({"structure": name, "tokens": method, "amount": amount, "model": model,
+                        "structure_ms": lat[name].median_ms,
+                        "predicted_ms": latency.predict_ms(pooled["n"], pooled["median_ms"], flow, lat[name].median_ms),
+                        "val_acc": measure.accuracy(model, *val)})
+    return out
+
+
+def choose_plan(candidates: Sequence[Mapping[str, Any]], latency_ms: float,
+                where: Optional[Callable[[Mapping[str, Any]], bool]] = None) -> tuple[Mapping[str, Any], bool]:
+    """The best validation accuracy among candidates predicted within ``latency_ms`` (ties: the faster).
+
+    Args:
+        candidates: from :func:`plan_candidates`.
+        latency_ms: the budget, > 0.
+        where: optional filter (e.g. structure only: ``lambda c: c["tokens"] == "none"``).
+
+    Returns:
+        ``(candidate, met)``; if none is predicted within budget, the fastest predicted one and False.
+    """
+    if not latency_ms > 0:
+        raise ValueError(f"latency budget must be > 0 ms, got {latency_ms!r}")
+    pool = [c for c in candidates if where is None or where(c)]
+    if not pool:
+        raise ValueError("no candidate passes the filter")
+    fits = [c for c in pool if c["predicted_ms"] <= latency_ms]
+    if fits:
+        return max(fits, key=lambda c: (c["val_acc"], -c["predicted_ms"])), True
+    return min(pool, key=lambda c: c["predicted_ms"]), False
+
+
+def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *, curve: latency.Curve,
+                  structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor],
+                  token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None, rounds: int = 5,
+                  seed: int = 0) -> PrunedModel:
+    """Structure and tokens together: the most accurate plan predicted to meet the latency budget.
+
+    :func:`plan_candidates` lists every structure (the dense model or a pruned one) with every
+    token setting, its predicted latency and validation accuracy; :func:`choose_plan` picks the
+    best predicted within ``request.latency_ms`` (if none fits, the fastest predicted).
+
+    Args:
+        request: ``latency_ms`` is the budget (milliseconds per image, batch 1).
+        structures, val, curve, token_grid, threads, rounds, seed: see :func:`plan_candidates`.
+
+    Returns:
+        The chosen model (a patched copy) with a report listing every candidate.
+    """
+    if request.latency_ms is None or not request.latency_ms > 0:
+        raise ValueError(f"combined_plan needs request.latency_ms > 0 (milliseconds per image), "
+                         f"got {request.latency_ms!r}")
+    cands = plan_candidates(base, structures, val, curve=curve, token_grid=token_grid, threads=threads,
+                            rounds=rounds, seed=seed)
+    best, met = choose_plan(cands, request.latency_ms)
+    model = best["model"] if best["tokens"] != "none" else copy.deepcopy(best["model"])
+    report = {"criterion": "combined", "latency_budget_ms": request.latency_ms, "budget_predicted_met": met,
               "choice": {k: v for k, v in best.items() if k != "model"},
-              "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates],
+              "candidates": [{k: v for k, v in c.items() if k != "model"} for c in cands],
               "curve": {"model": curve.model, "device": curve.device, "threads": curve.threads},
-              **size_report(base, model, x1)}
+              **size_report(base, model, val[0][:1])}
     return PrunedModel("combined", request.device, model.eval(), report)
 
 

@@ -163,11 +163,39 @@ def section_latency(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def section_final(r: Mapping[str, Any]) -> str:
+    """Notebook 04: every method after identical recovery, per device; the combined plan."""
+    seeds = r.get("seeds") or []
+    main = r.get("main_budget")
+    rows = []
+    for s in r["summary"]:
+        if s["budget"].endswith("params"):
+            rows.append([s["device"], s["budget"], s["best"], pct(s["tap_vits"]), pct(s["one_size_fits_all"]),
+                         pct(s["toast"]), pct(s["torch_pruning"]), pct(s["oracle"]), pct(s["dense"])])
+    lines = ["### 04 Final comparisons", "",
+             f"Private test accuracy per device after pruning to {main} of the block parameters and an "
+             f"identical recovery fine-tune, mean over {len(seeds)} seed{'' if len(seeds) == 1 else 's'}; "
+             "best = best mean among the deployable methods (the oracle reads the device's private data).", "",
+             md_table(["device", "budget", "best", "TAP-ViTs", "one-size-fits-all", "ToaSt + TCS",
+                       "torch-pruning", "oracle", "dense"], rows)]
+    lat = [s for s in r["summary"] if s["budget"].endswith("latency")]
+    if lat:
+        dense_ms = r.get("dense", {}).get("ms_b1")
+        lines += ["", "Combined plan (structure + tokens chosen together from the device's latency curve) under "
+                      "batch-1 latency budgets" + (f" (dense: {dense_ms:.2f} ms here)" if dense_ms else "") + ":", "",
+                  md_table(["device", "budget", "best", "combined", "structure only", "tokens only", "combined plan",
+                            "measured ms"],
+                           [[s["device"], s["budget"], s["best"], pct(s["combined"]), pct(s["structure only"]),
+                             pct(s["tokens only"]), s["combined_plan"], f"{s['combined_ms']:.2f}"] for s in lat])]
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
     "00": ("00_base_model.json", section_base),
     "01": ("01_gmm_data_approximation.json", section_gmm),
     "02": ("02_head_channel_importance.json", section_importance),
     "03": ("03_latency_curve_profiling.json", section_latency),
+    "04": ("04_final_comparisons.json", section_final),
 }
 
 
@@ -328,6 +356,77 @@ def _m_pomt_vs_tome(results: Results) -> Optional[tuple[str, str]]:
     return f"POMT / ToMe batch-1 latency at matched accuracy {ratio:.3f}", HELD if ratio < 1 else NOT_HELD
 
 
+def _final_accs(results: Results) -> Optional[tuple[Mapping[str, Any], list[str], dict[str, dict[str, float]]]]:
+    """Notebook 04 at its main budget: ``(results, devices, {method: {device: mean acc}})``."""
+    r = results.get("04")
+    if not r or "aggregate" not in r:
+        return None
+    main = r["main_budget"]
+    devices = list(r["parameters"]["devices"])
+    accs: dict[str, dict[str, float]] = {}
+    for p in r["aggregate"]:
+        if p["setting"] == main:
+            accs.setdefault(p["method"], {})[p["device"]] = p["acc"]
+    return r, devices, accs
+
+
+def _m_tap_vs_one_size(results: Results) -> Optional[tuple[str, str]]:
+    got = _final_accs(results)
+    if got is None:
+        return None
+    r, devices, accs = got
+    diff = [accs["tap_vits"][d] - accs["one_size_fits_all"][d] for d in devices]
+    wins = sum(x > 0 for x in diff)
+    text = (f"device-specific TAP-ViTs vs one shared model, after identical recovery at {r['main_budget']} "
+            f"parameters: {100 * mean(diff):+.1f} points (mean over devices, {len(r['seeds'])} seeds); "
+            f"better on {wins} of {len(devices)} devices")
+    return text, HELD if wins == len(devices) else NOT_HELD if wins == 0 else PARTLY
+
+
+def _m_tap_vs_all(results: Results) -> Optional[tuple[str, str]]:
+    got = _final_accs(results)
+    if got is None:
+        return None
+    r, devices, accs = got
+    others = [m for m in ("one_size_fits_all", "toast", "torch_pruning") if m in accs]
+    best = {d: max(accs[m][d] for m in others) for d in devices}
+    wins = sum(accs["tap_vits"][d] >= best[d] for d in devices)
+    text = (f"TAP-ViTs ≥ best of {', '.join(others)} on {wins} of {len(devices)} devices after identical "
+            f"recovery at {r['main_budget']} parameters (mean TAP {pct(mean(accs['tap_vits'].values()))} "
+            f"vs best other {pct(mean(best.values()))})")
+    return text, HELD if wins == len(devices) else NOT_HELD if wins == 0 else PARTLY
+
+
+def _m_toast_recovered(results: Results) -> Optional[tuple[str, str]]:
+    got = _final_accs(results)
+    if got is None:
+        return None
+    r, devices, accs = got
+    others = [m for m in ("one_size_fits_all", "torch_pruning") if m in accs]
+    best = mean(max(accs[m][d] for m in others) for d in devices)
+    toast = mean(accs["toast"].values())
+    flops = {p["method"]: p["flops"] for p in r["aggregate"] if p["setting"] == r["main_budget"]}
+    text = (f"after identical recovery at {r['main_budget']} parameters: ToaSt + TCS {pct(toast)} at "
+            f"{flops['toast'] / r['dense']['flops']:.2f} of dense FLOPs vs best data-free peer {pct(best)} "
+            f"at {min(flops[m] for m in others) / r['dense']['flops']:.2f}")
+    return text, HELD if toast >= best and flops["toast"] <= min(flops[m] for m in others) else (
+        NOT_HELD if toast < best and flops["toast"] >= min(flops[m] for m in others) else PARTLY)
+
+
+def _m_combined(results: Results) -> Optional[tuple[str, str]]:
+    r = results.get("04")
+    if not r or "combined_mean_acc" not in r:
+        return None
+    a = r["combined_mean_acc"]
+    met = mean(float(c["measured_met"]) for c in r["combined"] if c["kind"] == "combined")
+    text = (f"combined {pct(a['combined'])} vs structure only {pct(a['structure only'])} vs tokens only "
+            f"{pct(a['tokens only'])} (mean test accuracy over devices, budgets, seeds); measured latency "
+            f"within budget in {100 * met:.0f} % of plans")
+    beats = a["combined"] > max(a["structure only"], a["tokens only"])
+    ties = a["combined"] >= max(a["structure only"], a["tokens only"])
+    return text, HELD if beats else PARTLY if ties else NOT_HELD
+
+
 # Each claim is quoted from its paper's abstract (seeds/) or from METHODS.md; "measure" names
 # the extractor (in MEASURES) that finds the matching figure in data/results, None where no
 # measurement at this scale can answer it (the reason goes in "note"); "uses" lists the
@@ -363,6 +462,18 @@ CLAIMS: list[dict[str, Any]] = [
     {"paper": "POMT", "source": "abstract",
      "claim": "For similar latency (within 5.2% or 7ms) across devices we achieve 78.6%-84.5% ImageNet1K accuracy",
      "measure": None, "note": "ImageNet-1K and Jetson devices: no counterpart on the 12-class benchmark"},
+    {"paper": "TAP-ViTs", "source": "abstract", "uses": ("04",),
+     "claim": "existing approaches either (i) produce a single pruned model shared across all devices, ignoring device heterogeneity",
+     "measure": "tap_vs_one_size"},
+    {"paper": "TAP-ViTs", "source": "findings", "uses": ("04",),
+     "claim": "Achieves better task accuracy and efficiency across multiple datasets and models",
+     "measure": "tap_vs_all"},
+    {"paper": "ToaSt", "source": "abstract", "uses": ("04",),
+     "claim": "achieves superior trade-offs between accuracy and efficiency (after recovery, against data-free peers)",
+     "measure": "toast_recovered"},
+    {"paper": "this companion", "source": "notebook 04", "uses": ("03", "04"),
+     "claim": "choosing structure and token schedule together beats either alone under a latency budget",
+     "measure": "combined"},
 ]
 
 MEASURES: dict[str, Callable[[Results], Optional[tuple[str, str]]]] = {
@@ -375,6 +486,10 @@ MEASURES: dict[str, Callable[[Results], Optional[tuple[str, str]]]] = {
     "pomt_latency": _m_pomt_latency,
     "others_slower": _m_others_slower,
     "pomt_vs_tome": _m_pomt_vs_tome,
+    "tap_vs_one_size": _m_tap_vs_one_size,
+    "tap_vs_all": _m_tap_vs_all,
+    "toast_recovered": _m_toast_recovered,
+    "combined": _m_combined,
 }
 
 
@@ -423,7 +538,7 @@ def section_claims(results: Results) -> str:
 # --------------------------------------------------------------------------- README
 # The one figure per notebook shown inline; the notebook's other figures are linked.
 MAIN_FIGURES = {"00": "00_base_model.png", "01": "01_selection_quality.png",
-                "02": "02_accuracy_vs_budget.png", "03": "03_latency_curve.png",
+                "02": "02_accuracy_vs_budget.png", "03": "03_curves.png",
                 "04": "04_pareto.png"}
 
 

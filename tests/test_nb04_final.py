@@ -1,0 +1,53 @@
+"""Notebook 04 at smoke parameters: every pipeline end to end, the combined plan, the summary."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import run_smoke
+
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
+
+
+def test_04_final_comparisons(nb_out):
+    from vitprune_lite import gmm, paths
+
+    sets = nb_out / "data" / "results" / gmm.SELECTED_SETS
+    if not sets.exists():  # run alone: use the committed selection instead of notebook 01's smoke output
+        sets.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths.data_dir() / "results" / gmm.SELECTED_SETS, sets)
+    res = run_smoke("04_", nb_out)
+    assert res["smoke"] is True and res["environment"]["threads"] >= 1
+    (d,) = res["parameters"]["devices"]
+    methods = {r["method"] for r in res["rows"]}
+    assert methods == {"dense", "tap_vits", "one_size_fits_all", "toast", "torch_pruning", "oracle",
+                       "pomt", "tome", "topk"}
+    dense = res["dense"]
+    for r in res["rows"]:
+        assert 0 <= r["acc"] <= 1 and r["ms_b1"] > 0 and r["ms_b32"] > 0
+        if r["method"] != "dense":
+            assert r["flops"] < dense["flops"]  # every method removes work
+    # structured methods meet the same parameter budget (within rounding of heads for torch-pruning)
+    struct = [r for r in res["rows"] if r["method"] in ("tap_vits", "one_size_fits_all", "toast", "oracle")]
+    assert len({r["params"] for r in struct if r["method"] != "toast"}) >= 1
+    for r in struct:
+        assert r["params"] < dense["params"]
+    # recovery was chosen on validation, never on test: every structured report says what it kept
+    for key, rep in res["reports"].items():
+        if key.split("|")[0] in ("tap_vits", "one_size_fits_all", "toast", "torch_pruning", "oracle"):
+            assert rep["kept"] in ("pruned", "finetuned") and rep["n_val"] > 0
+    # the combined plan: one row per kind and latency budget; it is never worse on validation
+    kinds = {}
+    for c in res["combined"]:
+        kinds.setdefault(c["budget_share"], {})[c["kind"]] = c
+    assert set(kinds) == set(res["parameters"]["latency_budgets"])
+    for per in kinds.values():
+        assert set(per) == {"combined", "structure only", "tokens only"}
+        if per["combined"]["predicted_met"]:
+            assert per["combined"]["val_acc"] >= max(per["structure only"]["val_acc"] if per["structure only"]["predicted_met"] else 0,
+                                                     per["tokens only"]["val_acc"] if per["tokens only"]["predicted_met"] else 0)
+    # the summary names a best method per device and budget
+    assert {s["budget"] for s in res["summary"]} == {"50% params", *(f"{round(100 * b)}% latency"
+                                                                      for b in res["parameters"]["latency_budgets"])}
+    assert (nb_out / "figures" / "04_pareto.png").exists()
