@@ -36,8 +36,14 @@ lab: setup
 train: setup
 	$(PY) -m vitprune_lite train
 
+# Speed and memory benchmarks (not tests; tens of minutes on 2 cores); each writes data/benchmarks/<name>.json.
 bench: setup
 	$(PY) -m vitprune_lite.benchmarks.surgery_speedup
+	$(PY) -m vitprune_lite.benchmarks.importance_bench
+	$(PY) -m vitprune_lite.benchmarks.toast_bench
+	$(PY) -m vitprune_lite.benchmarks.peers_bench
+	$(PY) -m vitprune_lite.benchmarks.latency_bench
+	$(PY) -m vitprune_lite.benchmarks.tome_bench
 
 clean-build:
 	rm -rf build/

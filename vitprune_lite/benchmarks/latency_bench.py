@@ -10,7 +10,7 @@ seconds after its first ``--rounds`` rounds. Reported per sweep: wall time, roun
 the 95 % interval half-width (target +-3 %), the load average before and after; per profile:
 the step-detection verdict and the test-retest agreement. Curves are written to
 ``data/latency/<device>__<model>__b<batch>.json`` (commit them, with the machine named in the
-file name), a summary to ``data/results/bench_latency.json``.
+file name), a summary to ``data/benchmarks/latency_bench.json``.
 
 The issue's target: one whole-network sweep of deit_small_patch16_224 at batch 1, every token
 count, median interval half-width <= 3 %, in at most 3 minutes. The authors' protocol spends
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  test-retest: median |diff| {100 * rt['rel_diff_median']:.1f} %, max "
                           f"{100 * rt['rel_diff_max']:.1f} %, detrended correlation {rt['residual_corr']}")
     out["environment"] = measure.environment()
-    paths.write_json_atomic(paths.results_dir() / "bench_latency.json", out)
+    paths.write_json_atomic(paths.data_dir() / "benchmarks" / "latency_bench.json", out)
     return 0
 
 

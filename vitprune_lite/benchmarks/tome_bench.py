@@ -17,7 +17,7 @@ Parts:
 
 All latency comes from ``measure.measure_latency`` (interleaved, shuffled rounds); ratios are
 medians of per-round ratios, with their interquartile range. Results go to
-``data/results/bench_tome.json``.
+``data/benchmarks/tome_bench.json``.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if "matched" in args.parts:
         out["matched"] = bench_matched(args)
     out["environment"] = measure.environment()
-    paths.write_json_atomic(paths.results_dir() / "bench_tome.json", out)
+    paths.write_json_atomic(paths.data_dir() / "benchmarks" / "tome_bench.json", out)
     return 0
 
 
