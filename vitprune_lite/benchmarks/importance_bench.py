@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from vitprune_lite import data, importance, measure, models, paths
+from vitprune_lite import data, importance, measure, models
+from vitprune_lite.benchmarks import save
 
 
 def _rss_bytes() -> int:
@@ -138,9 +139,7 @@ def main() -> None:
                   f" (peak RSS +{r['sensitivity_memory']['rss_peak_bytes'] / 2**20:.0f} MiB)"
                   f" -> {r['sensitivity_seconds_at_all_images']:.0f} s at {r['images']}"
                   f" | total {r['total_seconds_at_all_images']:.0f} s")
-    path = args.out or paths.data_dir() / "benchmarks" / "importance_bench.json"
-    paths.write_json_atomic(path, res)
-    print(f"wrote {path}")
+    save(res, "importance_bench", args.out)
 
 
 if __name__ == "__main__":

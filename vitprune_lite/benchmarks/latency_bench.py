@@ -24,7 +24,8 @@ import time
 import numpy as np
 import torch
 
-from vitprune_lite import latency, measure, models, paths
+from vitprune_lite import latency, measure, models
+from vitprune_lite.benchmarks import save
 
 
 def summarise(curve: latency.Curve, target: float) -> dict:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  test-retest: median |diff| {100 * rt['rel_diff_median']:.1f} %, max "
                           f"{100 * rt['rel_diff_max']:.1f} %, detrended correlation {rt['residual_corr']}")
     out["environment"] = measure.environment()
-    paths.write_json_atomic(paths.data_dir() / "benchmarks" / "latency_bench.json", out)
+    save(out, "latency_bench")
     return 0
 
 

@@ -16,7 +16,8 @@ import argparse
 
 import torch
 
-from vitprune_lite import measure, models, paths, peers
+from vitprune_lite import measure, models, peers
+from vitprune_lite.benchmarks import save, speedups
 
 
 def run(threads: int = 2, rounds: int = 7, min_run_time: float = 0.3, batches=(1, 32)) -> dict:
@@ -29,13 +30,8 @@ def run(threads: int = 2, rounds: int = 7, min_run_time: float = 0.3, batches=(1
            "model": "deit_small_patch16_224", "budget": [0.5, 0.5], "prune": info,
            "flops_dense": f_dense, "flops_pruned": f_pruned, "flop_speedup": f_dense / f_pruned,
            "max_abs_logit": float(pruned(x1).abs().max())}
-    for b in batches:
-        x = torch.randn(b, 3, 224, 224)
-        lat = measure.measure_latency({"dense": dense, "pruned": pruned}, x, threads=threads,
-                                      rounds=rounds, min_run_time=min_run_time)
-        speedup = 1.0 / measure.latency_ratio(lat, "pruned", "dense")
-        out[f"batch{b}"] = {"dense": lat["dense"].to_dict(), "pruned": lat["pruned"].to_dict(),
-                            "speedup": speedup, "speedup_over_flop_speedup": speedup / out["flop_speedup"]}
+    out.update(speedups(dense, pruned, 224, out["flop_speedup"], threads=threads, rounds=rounds,
+                        min_run_time=min_run_time, batches=batches))
     return out
 
 
@@ -53,9 +49,7 @@ def main() -> None:
         r = res[b]
         print(f"{b}: dense {r['dense']['median_ms']:.1f} ms, pruned {r['pruned']['median_ms']:.1f} ms, "
               f"speed-up {r['speedup']:.2f}, / FLOP speed-up {r['speedup_over_flop_speedup']:.2f}")
-    path = paths.data_dir() / "benchmarks" / "peers_bench.json"
-    paths.write_json_atomic(path, res)
-    print(f"wrote {path}")
+    save(res, "peers_bench")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import copy
 
 import torch
 
-from vitprune_lite import measure, models, paths, surgery
+from vitprune_lite import measure, models, surgery
+from vitprune_lite.benchmarks import save, speedups
 
 
 def half_plan(model: torch.nn.Module) -> dict:
@@ -48,13 +49,8 @@ def run(threads: int = 2, rounds: int = 7, min_run_time: float = 0.3, batches=(1
         f_dense, f_pruned = measure.count_flops(dense, x1), measure.count_flops(pruned, x1)
         rec = {"params_dense": measure.count_params(dense), "params_pruned": measure.count_params(pruned),
                "flops_dense": f_dense, "flops_pruned": f_pruned, "flop_speedup": f_dense / f_pruned}
-        for b in batches:
-            x = torch.randn(b, 3, size, size)
-            lat = measure.measure_latency({"dense": dense, "pruned": pruned}, x, threads=threads,
-                                          rounds=rounds, min_run_time=min_run_time)
-            speedup = 1.0 / measure.latency_ratio(lat, "pruned", "dense")
-            rec[f"batch{b}"] = {"dense": lat["dense"].to_dict(), "pruned": lat["pruned"].to_dict(),
-                                "speedup": speedup, "speedup_over_flop_speedup": speedup / rec["flop_speedup"]}
+        rec.update(speedups(dense, pruned, size, rec["flop_speedup"], threads=threads, rounds=rounds,
+                            min_run_time=min_run_time, batches=batches))
         out["models"][name] = rec
     return out
 
@@ -74,9 +70,7 @@ def main() -> None:
             r = rec[key]
             print(f"{name:24s} {key[5:]:>5s} {r['dense']['median_ms']:9.2f} {r['pruned']['median_ms']:9.2f} "
                   f"{r['speedup']:8.2f} {rec['flop_speedup']:7.2f} {r['speedup_over_flop_speedup']:6.2f}")
-    path = paths.data_dir() / "benchmarks" / "surgery_speedup.json"
-    paths.write_json_atomic(path, res)
-    print(f"wrote {path}")
+    save(res, "surgery_speedup")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from vitprune_lite import importance, measure, models, paths, surgery, tcs
+from vitprune_lite import importance, measure, models, surgery, tcs
+from vitprune_lite.benchmarks import save
 
 DIMS_KEPT = 6  # of 64 per head: ToaSt removes 90 % of the dimensions
 
@@ -130,9 +131,7 @@ def main() -> None:
         print(f"audit {k:11s}: predictions changed, batch {a['images']} vs batch 1: "
               f"{a['changed_batch1_vs_batch_all']:.1%}; two shuffles in batches of "
               f"{a['shuffle_batch']}: {a['changed_two_shuffles']:.1%}")
-    path = args.out or paths.data_dir() / "benchmarks" / "toast_bench.json"
-    paths.write_json_atomic(path, res)
-    print(f"wrote {path}")
+    save(res, "toast_bench", args.out)
 
 
 if __name__ == "__main__":

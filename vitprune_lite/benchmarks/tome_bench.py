@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vitprune_lite import measure, models, paths, tokens
+from vitprune_lite.benchmarks import save
 
 #: Batch-1 latency / dense of the published ToMe timm patch on this kind of machine (2 threads,
 #: random weights), from the project's notes on the published implementations.
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if "matched" in args.parts:
         out["matched"] = bench_matched(args)
     out["environment"] = measure.environment()
-    paths.write_json_atomic(paths.data_dir() / "benchmarks" / "tome_bench.json", out)
+    save(out, "tome_bench")
     return 0
 
 

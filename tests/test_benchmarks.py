@@ -1,0 +1,23 @@
+"""The benchmarks' shared helpers (the benchmarks themselves are run by `make bench`, not tests)."""
+from __future__ import annotations
+
+import json
+
+from vitprune_lite import importance, models
+from vitprune_lite.benchmarks import save, speedups
+
+
+def test_speedups_records_both_models_per_batch(one_thread):
+    cfg = models.ViTConfig(embed_dim=48, depth=2, num_heads=4, patch_size=8)
+    dense = models.create_base_model(cfg, seed=0).eval()
+    pruned = importance.prune_copy(dense, importance.make_plan(dense, importance.score(dense, "magnitude_l2"), (0.5, 0.5)))
+    rec = speedups(dense, pruned, 32, 2.0, threads=1, rounds=2, min_run_time=0.001, batches=(1, 4))
+    assert set(rec) == {"batch1", "batch4"}
+    for r in rec.values():
+        assert r["dense"]["batch_size"] == r["pruned"]["batch_size"] and len(r["dense"]["round_medians_ms"]) == 2
+        assert r["speedup_over_flop_speedup"] == r["speedup"] / 2.0 > 0
+
+
+def test_save_writes_json_where_asked(tmp_path):
+    path = save({"a": 1}, "x", tmp_path / "x.json")
+    assert json.loads(path.read_text()) == {"a": 1} and not list(tmp_path.glob(".*"))
