@@ -247,3 +247,16 @@ def test_choose_plan_filters_and_falls_back_to_the_fastest():
     assert not met and c is cands[1]  # nothing fits: the fastest of the allowed
     with pytest.raises(ValueError, match="latency budget must be > 0"):
         pipelines.choose_plan(cands, 0)
+
+
+def test_score_cache_tells_different_images_apart(setup, tiny_vit, small_bench):
+    # two devices' private pools share index ranges; the cache must not confuse them
+    public, request = setup
+    cache: dict = {}
+    outs = {}
+    for d in ("drone", "factory"):
+        x, y = small_bench.devices[d]["train"].tensors()
+        outs[d] = pipelines.oracle(tiny_vit, pipelines.DeviceRequest(d, BUDGET), public, private=(x, y),
+                                   n_metric=16, ft_steps=0, cache=cache, **FAST)
+    assert len(cache) == 2
+    assert not any(o.report["seconds"]["scores_cached"] for o in outs.values())

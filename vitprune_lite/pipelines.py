@@ -200,10 +200,13 @@ def size_report(base: nn.Module, model: nn.Module, x1: Tensor) -> dict[str, Any]
             "widths": surgery.block_widths(model)}
 
 
-def _cache_key(base: nn.Module, criterion: str, idx: np.ndarray, x: Tensor, adaptive: bool,
+def _cache_key(base: nn.Module, criterion: str, x: Tensor, y: Tensor, adaptive: bool,
                sens_images: Optional[int], options: Mapping[str, Any]) -> tuple:
-    digest = hashlib.sha1(np.ascontiguousarray(idx).tobytes() + repr(tuple(x.shape)).encode()).hexdigest()
-    return (id(base), criterion, digest, adaptive, sens_images, repr(sorted(options.items())))
+    """Identifies a scoring by the images themselves (not their indices: the oracle's private
+    pools share index ranges) and everything else the scores depend on."""
+    h = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return (id(base), criterion, h.hexdigest(), tuple(x.shape), adaptive, sens_images, repr(sorted(options.items())))
 
 
 def prune_and_recover(
@@ -254,13 +257,13 @@ def prune_and_recover(
         raise ValueError(f"the metric set needs at least 2 images, got {len(metric_idx)}")
     options = dict(score_options or {})
     t0 = time.perf_counter()
-    x_metric = public.x[metric_idx]
-    key = _cache_key(base, criterion, metric_idx, x_metric, adaptive, sens_images, options)
+    x_metric, y_metric = public.x[metric_idx], public.y[metric_idx]
+    key = _cache_key(base, criterion, x_metric, y_metric, adaptive, sens_images, options)
     hit = cache is not None and key in cache
     if hit:
         scores, sens = cache[key]
     else:
-        scores = importance.score(base, criterion, x_metric, public.y[metric_idx], **options)
+        scores = importance.score(base, criterion, x_metric, y_metric, **options)
         sens = importance.layer_sensitivity(base, x_metric, scores, max_images=sens_images) if adaptive else None
         if cache is not None:
             cache[key] = (scores, sens)
