@@ -50,4 +50,8 @@ def test_04_final_comparisons(nb_out):
     # the summary names a best method per device and budget
     assert {s["budget"] for s in res["summary"]} == {"50% params", *(f"{round(100 * b)}% latency"
                                                                       for b in res["parameters"]["latency_budgets"])}
+    for s in res["summary"]:
+        if s["budget"].endswith("latency"):  # the winner met the budget (measured) in most seeds
+            assert s["best"] == "none met the budget" or s[f"{s['best']} met"] >= 0.5
+    assert set(res["combined_overall"]) == {"combined", "structure only", "tokens only"}
     assert (nb_out / "figures" / "04_pareto.png").exists()

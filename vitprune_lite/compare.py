@@ -87,12 +87,14 @@ def best_per(rows: Iterable[Mapping[str, Any]], by: Sequence[str], score: str,
 
 
 def pareto_axes(ax, points: Sequence[Mapping[str, Any]], x: str, y: str = "acc", *,
-                styles: Optional[Mapping[str, Mapping[str, Any]]] = None, log_x: bool = False) -> None:
+                styles: Optional[Mapping[str, Mapping[str, Any]]] = None, log_x: bool = False,
+                front_exclude: Sequence[str] = ()) -> None:
     """One panel: every point (``y`` mean with its seed spread as an error bar) by method, and the
-    Pareto front over all of them as a grey step line.
+    Pareto front over them as a grey step line.
 
     Args:
         points: aggregated rows (:func:`aggregate`) with ``"method"``, ``x``, ``y`` and ``y_std``.
+        front_exclude: methods drawn but left out of the front (e.g. the oracle).
     """
     styles = styles or {}
     by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -104,7 +106,7 @@ def pareto_axes(ax, points: Sequence[Mapping[str, Any]], x: str, y: str = "acc",
         kw = {"marker": "o", "ms": 4, "capsize": 2, "lw": 1, **styles.get(m, {})}
         ax.errorbar([p[x] for p in ps], [p[y] for p in ps], yerr=[p.get(f"{y}_std", 0.0) for p in ps],
                     label=m, **kw)
-    allp = [p for ps in by_method.values() for p in ps]
+    allp = [p for m, ps in by_method.items() if m not in front_exclude for p in ps]
     if allp:
         f = pareto_front([p[x] for p in allp], [p[y] for p in allp])
         ax.step([allp[i][x] for i in f], [allp[i][y] for i in f], where="post", color="0.6", lw=3,
