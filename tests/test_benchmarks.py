@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
-from vitprune_lite import importance, models
+import torch
+
+from vitprune_lite import importance, measure, models
 from vitprune_lite.benchmarks import save, speedups
 
 
@@ -11,11 +13,14 @@ def test_speedups_records_both_models_per_batch(one_thread):
     cfg = models.ViTConfig(embed_dim=48, depth=2, num_heads=4, patch_size=8)
     dense = models.create_base_model(cfg, seed=0).eval()
     pruned = importance.prune_copy(dense, importance.make_plan(dense, importance.score(dense, "magnitude_l2"), (0.5, 0.5)))
-    rec = speedups(dense, pruned, 32, 2.0, threads=1, rounds=2, min_run_time=0.001, batches=(1, 4))
-    assert set(rec) == {"batch1", "batch4"}
-    for r in rec.values():
+    rec = speedups(dense, pruned, 32, threads=1, rounds=2, min_run_time=0.001, batches=(1, 4))
+    assert set(rec) == {"flops_dense", "flops_pruned", "flop_speedup", "batch1", "batch4"}
+    x1 = torch.zeros(1, 3, 32, 32)
+    assert (rec["flops_dense"], rec["flops_pruned"]) == (measure.count_flops(dense, x1), measure.count_flops(pruned, x1))
+    assert rec["flop_speedup"] == rec["flops_dense"] / rec["flops_pruned"] > 1
+    for r in (rec["batch1"], rec["batch4"]):
         assert r["dense"]["batch_size"] == r["pruned"]["batch_size"] and len(r["dense"]["round_medians_ms"]) == 2
-        assert r["speedup_over_flop_speedup"] == r["speedup"] / 2.0 > 0
+        assert r["speedup_over_flop_speedup"] == r["speedup"] / rec["flop_speedup"] > 0
 
 
 def test_save_writes_json_where_asked(tmp_path):

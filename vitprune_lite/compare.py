@@ -87,7 +87,7 @@ def best_per(rows: Iterable[Mapping[str, Any]], by: Sequence[str], score: str,
 
 
 def pareto_axes(ax, points: Sequence[Mapping[str, Any]], x: str, y: str = "acc", *,
-                styles: Optional[Mapping[str, Mapping[str, Any]]] = None, log_x: bool = False,
+                styles: Optional[Mapping[str, Mapping[str, Any]]] = None,
                 front_exclude: Sequence[str] = ()) -> None:
     """One panel: every point (``y`` mean with its seed spread as an error bar) by method, and the
     Pareto front over them as a grey step line.
@@ -111,5 +111,3 @@ def pareto_axes(ax, points: Sequence[Mapping[str, Any]], x: str, y: str = "acc",
         f = pareto_front([p[x] for p in allp], [p[y] for p in allp])
         ax.step([allp[i][x] for i in f], [allp[i][y] for i in f], where="post", color="0.6", lw=3,
                 alpha=0.4, zorder=0)
-    if log_x:
-        ax.set_xscale("log")

@@ -361,16 +361,14 @@ def toast(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_fine
     """
     budget = _check_budget(request.budget)
     depth = len(importance._check_model(base))
-    tcs._ratio_list(tcs_fc1, depth, "tcs_fc1"), tcs._ratio_list(tcs_fc2, depth, "tcs_fc2")  # refuse early
+    fc1, fc2 = tcs._ratio_list(tcs_fc1, depth, "tcs_fc1"), tcs._ratio_list(tcs_fc2, depth, "tcs_fc2")  # refuse early
     sel = _random_selection(public, 2, n_finetune, options.get("seed", 0))
     model, report = prune_and_recover(base, public, sel.metric, sel.finetune, budget, criterion="toast",
                                       adaptive=False, **options)
     flops_no_tcs = report["flops"]
-    tcs.patch(model, tcs_fc1, tcs_fc2, mode="sample")
+    tcs.patch(model, fc1, fc2, mode="sample")
     report.update(selection="random", flops=measure.count_flops(model, public.x[:1]),
-                  flops_without_tcs=flops_no_tcs, tcs={"fc1": list(np.broadcast_to(tcs_fc1, depth).tolist()),
-                                                        "fc2": list(np.broadcast_to(tcs_fc2, depth).tolist()),
-                                                        "mode": "sample"})
+                  flops_without_tcs=flops_no_tcs, tcs={"fc1": fc1, "fc2": fc2, "mode": "sample"})
     return PrunedModel("toast", "*", model, report)
 
 
@@ -386,8 +384,8 @@ def torch_pruning(base: nn.Module, request: DeviceRequest, public: PublicData, *
     budget = _check_budget(request.budget)
     if importance_kind not in peers.IMPORTANCES:
         raise ValueError(f"importance_kind must be one of {peers.IMPORTANCES}, got {importance_kind!r}")
-    split_validation(np.arange(max(2, n_finetune)), options.get("val_fraction", 0.1))
     sel = _random_selection(public, 640, n_finetune, options.get("seed", 0))
+    split_validation(sel.finetune, options.get("val_fraction", 0.1))  # refuse a bad split before pruning
     t0 = time.perf_counter()
     xy = {"x": public.x[sel.metric], "y": public.y[sel.metric]} if importance_kind == "taylor" else {}
     model, info = peers.torch_pruning_prune(base, budget, importance_kind=importance_kind, **xy)

@@ -247,6 +247,11 @@ def _m_selection(results: Results) -> Optional[tuple[str, str]]:
     return text, (HELD if sel > rnd and gap > 0 else PARTLY if sel > rnd else NOT_HELD)
 
 
+def _tally(wins: int, n: int) -> str:
+    """Verdict for "better in ``wins`` of ``n`` comparisons": all held, none did not, else partly."""
+    return HELD if wins == n else NOT_HELD if wins == 0 else PARTLY
+
+
 def _budget_accs(r: Mapping[str, Any], crit: str) -> Optional[dict[str, float]]:
     """Mean accuracy over devices per budget label for one criterion, or None if absent."""
     out = {}
@@ -272,7 +277,7 @@ def _m_tap_vs_peers(results: Results) -> Optional[tuple[str, str]]:
     best = {lab: max((_budget_accs(r, c) or {}).get(lab, 0.0) for c in peers) for lab in tap}
     wins = sum(tap[lab] >= best[lab] for lab in tap)
     text = f"TAP (GMM) ≥ best other criterion at {wins} of {len(tap)} budgets (zero-shot, mean over devices)"
-    return text, HELD if wins == len(tap) else NOT_HELD if wins == 0 else PARTLY
+    return text, _tally(wins, len(tap))
 
 
 def _m_toast_vs_baselines(results: Results) -> Optional[tuple[str, str]]:
@@ -291,7 +296,7 @@ def _m_toast_vs_baselines(results: Results) -> Optional[tuple[str, str]]:
     wins = sum(toast[lab] >= best[lab] for lab in toast)
     text = (f"ToaSt (coupled QK/VO) ≥ best weight-only baseline ({', '.join(base)}) at {wins} of "
             f"{len(toast)} budgets (zero-shot)")
-    return text, HELD if wins == len(toast) else NOT_HELD if wins == 0 else PARTLY
+    return text, _tally(wins, len(toast))
 
 
 def _m_toast_above_dense(results: Results) -> Optional[tuple[str, str]]:
@@ -386,7 +391,7 @@ def _m_tap_vs_one_size(results: Results) -> Optional[tuple[str, str]]:
     text = (f"device-specific TAP-ViTs vs one shared model, after identical recovery at {r['main_budget']} "
             f"parameters: {100 * mean(diff):+.1f} points (mean over devices, {len(r['seeds'])} seeds); "
             f"better on {wins} of {len(devices)} devices")
-    return text, HELD if wins == len(devices) else NOT_HELD if wins == 0 else PARTLY
+    return text, _tally(wins, len(devices))
 
 
 def _m_tap_vs_all(results: Results) -> Optional[tuple[str, str]]:
@@ -400,7 +405,7 @@ def _m_tap_vs_all(results: Results) -> Optional[tuple[str, str]]:
     text = (f"TAP-ViTs ≥ best of {', '.join(others)} on {wins} of {len(devices)} devices after identical "
             f"recovery at {r['main_budget']} parameters (mean TAP {pct(mean(accs['tap_vits'].values()))} "
             f"vs best other {pct(mean(best.values()))})")
-    return text, HELD if wins == len(devices) else NOT_HELD if wins == 0 else PARTLY
+    return text, _tally(wins, len(devices))
 
 
 def _m_toast_recovered(results: Results) -> Optional[tuple[str, str]]:
@@ -412,11 +417,12 @@ def _m_toast_recovered(results: Results) -> Optional[tuple[str, str]]:
     best = mean(max(accs[m][d] for m in others) for d in devices)
     toast = mean(accs["toast"].values())
     flops = {p["method"]: p["flops"] for p in r["aggregate"] if p["setting"] == r["main_budget"]}
+    peer_flops = min(flops[m] for m in others)
     text = (f"after identical recovery at {r['main_budget']} parameters: ToaSt + TCS {pct(toast)} at "
             f"{flops['toast'] / r['dense']['flops']:.2f} of dense FLOPs vs best data-free peer {pct(best)} "
-            f"at {min(flops[m] for m in others) / r['dense']['flops']:.2f}")
-    return text, HELD if toast >= best and flops["toast"] <= min(flops[m] for m in others) else (
-        NOT_HELD if toast < best and flops["toast"] >= min(flops[m] for m in others) else PARTLY)
+            f"at {peer_flops / r['dense']['flops']:.2f}")
+    return text, HELD if toast >= best and flops["toast"] <= peer_flops else (
+        NOT_HELD if toast < best and flops["toast"] >= peer_flops else PARTLY)
 
 
 def _m_combined(results: Results) -> Optional[tuple[str, str]]:
@@ -430,7 +436,7 @@ def _m_combined(results: Results) -> Optional[tuple[str, str]]:
     c, others = a["combined"], [v for k, v in a.items() if k != "combined"]
     better_acc = all(c["acc"] >= o["acc"] for o in others)
     better_met = all(c["measured_met"] >= o["measured_met"] for o in others)
-    return text, HELD if better_acc and better_met else PARTLY if better_acc or better_met else NOT_HELD
+    return text, _tally(better_acc + better_met, 2)
 
 
 # Each claim is quoted from its paper's abstract (seeds/) or from METHODS.md; "measure" names
