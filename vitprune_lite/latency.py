@@ -394,6 +394,25 @@ def analyse(sweeps: Sequence[Sweep], **detect_kw) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- measuring
 
+def fixed_cost_share(model: nn.Module, *, threads: int = 1, batch_size: int = 1, **sweep_kw) -> dict[str, float]:
+    """How much of a forward pass does not shrink with the token count: ``L(2) / L(N)``.
+
+    A token method can save at most ``1 - share`` of the latency, so a model whose share is high
+    (small width, few tokens, eager per-op overhead) cannot show what token pruning is for.
+
+    Args:
+        model: an unpatched timm ``VisionTransformer`` (random weights are fine).
+        threads, batch_size: as in :func:`sweep`; ``sweep_kw`` goes to :func:`sweep` too.
+
+    Returns:
+        ``{"share", "L2_ms", "LN_ms", "tokens"}`` (milliseconds, medians of one interleaved sweep).
+    """
+    n_full = tokens.token_count(model)
+    s = sweep(model, n_values=[2, n_full], threads=threads, batch_size=batch_size, **sweep_kw)
+    return {"share": s.median_ms[0] / s.median_ms[-1], "L2_ms": s.median_ms[0], "LN_ms": s.median_ms[-1],
+            "tokens": n_full}
+
+
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     """What a curve must match to be used for a model: token count, widths, depth, parameters."""
     n = tokens.token_count(model)

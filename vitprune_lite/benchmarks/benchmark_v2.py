@@ -1,0 +1,114 @@
+"""Benchmark (not a test): can benchmark v2 and its base model be afforded on this machine?
+
+    python -m vitprune_lite.benchmarks.benchmark_v2                  # generation, training rate, fixed cost
+    python -m vitprune_lite.benchmarks.benchmark_v2 --probe-minutes 8   # plus a short training probe
+
+Measured side by side, on an otherwise idle machine:
+
+- **generation**: seconds to render the full v2 benchmark (no cache), and images per second;
+- **training rate**: images per second of AdamW steps at batch 128 on 2 threads, float32 and
+  bfloat16 autocast, for v1's base model and the v2 candidate; the projected time of a full
+  training run follows from it;
+- **fixed-cost share** ``L(2) / L(N)`` at batch 1 and 1 thread (``latency.fixed_cost_share``):
+  the part of a forward pass that token pruning cannot remove (target for v2: <= 0.30);
+- optionally a **training probe**: the v2 candidate trained for a few minutes on the public
+  pool, validation accuracy per checkpoint, to see how hard the task is.
+
+Writes ``data/benchmarks/benchmark_v2.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitprune_lite import data_v2, latency, measure, models
+from vitprune_lite.benchmarks import save
+
+#: The v2 candidate: 48 px, 4 px patches (144 patch tokens + CLS), width 192 = 3 heads of 64.
+V2 = models.ViTConfig(img_size=48, patch_size=4, embed_dim=192, depth=6, num_heads=3, num_classes=48)
+CONFIGS = {"v1": models.ViTConfig(), "v2": V2}
+
+
+def train_rate(cfg: models.ViTConfig, bf16: bool, steps: int = 5, batch: int = 128) -> float:
+    """Images per second of AdamW training steps (median over ``steps`` after one warm-up step)."""
+    model = models.create_base_model(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, cfg.img_size, cfg.img_size)
+    y = torch.randint(0, cfg.num_classes, (batch,))
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times[1:]))
+
+
+def probe(minutes: float, bf16: bool) -> dict:
+    """Train the v2 candidate for ``minutes`` on the public pool; validation accuracy as it goes."""
+    bench = data_v2.load_benchmark(0)
+    x, y = bench.public["train"].tensors()
+    xv, yv = bench.public["val"].tensors()
+    model = models.create_base_model(V2)
+    rate = train_rate(V2, bf16)
+    steps = max(1, int(minutes * 60 * rate / 128))
+    hist = models.fit(model, x, y, steps=steps, lr=1e-3, warmup_steps=steps // 10, label_smoothing=0.1,
+                      val=(xv, yv), eval_every=max(1, steps // 6), bf16=bf16, desc="v2 probe")
+    return {"steps": steps, "images_seen": steps * 128, "epochs": steps * 128 / len(x),
+            "seconds": hist["seconds"], "val_acc": hist["val_acc"], "bf16": bf16}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--probe-minutes", type=float, default=0.0, help="also train the v2 candidate this long")
+    p.add_argument("--epochs", type=float, default=6.0, help="epochs of 40,000 images for the projection")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    res: dict = {"environment_start": measure.environment(), "configs": {k: asdict(v) for k, v in CONFIGS.items()}}
+
+    t0 = time.perf_counter()
+    bench = data_v2.make_benchmark(0)
+    gen_s = time.perf_counter() - t0
+    n_images = sum(len(s) for s in bench.public.values()) + sum(len(s) for d in bench.devices.values() for s in d.values())
+    res["generation"] = {"images": n_images, "seconds": gen_s, "seconds_per_50k": gen_s * 50_000 / n_images,
+                         "fingerprint": bench.fingerprint}
+    print(f"generation: {n_images:,} images in {gen_s:.1f} s ({gen_s * 50_000 / n_images:.1f} s per 50,000)")
+    del bench
+
+    res["train_rate"] = {}
+    for name, cfg in CONFIGS.items():
+        for bf16 in (False, True):
+            rate = train_rate(cfg, bf16)
+            key = f"{name}_{'bf16' if bf16 else 'fp32'}"
+            res["train_rate"][key] = {"images_per_s": rate,
+                                      "projected_minutes": args.epochs * 40_000 / rate / 60}
+            print(f"train rate {key}: {rate:.0f} img/s -> {args.epochs:g} epochs of 40,000 in "
+                  f"{args.epochs * 40_000 / rate / 60:.0f} min")
+
+    res["fixed_cost"] = {}
+    for name, cfg in CONFIGS.items():
+        model = models.create_base_model(cfg)
+        fc = latency.fixed_cost_share(model, threads=1, rounds=7, max_rounds=15)
+        fc["params"] = measure.count_params(model)
+        res["fixed_cost"][name] = fc
+        print(f"fixed-cost share {name}: L(2)/L({fc['tokens']}) = {fc['L2_ms']:.2f} / {fc['LN_ms']:.2f} ms "
+              f"= {fc['share']:.3f} ({fc['params']:,} parameters)")
+
+    if args.probe_minutes > 0:
+        res["probe"] = probe(args.probe_minutes, bf16=True)
+        print("probe:", res["probe"]["val_acc"])
+    res["environment_end"] = measure.environment()
+    save(res, "benchmark_v2")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
