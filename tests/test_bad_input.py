@@ -1231,3 +1231,166 @@ def main() -> None:  # pragma: no cover - a report, not a test
 if __name__ == "__main__":  # pragma: no cover
     torch.set_num_threads(1)
     main()
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+def _tiny_ckpt(tmp_path: Path, seed: int):
+    cfg = models.ViTConfig(**Ctx.CFG)
+    model = models.create_base_model(cfg, seed=seed).eval()
+    return model, {"model_config": dict(cfg.__dict__), "seed": seed}
+
+
+class _Crash(BaseException):
+    """Stands for the process dying (power cut, kill -9): no cleanup code runs after it."""
+
+
+def _crash_on_rename(monkeypatch, n: int) -> None:
+    """Let the first ``n`` renames of temp files over their targets happen, then 'crash'."""
+    real, seen = os.replace, []
+
+    def replace(src, dst):
+        if str(src).endswith(".tmp") and not Path(dst).name.endswith(".pair.json"):
+            seen.append(dst)
+            if len(seen) > n:
+                raise _Crash(f"interrupted before renaming {src} -> {dst}")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("renames_done", [0, 1])
+def test_checkpoint_pair_survives_an_interruption_after_the_commit(tmp_path, monkeypatch, renames_done):
+    """Crash after the pair was committed, with 0 or 1 of the two files renamed: the next load
+    finishes the write, so weights and metadata are both the new ones."""
+    path = tmp_path / "m.safetensors"
+    old, old_meta = _tiny_ckpt(tmp_path, 0)
+    models.save_checkpoint(old, path, old_meta)
+    new, new_meta = _tiny_ckpt(tmp_path, 1)
+    _crash_on_rename(monkeypatch, renames_done)
+    with pytest.raises(_Crash):
+        models.save_checkpoint(new, path, new_meta)
+    monkeypatch.undo()
+    loaded, meta = models.load_checkpoint(path)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert meta["seed"] == 1 and torch.equal(loaded(x), new(x))
+    assert not list(tmp_path.glob(".*")), "temporary files or the pair manifest were left behind"
+
+
+def test_checkpoint_pair_survives_an_interruption_before_the_commit(tmp_path, monkeypatch):
+    """Crash while the new files are still being written: the old pair stays, intact and loadable,
+    and the next write removes the dead process's temporary files."""
+    path = tmp_path / "m.safetensors"
+    old, old_meta = _tiny_ckpt(tmp_path, 0)
+    models.save_checkpoint(old, path, old_meta)
+    new, new_meta = _tiny_ckpt(tmp_path, 1)
+    real_write = paths.write_bytes_atomic
+
+    def crash(p, blob):  # the manifest is the commit point: die just before writing it
+        raise _Crash("interrupted before the commit")
+    monkeypatch.setattr(paths, "write_bytes_atomic", crash)
+    with pytest.raises(_Crash):
+        models.save_checkpoint(new, path, new_meta)
+    monkeypatch.setattr(paths, "write_bytes_atomic", real_write)
+    loaded, meta = models.load_checkpoint(path)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert meta["seed"] == 0 and torch.equal(loaded(x), old(x))
+    # A real crash leaves the temporary files of the dead writer; plant one and write again.
+    stale = tmp_path / ".m.safetensors.999999999.abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    models.save_checkpoint(new, path, new_meta)
+    assert not stale.exists()
+    assert models.load_checkpoint(path)[1]["seed"] == 1
+
+
+def test_recover_pair_discards_a_manifest_that_does_not_match(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.json"
+    paths.write_pair_atomic(a, b"old a", b, b"old b")
+    (tmp_path / ".a.bin.pair.json").write_text(json.dumps({"files": [[".gone.tmp", "a.bin", "0" * 64]]}))
+    assert paths.recover_pair(a) == "discarded"
+    assert a.read_bytes() == b"old a" and b.read_bytes() == b"old b"
+    assert paths.recover_pair(a) == "clean"
+
+
+def test_atomic_write_removes_only_dead_writers_temps(tmp_path):
+    target = tmp_path / "r.json"
+    dead = tmp_path / ".r.json.999999999.x1.tmp"
+    alive = tmp_path / f".r.json.{os.getppid()}.x2.tmp"  # a live process: maybe mid-write
+    foreign = tmp_path / ".r.json.notes.tmp"
+    for f in (dead, alive, foreign):
+        f.write_text("partial")
+    paths.write_json_atomic(target, {"a": 1})
+    assert not dead.exists() and alive.exists() and foreign.exists()
+    assert paths.read_json(target) == {"a": 1}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "flip", "text", "fingerprint"])
+def test_damaged_benchmark_cache_is_rebuilt(tmp_path, damage):
+    ctx = Ctx(tmp_path)
+    f = ctx.cache_file()
+    good = f.read_bytes()
+    fresh = data.make_benchmark(**ctx.bench_kwargs())
+    if damage == "truncate":
+        f.write_bytes(good[: len(good) // 3])
+    elif damage == "empty":
+        f.write_bytes(b"")
+    elif damage == "flip":
+        b = bytearray(good)
+        for i in range(100, len(b) - 100, 501):
+            b[i] ^= 0xA5
+        f.write_bytes(bytes(b))
+    elif damage == "text":
+        f.write_text("not a cache")
+    else:  # a valid cache file whose images do not match its fingerprint
+        with np.load(f) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["fingerprint"] = np.array("0" * 16)
+        np.savez(f, **arrays)
+    with pytest.warns(data.CacheWarning, match=f.name):
+        bench = ctx.load_cached()
+    assert bench.fingerprint == fresh.fingerprint
+    assert f.read_bytes() == good  # rewritten, and read back without a warning next time
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ctx.load_cached().fingerprint == fresh.fingerprint
+
+
+def test_unwritable_cache_still_returns_the_benchmark(tmp_path, monkeypatch):
+    ctx = Ctx(tmp_path)
+
+    def refuse(path, blob):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(paths, "write_bytes_atomic", refuse)
+    with pytest.warns(data.CacheWarning, match="could not write the benchmark cache"):
+        bench = ctx.load_cached()
+    assert bench.fingerprint == data.make_benchmark(**ctx.bench_kwargs()).fingerprint
+
+
+def test_reproduce_passes_each_notebook_only_its_own_parameters(monkeypatch):
+    from vitprune_lite import reproduce
+
+    seen = {}
+    monkeypatch.setattr(reproduce, "run_notebook", lambda nb, params, **kw: seen.setdefault(nb.name[:2], params))
+    reproduce.reproduce(only=["00", "01"], smoke=True, parameters={"SEED": 2, "K_MAX": 4})
+    assert seen == {"00": {"SEED": 2, "SMOKE": True}, "01": {"SEED": 2, "K_MAX": 4, "SMOKE": True}}
+
+
+def test_kernel_runs_over_local_sockets():
+    from vitprune_lite import reproduce
+
+    cfg = reproduce._kernel_config()
+    if os.name == "posix":
+        assert cfg.KernelManager.transport == "ipc"
+        shutil.rmtree(Path(cfg.KernelManager.ip).parent)
+
+
+def test_read_write_upload_files(tmp_path):
+    up = Ctx(tmp_path).upload()
+    for name in ("u.json", "u.npz"):
+        back = gmm.read_upload(gmm.write_upload(up, tmp_path / name))
+        assert np.array_equal(back.means, up.means) and back.n_samples == up.n_samples
+    big = tmp_path / "big.npz"
+    big.write_bytes(b"\0" * (gmm.MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(resolve("InputTooLargeError"), match="big.npz"):
+        gmm.read_upload(big)
+    with pytest.raises(resolve("InvalidValueError"), match="u.txt"):
+        gmm.read_upload(tmp_path / "u.txt")
