@@ -192,12 +192,13 @@ def write_pair_atomic(first: Path, first_bytes: bytes, second: Path, second_byte
 
 
 def _finish_pair(manifest: Path, record: dict) -> None:
+    # Tolerates a concurrent reader finishing the same pair: a rename already done is skipped.
     for tmp, target, _ in record["files"]:
-        src = manifest.parent / tmp
-        if src.exists():
-            os.replace(src, manifest.parent / target)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(manifest.parent / tmp, manifest.parent / target)
     _fsync_dir(manifest.parent)
-    manifest.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        manifest.unlink()
     _fsync_dir(manifest.parent)
 
 
