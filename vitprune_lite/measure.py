@@ -103,8 +103,12 @@ def check_device(device: Any) -> torch.device:
         if count == 0 or (dev.index is not None and dev.index >= count):
             raise InvalidValueError(f"device {device!r} is not available here ({count} CUDA device(s)); use 'cpu'"
                                     + (f" or 'cuda:0'..'cuda:{count - 1}'" if count else ""))
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise InvalidValueError(f"device {device!r} is not available here; use 'cpu'")
     elif dev.type != "cpu":
-        raise InvalidValueError(f"device {device!r} is not supported; accepted 'cpu' or 'cuda[:<index>]'")
+        raise InvalidValueError(f"device {device!r} is not supported; accepted 'cpu', 'cuda[:<index>]' "
+                                f"(or 'mps' where available)")
     return dev
 
 
