@@ -20,13 +20,11 @@ import contextlib
 import copy
 import io
 import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
