@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -651,6 +652,32 @@ def _(c):
     data.load_image_folder(root)
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width x height`` pixels but holds almost no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@case("folder/a .png whose header claims 10000 x 7000 pixels", "InputTooLargeError", "big.png", cap=True)
+def _(c):
+    root = c.image_root()
+    (root / "a" / "big.png").write_bytes(_png_header(10_000, 7_000))
+    data.load_image_folder(root)
+
+
+@case("folder/a .png whose header claims 100000 x 100000 pixels", "InvalidFileError", "huge.png")
+def _(c):
+    root = c.image_root()
+    (root / "a" / "huge.png").write_bytes(_png_header(100_000, 100_000))
+    data.load_image_folder(root)
+
+
 @case("folder/missing folder", "FileNotFoundError", "nowhere")
 def _(c):
     data.load_image_folder(c.tmp / "nowhere")
@@ -785,6 +812,23 @@ def _(c):
     m = c.upload_npz_members()
     m["covariances"] = np.zeros((1000, 8000))  # 64 MB of zeros, ~60 kB compressed
     gmm.Upload.from_bytes(c.npz(m))
+
+
+@case("upload/npz member whose header declares 2**40 x 2**40 values", "InputTooLargeError", "covariances", cap=True)
+def _(c):
+    from numpy.lib import format as npformat
+
+    head = io.BytesIO()
+    npformat.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (2**40, 2**40)})
+    members = {name: io.BytesIO() for name in ("weights", "means", "meta")}
+    m = c.upload_npz_members()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in ("weights", "means", "meta"):
+            np.save(members[name], m[name])
+            z.writestr(f"{name}.npy", members[name].getvalue())
+        z.writestr("covariances.npy", head.getvalue() + b"\0" * 64)
+    gmm.Upload.from_bytes(buf.getvalue())
 
 
 @case("upload/npz blob over 16 MiB", "InputTooLargeError", "bytes")

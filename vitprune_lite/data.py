@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import paths
-from .errors import InvalidFileError, InvalidValueError
+from .errors import InputTooLargeError, InvalidFileError, InvalidValueError
 
 #: Bumped whenever the rendered bytes for a given seed change; recorded with every checkpoint.
 GENERATOR_VERSION = "1"
@@ -430,6 +430,8 @@ def _load_npz(path: Path, devices: Sequence[DeviceSpec], seed: int) -> Benchmark
 # ----------------------------------------------------------------------------- real data
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+#: Largest image :func:`load_image_folder` decodes (checked from the file header first).
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 def load_image_folder(root: str | Path, size: int = 32, max_per_class: int | None = None) -> ImageSet:
@@ -469,8 +471,13 @@ def load_image_folder(root: str | Path, size: int = 32, max_per_class: int | Non
         files = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES][:max_per_class]
         for f in files:
             try:
-                with Image.open(f) as im:
+                with Image.open(f) as im:  # reads the header only: the size is known before decoding
+                    if im.width * im.height > MAX_IMAGE_PIXELS:
+                        raise InputTooLargeError(f"image file {f} is {im.width}x{im.height} pixels; at most "
+                                                 f"{MAX_IMAGE_PIXELS} pixels per image are decoded")
                     images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+            except InputTooLargeError:
+                raise
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
                 raise InvalidFileError(f"image file {f} cannot be read as an image ({type(err).__name__}: {err}); "
                                        f"remove it or replace it with a valid {'/'.join(IMAGE_SUFFIXES)} file") from None

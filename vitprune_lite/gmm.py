@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import warnings
 import zipfile
@@ -354,7 +355,7 @@ def _read_npz(blob: bytes, source: str) -> dict:
                 if version not in readers:
                     raise InvalidFileError(f"{source}: {name} is .npy format {version}; accepted 1.0 and 2.0")
                 shape, fortran, dtype = readers[version](fh)
-                n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+                n = math.prod(int(v) for v in shape)  # Python ints: a forged shape cannot overflow
                 if dtype.hasobject:
                     raise InvalidFileError(f"{source}: {name} holds Python objects; uploads hold numbers only (no pickle)")
                 if n > MAX_UPLOAD_VALUES or n * dtype.itemsize > MAX_UPLOAD_BYTES:
