@@ -72,11 +72,15 @@ def _run(args: argparse.Namespace) -> int:
         import dataclasses
 
         from . import models
+        from .errors import InvalidValueError
 
         # Every option is checked before training starts: a refusal costs seconds, not the training.
         tcfg = models.TrainConfig()
         if args.epochs is not None:
-            tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
+            try:
+                tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
+            except InvalidValueError as err:
+                raise InvalidValueError(f"--epochs {args.epochs}: {err}") from None
         target = models.check_checkpoint_path(args.out or models.shipped_checkpoint(), args.overwrite_shipped)
         model, meta = models.train_base_model(tcfg=tcfg)
         out = models.save_checkpoint(model, target, meta, overwrite_shipped=args.overwrite_shipped)
