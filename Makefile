@@ -29,12 +29,18 @@ reproduce: setup
 test: setup
 	$(PY) -m pytest
 
+# JupyterLab refuses to start as root (the usual user in containers) unless told; say so and start anyway.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "note: running as root (usual in containers): starting JupyterLab with --allow-root"; \
+	  $(VENV)/bin/jupyter lab --allow-root notebooks/; \
+	else \
+	  $(VENV)/bin/jupyter lab notebooks/; \
+	fi
 
 # Rebuild the shipped base-model checkpoint (data/base_vit.safetensors) from scratch.
 train: setup
-	$(PY) -m vitprune_lite train
+	$(PY) -m vitprune_lite train --overwrite-shipped
 
 # Speed and memory benchmarks (not tests; tens of minutes on 2 cores); each writes data/benchmarks/<name>.json.
 bench: setup

@@ -69,7 +69,8 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     second = data.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
     assert second.fingerprint == first.fingerprint
     files[0].write_bytes(b"damaged")
-    third = data.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
+    with pytest.warns(data.CacheWarning, match=files[0].name):
+        third = data.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
     assert third.fingerprint == first.fingerprint
 
 
@@ -97,7 +98,8 @@ def test_image_folder_loader(tmp_path):
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
-    s = data.load_image_folder(tmp_path, size=32)
+    with pytest.warns(UserWarning, match="notes.txt"):
+        s = data.load_image_folder(tmp_path, size=32)
     assert s.images.shape == (6, 32, 32, 3)
     assert s.classes == ("cat", "dog") and s.labels.tolist() == [0, 0, 0, 1, 1, 1]
 

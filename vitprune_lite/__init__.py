@@ -11,6 +11,7 @@ Modules, one concept each:
 
 - ``compat``      keeps ``import timm`` working when torchvision's compiled ops cannot load.
 - ``paths``       where data, figures and results live; atomic writes.
+- ``errors``      the exception types raised for bad input (one per kind of problem).
 - ``data``        the embedded synthetic benchmark (public pool + private device tasks) and
                   loaders for real image folders and scikit-learn's digits.
 - ``models``      the base ViT: config, the one training loop, safetensors checkpoints, timm names.

@@ -22,12 +22,24 @@ def main(argv: list[str] | None = None) -> int:
 
     tr = sub.add_parser("train", help="retrain the base model and rewrite data/base_vit.safetensors")
     tr.add_argument("--epochs", type=int, default=None, help="override the default epoch count")
-    tr.add_argument("--out", default=None, help="checkpoint path (default data/base_vit.safetensors)")
+    tr.add_argument("--out", default=None, help="checkpoint path ending in .safetensors (default data/base_vit.safetensors)")
+    tr.add_argument("--overwrite-shipped", action="store_true",
+                    help="allow replacing the shipped data/base_vit.safetensors (refused otherwise)")
 
     rp = sub.add_parser("report", help="regenerate README.md's results section from data/results/*.json")
     rp.add_argument("--check", action="store_true", help="only check; exit 1 if the README is stale")
 
     args = parser.parse_args(argv)
+    from .errors import VitpruneError
+
+    try:
+        return _run(args)
+    except (VitpruneError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         from .report import update_readme
 
@@ -41,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             params = dict(parse_param(p) for p in args.params)
             done = reproduce(only=args.only, smoke=args.smoke, parameters=params)
-        except (NotebookFailed, ValueError) as err:
+        except (NotebookFailed, ValueError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         if not args.no_html:
@@ -59,13 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "train":
         import dataclasses
 
-        from . import models, paths
+        from . import models
+        from .errors import InvalidValueError
 
+        # Every option is checked before training starts: a refusal costs seconds, not the training.
         tcfg = models.TrainConfig()
         if args.epochs is not None:
-            tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
+            try:
+                tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
+            except InvalidValueError as err:
+                raise InvalidValueError(f"--epochs {args.epochs}: {err}") from None
+        target = models.check_checkpoint_path(args.out or models.shipped_checkpoint(), args.overwrite_shipped)
         model, meta = models.train_base_model(tcfg=tcfg)
-        out = models.save_checkpoint(model, args.out or paths.data_dir() / models.BASE_CHECKPOINT, meta)
+        out = models.save_checkpoint(model, target, meta, overwrite_shipped=args.overwrite_shipped)
         print(f"wrote {out}: " + ", ".join(f"{k} {v:.3f}" for k, v in meta["accuracy"].items()))
         return 0
     return 2

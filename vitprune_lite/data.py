@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import paths
+from .errors import InputTooLargeError, InvalidFileError, InvalidValueError
 
 #: Bumped whenever the rendered bytes for a given seed change; recorded with every checkpoint.
 GENERATOR_VERSION = "1"
@@ -313,12 +316,7 @@ def make_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
         devices: the device tasks (default :data:`DEVICES`).
         size: image side in pixels (>= 8).
     """
-    public = dict(PUBLIC_SPLITS if public is None else public)
-    if size < 8:
-        raise ValueError(f"size must be >= 8 pixels, got {size}")
-    if not public or min(public.values()) < 1:
-        raise ValueError(f"public split sizes must be >= 1, got {public}")
-    _check_specs(devices)
+    public = _check_args(seed, public, devices, size)
     all_classes = range(len(CLASSES))
     uniform = {s: 1.0 for s in STYLES}
     pub = {split: _draw(_stream(seed, f"public/{split}"), n, all_classes, uniform, size, f"public/{split}")
@@ -330,6 +328,29 @@ def make_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
     bench = Benchmark(pub, devs, {d.name: d for d in devices}, seed)
     bench.fingerprint = _fingerprint(bench)
     return bench
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+
+def _check_args(seed, public, devices, size) -> dict[str, int]:
+    """Validate :func:`make_benchmark`'s arguments; return the public split sizes."""
+    if not _is_int(seed) or seed < 0:
+        raise InvalidValueError(f"seed = {seed!r}: accepted an integer >= 0")
+    if not _is_int(size) or not 8 <= size <= 512:
+        raise InvalidValueError(f"size = {size!r}: accepted an integer number of pixels in 8..512")
+    public = dict(PUBLIC_SPLITS if public is None else public)
+    if not public or any(not _is_int(n) or not 1 <= n <= 1_000_000 for n in public.values()):
+        raise InvalidValueError(f"public split sizes must be integers in 1..1000000, got {public}")
+    if isinstance(devices, DeviceSpec) or not all(isinstance(d, DeviceSpec) for d in devices):
+        raise InvalidValueError(f"devices must be a sequence of DeviceSpec, got {devices!r}")
+    for d in devices:
+        if not _is_int(d.n_train) or not _is_int(d.n_test) or not (1 <= d.n_train <= 1_000_000 and 1 <= d.n_test <= 1_000_000):
+            raise InvalidValueError(f"device {d.name!r}: n_train and n_test must be integers in 1..1000000, "
+                                    f"got {d.n_train!r} and {d.n_test!r}")
+    _check_specs(devices)
+    return public
 
 
 def _fingerprint(bench: Benchmark) -> str:
@@ -346,20 +367,34 @@ def load_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
     """The benchmark for ``seed``, from ``data/cache/`` if it was generated before.
 
     The cache file name carries the generator version and a hash of every argument, so a stale
-    or foreign cache is never read; a damaged cache file is regenerated.
+    or foreign cache is never read. A damaged cache file (truncated, empty, corrupted, or not
+    matching its fingerprint) is regenerated and rewritten, with a warning naming it; if the
+    rewrite fails (e.g. a read-only folder), the generated benchmark is still returned, with a
+    warning saying why the cache could not be written.
     """
+    _check_args(seed, public, devices, size)
     key = repr((GENERATOR_VERSION, seed, sorted((public or PUBLIC_SPLITS).items()),
                 [(d.name, d.classes, sorted(d.style_mix.items()), d.n_train, d.n_test) for d in devices], size))
     path = paths.cache_dir() / f"benchmark-v{GENERATOR_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
     if cache and path.exists():
         try:
             return _load_npz(path, devices, seed)
-        except (OSError, ValueError, KeyError):
-            pass  # damaged cache: fall through and rebuild it
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            warnings.warn(f"benchmark cache {path} is damaged ({type(err).__name__}: {err}); rebuilding it",
+                          CacheWarning, stacklevel=2)
     bench = make_benchmark(seed, public, devices, size)
     if cache:
-        _save_npz(path, bench)
+        try:
+            _save_npz(path, bench)
+        except OSError as err:
+            warnings.warn(f"could not write the benchmark cache {path} ({err}); using the benchmark generated "
+                          f"in memory. Check that {path.parent} is writable and has free space", CacheWarning,
+                          stacklevel=2)
     return bench
+
+
+class CacheWarning(UserWarning):
+    """The benchmark cache was damaged (and is rebuilt) or could not be written."""
 
 
 def _save_npz(path: Path, bench: Benchmark) -> None:
@@ -375,6 +410,8 @@ def _save_npz(path: Path, bench: Benchmark) -> None:
 
 
 def _load_npz(path: Path, devices: Sequence[DeviceSpec], seed: int) -> Benchmark:
+    if path.stat().st_size == 0:
+        raise InvalidFileError(f"cache {path} is empty")
     with np.load(path, allow_pickle=False) as z:
         sets = {}
         for key in z.files:
@@ -393,6 +430,8 @@ def _load_npz(path: Path, devices: Sequence[DeviceSpec], seed: int) -> Benchmark
 # ----------------------------------------------------------------------------- real data
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+#: Largest image :func:`load_image_folder` decodes (checked from the file header first).
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 def load_image_folder(root: str | Path, size: int = 32, max_per_class: int | None = None) -> ImageSet:
@@ -400,24 +439,54 @@ def load_image_folder(root: str | Path, size: int = 32, max_per_class: int | Non
 
     Images are converted to RGB and resized (bilinear) to ``size x size``; classes are the
     sorted subfolder names; files are read in sorted order, so the result is deterministic.
-    """
-    from PIL import Image
+    Hidden files are ignored; other files without an image suffix are skipped with a warning
+    naming them.
 
+    Args:
+        root: the folder.
+        size: image side in pixels after resizing, 8..1024 (use the model's ``img_size``).
+        max_per_class: read at most this many images per class (an integer >= 1), or None for all.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        InvalidValueError: ``size`` or ``max_per_class`` outside what is accepted.
+        InvalidFileError: a file with an image suffix that cannot be decoded (named), no images at all.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not _is_int(size) or not 8 <= size <= 1024:
+        raise InvalidValueError(f"size = {size!r}: accepted an integer number of pixels in 8..1024")
+    if max_per_class is not None and (not _is_int(max_per_class) or max_per_class < 1):
+        raise InvalidValueError(f"max_per_class = {max_per_class!r}: accepted an integer >= 1, or None for all images")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; expected root/<class>/<image> files")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
         raise ValueError(f"{root} has no class subfolders; expected root/<class>/<image> with {IMAGE_SUFFIXES}")
-    images, labels = [], []
+    images, labels, skipped = [], [], []
     for label, d in enumerate(class_dirs):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:max_per_class]
+        entries = sorted(f for f in d.iterdir() if not f.name.startswith("."))
+        skipped += [f for f in entries if f.is_file() and f.suffix.lower() not in IMAGE_SUFFIXES]
+        files = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES][:max_per_class]
         for f in files:
-            with Image.open(f) as im:
-                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+            try:
+                with Image.open(f) as im:  # reads the header only: the size is known before decoding
+                    if im.width * im.height > MAX_IMAGE_PIXELS:
+                        raise InputTooLargeError(f"image file {f} is {im.width}x{im.height} pixels; at most "
+                                                 f"{MAX_IMAGE_PIXELS} pixels per image are decoded")
+                    images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+            except InputTooLargeError:
+                raise
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                raise InvalidFileError(f"image file {f} cannot be read as an image ({type(err).__name__}: {err}); "
+                                       f"remove it or replace it with a valid {'/'.join(IMAGE_SUFFIXES)} file") from None
             labels.append(label)
+    if skipped:
+        names = ", ".join(str(f) for f in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} file(s) without an image suffix {IMAGE_SUFFIXES}: {names}", stacklevel=2)
     if not images:
-        raise ValueError(f"{root} holds no images with suffixes {IMAGE_SUFFIXES}")
+        raise InvalidFileError(f"{root} holds no images with suffixes {IMAGE_SUFFIXES}; expected root/<class>/<image>")
     return ImageSet(np.stack(images).astype(np.uint8), np.array(labels, dtype=np.int64),
                     np.full(len(labels), -1, dtype=np.int64), f"folder:{root.name}",
                     tuple(d.name for d in class_dirs))

@@ -296,6 +296,12 @@ class ViTCls(_Extractor):
 
         from .data import to_tensor
 
+        size = tuple(getattr(getattr(self.model, "patch_embed", None), "img_size", None) or ())
+        if size and tuple(images.shape[1:3]) != size:
+            from .errors import InvalidValueError
+
+            raise InvalidValueError(f"images are {images.shape[1]}x{images.shape[2]} pixels but the model takes "
+                                    f"{size[0]}x{size[1]}; resize them (e.g. data.load_image_folder(..., size={size[0]}))")
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):

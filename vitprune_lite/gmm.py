@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from . import paths
+from .errors import InputTooLargeError, InvalidFileError, InvalidValueError
 from .features import FeatureSpace
 
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
@@ -55,6 +58,14 @@ WARN_PARAM_RATIO = 0.5
 #: Fewest private images a device may summarise; below this a mixture says little and a single
 #: image weighs on it heavily.
 MIN_PRIVATE_SAMPLES = 20
+
+#: Caps on what an upload may hold, checked before anything is decompressed or allocated: bytes
+#: of the serialised upload (JSON text or ``.npz``), mixture components, feature dimensions and
+#: numbers in all. Real uploads are kilobytes (K <= 10 components in 16 dimensions).
+MAX_UPLOAD_BYTES = 16 << 20
+MAX_COMPONENTS = 256
+MAX_DIM = 4096
+MAX_UPLOAD_VALUES = 4 << 20
 
 UPLOAD_FORMAT = "vitprune-gmm-upload"
 UPLOAD_FORMAT_VERSION = 1
@@ -154,9 +165,24 @@ class Upload:
     raw_bytes: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.covariance_type, str):
+            raise InvalidValueError(f"upload covariance_type = {self.covariance_type!r}: accepted one of {COVARIANCE_TYPES}")
         _check_covariance_type(self.covariance_type)
+        for name in ("n_samples", "raw_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise InvalidValueError(f"upload {name} = {v!r}: accepted an integer (a count, never truncated)")
+        for name in ("feature_space", "feature_version"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidValueError(f"upload {name} = {getattr(self, name)!r}: accepted a non-empty string")
         for name in ("weights", "means", "covariances"):
-            arr = np.array(getattr(self, name), dtype=np.float64)
+            raw = getattr(self, name)
+            if isinstance(raw, np.ndarray) and raw.size > MAX_UPLOAD_VALUES:
+                raise InputTooLargeError(f"upload {name} holds {raw.size} values; at most {MAX_UPLOAD_VALUES} accepted")
+            try:
+                arr = np.array(raw, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise InvalidValueError(f"upload {name} must be an array of numbers ({err})") from None
             if not np.isfinite(arr).all():
                 raise ValueError(f"upload {name} contain NaN or inf")
             arr.setflags(write=False)
@@ -165,6 +191,9 @@ class Upload:
             raise ValueError(f"upload weights must be [K] and means [K, D], got {self.weights.shape} "
                              f"and {self.means.shape}")
         k, d = self.means.shape
+        if not 1 <= k <= MAX_COMPONENTS or not 1 <= d <= MAX_DIM:
+            raise InputTooLargeError(f"upload has K={k} components in D={d} dimensions; accepted 1..{MAX_COMPONENTS} "
+                                     f"components in 1..{MAX_DIM} dimensions")
         want = _cov_shape(self.covariance_type, k, d)
         if self.covariances.shape != want:
             raise ValueError(f"{self.covariance_type} covariances must have shape {want} for K={k}, D={d}, "
@@ -209,10 +238,22 @@ class Upload:
                            "covariances": self.covariances.tolist()})
 
     @classmethod
-    def from_json(cls, text: str) -> "Upload":
-        """Parse :meth:`to_json` output (validated like any upload)."""
-        obj = json.loads(text)
-        return cls(**_from_fields(obj))
+    def from_json(cls, text: str | bytes, source: str = "upload JSON") -> "Upload":
+        """Parse :meth:`to_json` output (validated like any upload; size capped before parsing).
+
+        Raises:
+            InputTooLargeError: more than :data:`MAX_UPLOAD_BYTES`, or too many components/dimensions.
+            InvalidFileError: not JSON, or not an upload (``source`` names where it came from).
+        """
+        if not isinstance(text, (str, bytes)):
+            raise InvalidValueError(f"{source} must be str or bytes, got {type(text).__name__}")
+        if len(text) > MAX_UPLOAD_BYTES:
+            raise InputTooLargeError(f"{source} is {len(text)} bytes; uploads are accepted up to {MAX_UPLOAD_BYTES}")
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InvalidFileError(f"{source} is not valid JSON ({err}); expected the output of Upload.to_json") from None
+        return _build(cls, obj, source)
 
     def to_bytes(self) -> bytes:
         """``.npz`` bytes: three float64 arrays and a JSON metadata string."""
@@ -222,12 +263,29 @@ class Upload:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> "Upload":
-        """Parse :meth:`to_bytes` output (``allow_pickle=False``)."""
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            obj = json.loads(str(z["meta"]))
-            obj.update(weights=z["weights"], means=z["means"], covariances=z["covariances"])
-        return cls(**_from_fields(obj))
+    def from_bytes(cls, blob: bytes, source: str = "upload .npz") -> "Upload":
+        """Parse :meth:`to_bytes` output (``allow_pickle=False``).
+
+        The zip directory is checked first: exactly the four expected members, their inflated
+        sizes within :data:`MAX_UPLOAD_BYTES`; each array's header (dtype, shape) is read and
+        checked before its data is inflated.
+
+        Raises:
+            InputTooLargeError: the blob or a member inflates past the caps.
+            InvalidFileError: not an upload ``.npz`` (``source`` names where it came from).
+        """
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise InvalidValueError(f"{source} must be bytes, got {type(blob).__name__}")
+        if len(blob) > MAX_UPLOAD_BYTES:
+            raise InputTooLargeError(f"{source} is {len(blob)} bytes; uploads are accepted up to {MAX_UPLOAD_BYTES}")
+        try:
+            obj = _read_npz(bytes(blob), source)
+        except (InvalidFileError, InvalidValueError):
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+            raise InvalidFileError(f"{source} is not a readable upload .npz ({type(err).__name__}: {err}); "
+                                   f"expected the output of Upload.to_bytes") from None
+        return _build(cls, obj, source)
 
     # -- the density
     def _cholesky(self) -> np.ndarray:
@@ -273,6 +331,104 @@ class Upload:
         return (m + np.log(np.exp(lp - m).sum(1, keepdims=True)))[:, 0]
 
 
+_NPZ_MEMBERS = ("weights.npy", "means.npy", "covariances.npy", "meta.npy")
+
+
+def _read_npz(blob: bytes, source: str) -> dict:
+    """The arrays and metadata of an upload ``.npz``, with every size checked before inflating."""
+    from numpy.lib import format as npformat
+
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        infos = zf.infolist()
+        names = sorted(i.filename for i in infos)
+        if names != sorted(_NPZ_MEMBERS):
+            raise InvalidFileError(f"{source} holds members {names[:10]}; an upload holds exactly {list(_NPZ_MEMBERS)}")
+        total = sum(i.file_size for i in infos)
+        if total > MAX_UPLOAD_BYTES:
+            raise InputTooLargeError(f"{source} would inflate to {total} bytes; uploads are accepted up to "
+                                     f"{MAX_UPLOAD_BYTES} (refused before decompressing)")
+        out: dict = {}
+        for name in _NPZ_MEMBERS:
+            with zf.open(name) as fh:
+                version = npformat.read_magic(fh)
+                readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+                if version not in readers:
+                    raise InvalidFileError(f"{source}: {name} is .npy format {version}; accepted 1.0 and 2.0")
+                shape, fortran, dtype = readers[version](fh)
+                n = math.prod(int(v) for v in shape)  # Python ints: a forged shape cannot overflow
+                if dtype.hasobject:
+                    raise InvalidFileError(f"{source}: {name} holds Python objects; uploads hold numbers only (no pickle)")
+                if n > MAX_UPLOAD_VALUES or n * dtype.itemsize > MAX_UPLOAD_BYTES:
+                    raise InputTooLargeError(f"{source}: {name} declares shape {shape}; at most {MAX_UPLOAD_VALUES} "
+                                             f"values are accepted")
+            with zf.open(name) as fh:
+                out[name[:-4]] = npformat.read_array(fh, allow_pickle=False)
+    meta = out.pop("meta")
+    if meta.shape != () or meta.dtype.kind != "U":
+        raise InvalidFileError(f"{source}: meta must be one JSON string, got {meta.dtype} {meta.shape}")
+    try:
+        obj = json.loads(str(meta))
+    except json.JSONDecodeError as err:
+        raise InvalidFileError(f"{source}: meta is not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise InvalidFileError(f"{source}: meta must be a JSON object, got {type(obj).__name__}")
+    obj.update(out)
+    return obj
+
+
+def _build(cls, obj, source: str) -> "Upload":
+    """An :class:`Upload` from parsed fields; any problem is reported against ``source``."""
+    if not isinstance(obj, dict):
+        raise InvalidFileError(f"{source} holds a JSON {type(obj).__name__}; expected an object with the fields "
+                               f"of Upload.to_json")
+    try:
+        fields = _from_fields(obj)
+        for name in ("weights", "means"):  # refuse oversized nested lists before converting them
+            v = fields[name]
+            if isinstance(v, list) and len(v) > MAX_COMPONENTS:
+                raise InputTooLargeError(f"upload {name} has {len(v)} components; at most {MAX_COMPONENTS} accepted")
+        return cls(**fields)
+    except InputTooLargeError as err:
+        raise InputTooLargeError(f"{source}: {err}") from None
+    except ValueError as err:
+        raise InvalidFileError(f"{source}: {err}") from None
+
+
+def read_upload(path: str | Path) -> "Upload":
+    """Read an upload file: ``.json`` (:meth:`Upload.to_json`) or ``.npz`` (:meth:`Upload.to_bytes`).
+
+    The file's size on disk is checked against :data:`MAX_UPLOAD_BYTES` before it is read.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InvalidValueError: another suffix.
+        InputTooLargeError, InvalidFileError: see :meth:`Upload.from_json` / :meth:`Upload.from_bytes`.
+    """
+    path = Path(path)
+    if path.suffix not in (".json", ".npz"):
+        raise InvalidValueError(f"upload file {path} must end in .json or .npz")
+    if not path.is_file():
+        raise FileNotFoundError(f"upload file {path} not found")
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise InputTooLargeError(f"upload file {path} is {size} bytes; uploads are accepted up to {MAX_UPLOAD_BYTES}")
+    blob = path.read_bytes()
+    if path.suffix == ".json":
+        return Upload.from_json(blob, source=f"upload file {path}")
+    return Upload.from_bytes(blob, source=f"upload file {path}")
+
+
+def write_upload(upload: "Upload", path: str | Path) -> Path:
+    """Write an upload atomically as ``.json`` or ``.npz`` (by suffix)."""
+    path = Path(path)
+    if path.suffix not in (".json", ".npz"):
+        raise InvalidValueError(f"upload file {path} must end in .json or .npz")
+    if not isinstance(upload, Upload):
+        raise InvalidValueError(f"write_upload takes an Upload, got {type(upload).__name__}")
+    blob = upload.to_json().encode() if path.suffix == ".json" else upload.to_bytes()
+    return paths.write_bytes_atomic(path, blob)
+
+
 def _from_fields(obj: Mapping) -> dict:
     if obj.get("format") != UPLOAD_FORMAT:
         raise ValueError(f"not a GMM upload (format {obj.get('format')!r}, expected {UPLOAD_FORMAT!r})")
@@ -296,8 +452,8 @@ def sample(upload: Upload, n: int, seed: int = 0) -> np.ndarray:
     """
     if not isinstance(upload, Upload):
         raise TypeError(f"sample() takes an Upload, got {type(upload).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InvalidValueError(f"n = {n!r}: accepted an integer >= 1 (samples to draw)")
     rng = np.random.default_rng(seed)
     comp = rng.choice(upload.n_components, size=n, p=upload.weights / upload.weights.sum())
     z = rng.standard_normal((n, upload.dim))
@@ -377,7 +533,10 @@ def fit_upload(features: np.ndarray, space: FeatureSpace, *, raw_bytes: int | No
     if n < MIN_PRIVATE_SAMPLES:
         raise ValueError(f"{n} private samples are too few to summarise; need at least {MIN_PRIVATE_SAMPLES}")
     _check_covariance_type(covariance_type)
-    ks = sorted({int(k) for k in k_range})
+    k_list = list(k_range)
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) for k in k_list):
+        raise InvalidValueError(f"k_range = {k_list!r}: accepted integers >= 1 (numbers of components)")
+    ks = sorted({int(k) for k in k_list})
     if not ks or ks[0] < 1:
         raise ValueError(f"k_range must hold integers >= 1, got {list(k_range)}")
     if ks[-1] > n:
@@ -766,5 +925,15 @@ def load_selected_sets(path: Path | str | None = None) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run notebooks/01_gmm_data_approximation.ipynb first "
                                 f"(or `python -m vitprune_lite reproduce --only 01`)")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            sets = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        raise InvalidFileError(f"selected sets {path} cannot be read ({type(err).__name__}: {err}); rerun "
+                               f"notebook 01 to rewrite it") from None
+    bad = [k for k, v in sets.items() if k != "default_feature_space"
+           and (not _KEY.match(k) or v.ndim != 1 or not np.issubdtype(v.dtype, np.integer) or (v < 0).any())]
+    if bad or "default_feature_space" not in sets:
+        raise InvalidFileError(f"selected sets {path}: {'entries ' + str(bad[:5]) if bad else 'no default_feature_space'} "
+                               f"do not hold 1-D non-negative integer index sets keyed 'device/source/metric|finetune'")
+    return sets

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -42,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from . import measure, paths, tokens
+from .errors import InvalidFileError, InvalidValueError
 
 __all__ = [
     "Sweep", "Curve", "sweep", "profile", "bootstrap_median_ci", "detect_steps", "test_retest",
@@ -273,6 +275,11 @@ def detect_steps(n: Sequence[int], median_ms: Sequence[float], ci_low_ms: Sequen
     y, lo, hi = (np.asarray(v, dtype=float) for v in (median_ms, ci_low_ms, ci_high_ms))
     if not (n_arr.shape == y.shape == lo.shape == hi.shape) or n_arr.ndim != 1:
         raise ValueError("n, median, ci_low and ci_high must be 1-D and equally long")
+    for name, v in (("median_ms", y), ("ci_low_ms", lo), ("ci_high_ms", hi)):
+        bad = ~(np.isfinite(v) & (v > 0))
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise InvalidValueError(f"{name} at n={n_arr[k]:g} is {v[k]}; latencies must be finite and > 0 ms")
     if window < 3 or not 0 < alpha < 1 or min_rel < 0:
         raise ValueError(f"need window >= 3, 0 < alpha < 1, min_rel >= 0; got {window}, {alpha}, {min_rel}")
     if np.any(np.diff(n_arr) <= 0):
@@ -428,7 +435,7 @@ def _slug(text: str) -> str:
 
 def device_label(device: str | torch.device = "cpu", threads: Optional[int] = None) -> str:
     """A file-name-safe device name: ``cpu2t-intel-xeon-2-50ghz`` (threads in it), ``nvidia-h200``."""
-    device = torch.device(device)
+    device = measure.check_device(device)
     if device.type == "cuda":
         return _slug(torch.cuda.get_device_name(device))
     cpu = measure.environment()["cpu_model"] or "unknown"
@@ -555,7 +562,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
     if tokens.is_patched(model):
         raise ValueError("profile the unpatched model: call tokens.restore(model) first")
     ns = _check_n_values(model, n_values)
-    device = torch.device(device)
+    device = measure.check_device(device)
     mods, inputs = _timed(model, ns, part, batch_size, seed, device)
     names = list(mods)
     samples: dict[str, list[float]] = {k: [] for k in names}
@@ -638,8 +645,7 @@ def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: i
     Returns:
         A :class:`Curve` with ``analysis`` and ``environment`` filled in.
     """
-    if not isinstance(model_name, str) or not model_name or "__" in model_name or "/" in model_name:
-        raise ValueError(f"model_name must be a non-empty name without '__' or '/', got {model_name!r}")
+    _check_name(model_name, "model_name")
     if not isinstance(sweeps, int) or sweeps < 1:
         raise ValueError(f"sweeps must be an int >= 1, got {sweeps!r}")
     done = [sweep(model, batch_size=batch_size, threads=threads, part=part, seed=seed + i,
@@ -662,11 +668,35 @@ def curves_dir() -> Path:
     return paths.out_root() / "data" / "latency"
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_PART = re.compile(r"network|block\d+")
+_FILE = re.compile(r"(?P<device>[A-Za-z0-9][A-Za-z0-9_-]*?)__(?P<model>[A-Za-z0-9][A-Za-z0-9_-]*?)"
+                   r"(?:\.(?P<part>block\d+))?__b(?P<batch>\d+)")
+
+
+def _check_name(value: Any, what: str) -> str:
+    """A model or device name that is safe as part of a file name (no path, no ``__``)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or "__" in value or value.endswith("_"):
+        raise InvalidValueError(f"{what} {value!r} is not accepted: use letters, digits, '-' and "
+                                f"single '_' (no '/', '.', '..' or '__'), e.g. 'deit_small_patch16_224'")
+    return value
+
+
 def curve_path(device: str, model: str, batch_size: int, part: str = "network",
                directory: Optional[Path] = None) -> Path:
-    """``<directory>/<device>__<model>__b<batch>.json``; a block curve's model is ``<model>.block<i>``."""
+    """``<directory>/<device>__<model>__b<batch>.json``; a block curve's model is ``<model>.block<i>``.
+
+    Raises:
+        InvalidValueError: a name that could leave ``directory`` or break file-name parsing.
+    """
+    _check_name(device, "curve device name")
+    _check_name(model, "curve model name")
+    if not isinstance(part, str) or not _PART.fullmatch(part):
+        raise InvalidValueError(f"curve part {part!r}: accepted 'network' or 'block<i>'")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InvalidValueError(f"curve batch_size {batch_size!r}: accepted an integer >= 1")
     name = model if part == "network" else f"{model}.{part}"
-    return Path(directory or curves_dir()) / f"{device}__{name}__b{batch_size}.json"
+    return Path(directory or curves_dir()) / f"{device}__{name}__b{int(batch_size)}.json"
 
 
 def save_curve(curve: Curve, directory: Optional[Path] = None) -> Path:
@@ -676,11 +706,85 @@ def save_curve(curve: Curve, directory: Optional[Path] = None) -> Path:
 
 
 def load_curve(path: str | Path) -> Curve:
-    """Read a curve written by :func:`save_curve`."""
-    d = paths.read_json(Path(path))
-    if d.get("format") != "vitprune_lite.latency_curve/1":
-        raise ValueError(f"{path} is not a latency curve file (format {d.get('format')!r})")
-    return Curve.from_dict(d)
+    """Read a curve written by :func:`save_curve`, checking every field and point.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InvalidFileError: not JSON, not a curve, or a curve with missing fields or points that
+            are NaN, infinite or not positive (named by sweep and token count).
+    """
+    path = Path(path)
+    d = paths.read_json(path, what="latency curve")
+    if not isinstance(d, dict) or d.get("format") != "vitprune_lite.latency_curve/1":
+        got = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise InvalidFileError(f"{path} is not a latency curve file (format {got!r}, expected "
+                               f"'vitprune_lite.latency_curve/1')")
+    try:
+        _check_curve_dict(d)
+        return Curve.from_dict(d)
+    except (InvalidValueError, KeyError, TypeError, ValueError) as err:
+        raise InvalidFileError(f"latency curve {path}: {err}") from None
+
+
+def _check_curve_dict(d: dict) -> None:
+    fields = {f for f in Curve.__dataclass_fields__} | {"format"}
+    missing = sorted({"model", "device", "batch_size", "threads", "part", "fingerprint", "sweeps"} - set(d))
+    unknown = sorted(set(d) - fields)
+    if missing or unknown:
+        raise InvalidValueError(f"fields missing {missing}, unknown {unknown}")
+    _check_name(d["model"], "model name")
+    _check_name(d["device"], "device name")
+    for key in ("batch_size", "threads"):
+        if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < 1:
+            raise InvalidValueError(f"{key} = {d[key]!r}; accepted an integer >= 1")
+    if not isinstance(d["part"], str) or not _PART.fullmatch(d["part"]):
+        raise InvalidValueError(f"part = {d['part']!r}; accepted 'network' or 'block<i>'")
+    if not isinstance(d["sweeps"], list) or not d["sweeps"]:
+        raise InvalidValueError("sweeps must be a non-empty list")
+    for j, sw in enumerate(d["sweeps"]):
+        if not isinstance(sw, dict):
+            raise InvalidValueError(f"sweep {j} is a {type(sw).__name__}; expected an object")
+        unknown = sorted(set(sw) - set(Sweep.__dataclass_fields__))
+        if unknown:
+            raise InvalidValueError(f"sweep {j} has unknown fields {unknown}")
+        check_points(sw.get("n"), sw.get("median_ms"), sw.get("ci_low_ms"), sw.get("ci_high_ms"), f"sweep {j}")
+        samples = sw.get("samples_ms")
+        if not isinstance(samples, list) or len(samples) != len(sw["n"]):
+            raise InvalidValueError(f"sweep {j}: samples_ms must hold one list per token count")
+        for n, vals in zip(sw["n"], samples):
+            if not isinstance(vals, list) or not vals or not all(_positive(v) for v in vals):
+                raise InvalidValueError(f"sweep {j}: the samples at n={n} must be finite latencies > 0 ms, "
+                                        f"got {vals!r:.80}")
+
+
+def _positive(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def check_points(n: Any, median_ms: Any, ci_low_ms: Any = None, ci_high_ms: Any = None,
+                 what: str = "curve") -> None:
+    """Refuse a curve whose token counts are not strictly increasing integers or whose latencies
+    are not finite and positive; the message names the first bad point.
+
+    Raises:
+        InvalidValueError: naming ``what`` and the token count.
+    """
+    if not isinstance(n, (list, tuple, np.ndarray)) or len(n) < 1:
+        raise InvalidValueError(f"{what}: n must be a non-empty list of token counts, got {n!r:.80}")
+    n = list(n)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in n):
+        raise InvalidValueError(f"{what}: token counts must be integers >= 1, got {n!r:.80}")
+    if any(b <= a for a, b in zip(n, n[1:])):
+        raise InvalidValueError(f"{what}: token counts must be strictly increasing, got {n!r:.80}")
+    for name, vals in (("median_ms", median_ms), ("ci_low_ms", ci_low_ms), ("ci_high_ms", ci_high_ms)):
+        if vals is None and name != "median_ms":
+            continue
+        vals = list(vals) if isinstance(vals, (list, tuple, np.ndarray)) else vals
+        if not isinstance(vals, list) or len(vals) != len(n):
+            raise InvalidValueError(f"{what}: {name} must hold one latency per token count ({len(n)}), got {vals!r:.80}")
+        for k, v in zip(n, vals):
+            if not _positive(v):
+                raise InvalidValueError(f"{what}: {name} at n={k} is {v!r}; latencies must be finite numbers > 0 ms")
 
 
 def find_curves(model: Optional[str] = None, batch_size: Optional[int] = None,
@@ -688,14 +792,19 @@ def find_curves(model: Optional[str] = None, batch_size: Optional[int] = None,
     """Curve files in the committed ``data/latency/`` and the output root's, filtered by name.
 
     A file in the output root shadows a committed one of the same name. Sorted by file name.
+    A file whose name does not parse as ``<device>__<model>[.block<i>]__b<batch>.json`` is
+    skipped with a warning naming it.
     """
     found: dict[str, Path] = {}
     for d in (paths.data_dir() / "latency", curves_dir()):
         for p in sorted(d.glob("*__*__b*.json")) if d.is_dir() else []:
-            dev, name, b = p.stem.split("__")
-            base, _, sub = name.partition(".")
-            if (model is None or base == model) and (batch_size is None or b == f"b{batch_size}") \
-                    and (sub or "network") == part:
+            m = _FILE.fullmatch(p.stem)
+            if m is None or "__" in m["device"] or "__" in m["model"]:
+                warnings.warn(f"skipping {p}: not a curve file name (<device>__<model>[.block<i>]__b<batch>.json)",
+                              stacklevel=2)
+                continue
+            if (model is None or m["model"] == model) and (batch_size is None or int(m["batch"]) == batch_size) \
+                    and (m["part"] or "network") == part:
                 found[p.name] = p
     return [found[k] for k in sorted(found)]
 
@@ -737,6 +846,10 @@ def predict_ms(n: Sequence[int], median_ms: Sequence[float], flow: Sequence[int]
     n, y = np.asarray(n, dtype=float), np.asarray(median_ms, dtype=float)
     if n.ndim != 1 or n.shape != y.shape or len(n) < 2 or np.any(np.diff(n) <= 0):
         raise ValueError("the curve needs >= 2 ascending token counts with one latency each")
+    bad = ~(np.isfinite(y) & (y > 0))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InvalidValueError(f"latency at n={int(n[k])} is {y[k]}; a curve's latencies must be finite and > 0 ms")
     f = np.asarray(flow, dtype=float)
     if f.size == 0 or f.min() < n[0] or f.max() > n[-1]:
         raise ValueError(f"flow {list(flow)} leaves the curve's range {int(n[0])}..{int(n[-1])}")

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from .errors import InvalidValueError
+
 # Fused attention kernels that torch's FLOP registry does not know (it covers the CUDA flash,
 # memory-efficient and cuDNN kernels). Without these, a fused ViT on CPU counts zero attention
 # FLOPs and looks cheaper than the same model with hand-written attention.
@@ -78,6 +80,49 @@ def _as_args(inputs: Tensor | tuple | list, what: str = "inputs") -> tuple:
     raise TypeError(
         f"{what} must be a Tensor or a tuple of forward arguments, got {type(inputs).__name__}"
     )
+
+
+def check_device(device: Any) -> torch.device:
+    """A ``torch.device`` this machine can use, from ``"cpu"``, ``"cuda"``, ``"cuda:<i>"`` or a device.
+
+    Raises:
+        InvalidValueError: an unknown device string, or CUDA that this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise InvalidValueError(f"device {device!r} is not a device name; accepted 'cpu', 'cuda' or "
+                                    f"'cuda:<index>'") from None
+    else:
+        raise InvalidValueError(f"device {device!r}: accepted a string such as 'cpu' or 'cuda:0', or a torch.device")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise InvalidValueError(f"device {device!r} is not available here ({count} CUDA device(s)); use 'cpu'"
+                                    + (f" or 'cuda:0'..'cuda:{count - 1}'" if count else ""))
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise InvalidValueError(f"device {device!r} is not available here; use 'cpu'")
+    elif dev.type != "cpu":
+        raise InvalidValueError(f"device {device!r} is not supported; accepted 'cpu', 'cuda[:<index>]' "
+                                f"(or 'mps' where available)")
+    return dev
+
+
+def _check_images_fit(model: nn.Module, x: Any) -> None:
+    """Refuse images whose size the model's patch embedding cannot take (timm asserts deep inside)."""
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if not isinstance(x, Tensor) or size is None or getattr(pe, "dynamic_img_size", False) \
+            or not getattr(pe, "strict_img_size", True):
+        return
+    if x.dim() != 4 or tuple(x.shape[-2:]) != tuple(size) or x.shape[1] != getattr(pe.proj, "in_channels", x.shape[1]):
+        raise InvalidValueError(f"images of shape {tuple(x.shape)} do not fit the model, which takes "
+                                f"[N, {getattr(pe.proj, 'in_channels', 3)}, {size[0]}, {size[1]}]; resize them "
+                                f"(e.g. data.load_image_folder(..., size={size[0]}))")
 
 
 def _check_module(model: Any, what: str = "model") -> None:
@@ -138,7 +183,7 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> in
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -220,6 +265,11 @@ def measure_latency(
         raise ValueError("models must be a non-empty mapping of name -> nn.Module")
     for name, model in models.items():
         _check_module(model, f"models[{name!r}]")
+    for name, v, lo in (("rounds", rounds, 1), ("warmup", warmup, 0), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, int):  # the range is checked below
+            raise InvalidValueError(f"{name} = {v!r}: accepted an integer >= {lo}")
+    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)) or not math.isfinite(min_run_time):
+        raise InvalidValueError(f"min_run_time = {min_run_time!r}: accepted a finite number of seconds > 0")
     if rounds < 1 or warmup < 0 or not min_run_time > 0:
         raise ValueError(
             "need rounds >= 1, warmup >= 0 and min_run_time > 0 (seconds); "
@@ -236,8 +286,13 @@ def measure_latency(
         args = {name: _as_args(inputs[name], f"inputs[{name!r}]") for name in models}
     else:
         args = dict.fromkeys(models, _as_args(inputs))
+    for name, a in args.items():
+        first = next((t for t in a if isinstance(t, Tensor)), None)
+        if first is not None and first.dim() and first.shape[0] == 0:
+            raise InvalidValueError(f"inputs for models[{name!r}] have batch size 0 (shape {tuple(first.shape)}); "
+                                    f"a latency needs at least one sample per forward")
     if device is not None:
-        device = torch.device(device)
+        device = check_device(device)
         args = {n: tuple(a.to(device) if isinstance(a, Tensor) else a for a in v)
                 for n, v in args.items()}
         for name, model in models.items():
@@ -334,6 +389,7 @@ def _logits_and_labels(
     param = next(model.parameters(), None)
     dev = param.device if param is not None else torch.device("cpu")
     logits, labels = [], []
+    _check_images_fit(model, x)
     with _eval_mode(model), torch.inference_mode():
         for xb, yb in _batches(x, y, batch_size):
             logits.append(model(xb.to(dev)).float().cpu())

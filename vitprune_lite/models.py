@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import paths
+from .errors import InputTooLargeError, InvalidFileError, InvalidValueError, OverwriteRefusedError, VitpruneError
 
 import timm  # noqa: E402  (after the package's compat shim, which ``from . import paths`` loads)
 from timm.models.vision_transformer import VisionTransformer
@@ -50,6 +51,33 @@ class ViTConfig:
     qkv_bias: bool = True
     global_pool: str = "token"  # classify from CLS: the token methods rely on it
 
+    def __post_init__(self) -> None:
+        ints = {"img_size": (8, 1024), "patch_size": (1, 256), "embed_dim": (8, 4096), "depth": (1, 64),
+                "num_heads": (1, 256), "num_classes": (1, 100_000)}
+        for name, (lo, hi) in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+                raise InvalidValueError(f"ViTConfig.{name} = {v!r}: accepted an integer in {lo}..{hi}")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) \
+                or not 0 < self.mlp_ratio <= 16:
+            raise InvalidValueError(f"ViTConfig.mlp_ratio = {self.mlp_ratio!r}: accepted a number in (0, 16]")
+        if self.img_size % self.patch_size:
+            raise InvalidValueError(f"ViTConfig: patch_size {self.patch_size} does not divide img_size {self.img_size}")
+        if self.embed_dim % self.num_heads:
+            raise InvalidValueError(f"ViTConfig: num_heads {self.num_heads} does not divide embed_dim {self.embed_dim}")
+        if not isinstance(self.qkv_bias, bool):
+            raise InvalidValueError(f"ViTConfig.qkv_bias = {self.qkv_bias!r}: accepted true or false")
+        if self.global_pool not in ("token", "avg"):
+            raise InvalidValueError(f"ViTConfig.global_pool = {self.global_pool!r}: accepted 'token' or 'avg'")
+
+    def n_params(self) -> int:
+        """Parameters the config builds (exact for timm's ``VisionTransformer``), before building it."""
+        c, p, depth = self.embed_dim, self.patch_size, self.depth
+        hidden = int(c * self.mlp_ratio)
+        tokens = (self.img_size // p) ** 2 + 1
+        block = 2 * 2 * c + 3 * c * c + (3 * c if self.qkv_bias else 0) + c * c + c + c * hidden + hidden + hidden * c + c
+        return int(3 * p * p * c + c + c + tokens * c + depth * block + 2 * c + c * self.num_classes + self.num_classes)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -64,6 +92,21 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2            # torch CPU threads (the reference machine has 2 cores)
     bf16: bool = False          # bfloat16 autocast for forward and loss (float32 weights)
+
+    def __post_init__(self) -> None:
+        for name, lo in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("threads", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise InvalidValueError(f"TrainConfig.{name} = {v!r}: accepted an integer >= {lo}")
+        for name, lo, hi in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < hi or (name == "lr" and v == 0):
+                raise InvalidValueError(f"TrainConfig.{name} = {v!r}: accepted a number in "
+                                        f"{'(' if name == 'lr' else '['}{lo}, {hi})")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float)) \
+                or not 0 <= self.warmup_epochs <= self.epochs:
+            raise InvalidValueError(f"TrainConfig.warmup_epochs = {self.warmup_epochs!r}: accepted a number "
+                                    f"in [0, epochs = {self.epochs}]")
 
 
 def create_base_model(cfg: ViTConfig = ViTConfig(), seed: int = 0) -> VisionTransformer:
@@ -127,6 +170,15 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: float = 1
 
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be non-empty and equally long, got {len(x)} and {len(y)}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
+        raise InvalidValueError(f"steps = {steps!r}: accepted an integer >= 1 (or None to use epochs)")
+    if steps is None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float))
+                          or not math.isfinite(epochs) or epochs <= 0):
+        raise InvalidValueError(f"epochs = {epochs!r}: accepted a number > 0")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InvalidValueError(f"batch_size = {batch_size!r}: accepted an integer >= 1")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise InvalidValueError(f"lr = {lr!r}: accepted a finite number > 0")
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total = steps if steps is not None else max(1, round(epochs * steps_per_epoch))
     g = torch.Generator().manual_seed(seed)
@@ -215,8 +267,15 @@ def train_base_model(cfg: ViTConfig = ViTConfig(), tcfg: TrainConfig = TrainConf
 
 # ----------------------------------------------------------------------------- checkpoints
 
-class ChecksumError(RuntimeError):
+class ChecksumError(VitpruneError, RuntimeError):
     """A checkpoint's bytes do not match the sha256 recorded in its metadata."""
+
+
+#: Largest checkpoint metadata file read (the shipped one is a few kB).
+MAX_METADATA_BYTES = 1 << 20
+#: Largest model a checkpoint's metadata may ask for, in parameters (ViT-L has ~300 M).
+MAX_MODEL_PARAMS = 1_000_000_000
+CHECKPOINT_SUFFIX = ".safetensors"
 
 
 def _sha256(path: Path) -> str:
@@ -231,53 +290,144 @@ def _meta_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Write ``model``'s weights as safetensors and ``meta`` (+ sha256) as JSON beside it, atomically."""
+def shipped_checkpoint() -> Path:
+    """The shipped base-model checkpoint, ``data/base_vit.safetensors``."""
+    return paths.data_dir() / BASE_CHECKPOINT
+
+
+def check_checkpoint_path(path: str | Path, overwrite_shipped: bool = False) -> Path:
+    """Where a checkpoint may be written: a ``.safetensors`` file path, not the shipped one unless asked.
+
+    Raises:
+        InvalidValueError: another suffix (e.g. ``.json``, the metadata's own name) or a directory.
+        OverwriteRefusedError: ``path`` is the shipped checkpoint and ``overwrite_shipped`` is False.
+    """
+    path = Path(path)
+    if path.suffix != CHECKPOINT_SUFFIX:
+        raise InvalidValueError(f"checkpoint path {path} must end in {CHECKPOINT_SUFFIX} (its metadata is "
+                                f"written beside it as {path.with_suffix('.json').name})")
+    if path.is_dir():
+        raise InvalidValueError(f"checkpoint path {path} is a directory; give a file name ending in {CHECKPOINT_SUFFIX}")
+    if not overwrite_shipped and path.resolve() == shipped_checkpoint().resolve():
+        raise OverwriteRefusedError(f"{path} is the shipped base-model checkpoint; refusing to overwrite it. Write "
+                                    f"elsewhere (--out other{CHECKPOINT_SUFFIX}) or pass --overwrite-shipped "
+                                    f"(overwrite_shipped=True) to replace it on purpose")
+    return path
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any],
+                    overwrite_shipped: bool = False) -> Path:
+    """Write ``model``'s weights as safetensors and ``meta`` (+ sha256) as JSON beside it, as a pair.
+
+    Both files are replaced together (:func:`vitprune_lite.paths.write_pair_atomic`): after an
+    interruption at any point the folder holds either the old pair or the new one.
+
+    Raises:
+        InvalidValueError: ``path`` does not end in ``.safetensors``.
+        OverwriteRefusedError: ``path`` is the shipped checkpoint and ``overwrite_shipped`` is False.
+    """
     from safetensors.torch import save
 
-    path = Path(path)
+    path = check_checkpoint_path(path, overwrite_shipped)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     blob = save(state, metadata={"format": "pt"})
-    paths.write_bytes_atomic(path, blob)
     full = dict(meta, sha256=hashlib.sha256(blob).hexdigest(), file=path.name, bytes=len(blob))
-    paths.write_json_atomic(_meta_path(path), full)
+    text = json.dumps(full, indent=2, allow_nan=False, default=paths._to_builtin) + "\n"
+    paths.write_pair_atomic(path, blob, _meta_path(path), text.encode())
     return path
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata stored beside a checkpoint."""
-    mpath = _meta_path(Path(path))
+    """The JSON metadata stored beside a checkpoint (an interrupted pair write is settled first).
+
+    Raises:
+        FileNotFoundError: no metadata file.
+        InvalidFileError: the metadata is not a JSON object with a valid ``model_config``.
+    """
+    path = Path(path)
+    paths.recover_pair(path)
+    mpath = _meta_path(path)
     if not mpath.exists():
         raise FileNotFoundError(f"metadata {mpath} is missing; a checkpoint needs its .json beside it")
-    return json.loads(mpath.read_text())
+    meta = paths.read_json(mpath, max_bytes=MAX_METADATA_BYTES, what="checkpoint metadata")
+    if not isinstance(meta, dict):
+        raise InvalidFileError(f"checkpoint metadata {mpath} holds a JSON {type(meta).__name__}; expected an "
+                               f"object with model_config and sha256")
+    return meta
+
+
+def _config_from_meta(meta: Mapping[str, Any], mpath: Path) -> ViTConfig:
+    cfg = meta.get("model_config")
+    if not isinstance(cfg, dict):
+        raise InvalidFileError(f"checkpoint metadata {mpath}: model_config is {type(cfg).__name__}; expected an "
+                               f"object with the fields {sorted(ViTConfig.__dataclass_fields__)}")
+    unknown = sorted(set(cfg) - set(ViTConfig.__dataclass_fields__))
+    if unknown:
+        raise InvalidFileError(f"checkpoint metadata {mpath}: model_config has unknown fields {unknown}; "
+                               f"accepted {sorted(ViTConfig.__dataclass_fields__)}")
+    try:
+        return ViTConfig(**cfg)
+    except InvalidValueError as err:
+        raise InvalidFileError(f"checkpoint metadata {mpath}: {err}") from None
 
 
 def load_checkpoint(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
     """Load a base-model checkpoint after checking its sha256 against the metadata.
 
+    Before anything is allocated, the metadata's model config is validated and its size is
+    compared with the weights file (a config may not ask for more parameters than the file
+    holds, nor more than :data:`MAX_MODEL_PARAMS`); every tensor's name and shape is checked
+    against the model the config builds.
+
     Raises:
         FileNotFoundError: the checkpoint or its metadata is missing (``make train`` rebuilds it).
+        InvalidFileError: malformed metadata, or weights whose names or shapes do not match the config.
+        InputTooLargeError: the metadata asks for a model larger than the caps.
         ChecksumError: the file's bytes differ from what the metadata recorded.
     """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
+    paths.recover_pair(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found; rebuild it with `make train`")
+    if path.suffix != CHECKPOINT_SUFFIX:
+        raise InvalidValueError(f"checkpoint path {path} must end in {CHECKPOINT_SUFFIX}")
     meta = read_metadata(path)
+    mpath = _meta_path(path)
+    cfg = _config_from_meta(meta, mpath)
+    size = path.stat().st_size
+    n = cfg.n_params()
+    if n > MAX_MODEL_PARAMS or 2 * n > size:  # at least 2 bytes (fp16) per parameter must be in the file
+        raise InputTooLargeError(f"checkpoint metadata {mpath} asks for a model of {n:,} parameters, but the "
+                                 f"weights file {path} holds {size:,} bytes (cap {MAX_MODEL_PARAMS:,} parameters); "
+                                 f"the metadata does not belong to these weights")
     digest = _sha256(path)
     if digest != meta.get("sha256"):
         raise ChecksumError(f"checkpoint {path} has sha256 {digest[:12]}..., but its metadata records "
                             f"{str(meta.get('sha256'))[:12]}...: the file is corrupted or does not belong to "
                             f"this metadata. Restore it from git or rebuild it with `make train`.")
-    model = create_base_model(ViTConfig(**meta["model_config"]))
-    model.load_state_dict(load_file(str(path)))
+    model = create_base_model(cfg)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InvalidFileError(f"checkpoint {path} is not a readable safetensors file ({err})") from None
+    bad = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if bad:
+        detail = "; ".join(f"{k}: file {have.get(k)}, config {want.get(k)}" for k in bad[:4])
+        raise InvalidFileError(f"checkpoint {path} does not match the model_config in {mpath} "
+                               f"({len(bad)} tensors differ: {detail}{'; ...' if len(bad) > 4 else ''})")
+    model.load_state_dict(state)
     return model.eval(), meta
 
 
 def load_base_model() -> tuple[VisionTransformer, dict[str, Any]]:
     """The shipped base model (``data/base_vit.safetensors``) and its metadata."""
-    return load_checkpoint(paths.data_dir() / BASE_CHECKPOINT)
+    return load_checkpoint(shipped_checkpoint())
 
 
 # ----------------------------------------------------------------------------- timm names

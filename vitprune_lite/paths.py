@@ -9,11 +9,14 @@ smoke run never overwrites the committed results.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .errors import InputTooLargeError, InvalidFileError, InvalidValueError
 
 
 def root() -> Path:
@@ -53,10 +56,62 @@ def build_dir() -> Path:
     return out_root() / "build"
 
 
-def _atomic_replace(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+#: Temporary files of an atomic write: ``.<name>.<pid>.<random>.tmp`` beside the target.
+_TMP_SUFFIX = ".tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists but is someone else's, or cannot tell: leave its files alone
+    return True
+
+
+def _clean_stale_temps(path: Path) -> list[Path]:
+    """Remove temporary files that an interrupted write to ``path`` left behind.
+
+    A temp file carries its writer's process id; it is stale once that process is gone (a
+    write still in progress in a live process is never touched). Returns what was removed.
+    """
+    removed = []
+    for tmp in path.parent.glob(f".{_glob_escape(path.name)}.*{_TMP_SUFFIX}"):
+        parts = tmp.name[len(path.name) + 2:].split(".")
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue  # not one of ours
+        pid = int(parts[0])
+        if pid != os.getpid() and not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path: Path, write) -> str:
+    """Write through ``write(fh)`` into a fresh, fsynced temp file beside ``path``; return its name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -66,12 +121,123 @@ def _atomic_replace(path: Path, write) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return tmp
+
+
+def _atomic_replace(path: Path, write) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidValueError(f"cannot write {path}: it is a directory; give a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(path)
+    tmp = _write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _pair_manifest(first: Path) -> Path:
+    return first.parent / f".{first.name}.pair.json"
+
+
+def write_pair_atomic(first: Path, first_bytes: bytes, second: Path, second_bytes: bytes) -> tuple[Path, Path]:
+    """Write two files as a pair: after a crash at any point, both are new or both are old.
+
+    Protocol: both new contents go to temp files (fsynced); a small manifest naming the temp
+    files and their sha256 is then written atomically - the commit point; then both temps are
+    renamed over their targets and the manifest is removed. :func:`recover_pair` (run first by
+    every pair write and by readers of the pair) finishes a committed pair and discards an
+    uncommitted one, so nothing already written is lost.
+    """
+    import hashlib
+
+    first, second = Path(first), Path(second)
+    if first.parent != second.parent:
+        raise InvalidValueError(f"a file pair must share one folder, got {first} and {second}")
+    if first.name == second.name:
+        raise InvalidValueError(f"a file pair needs two different names, got {first.name} twice")
+    for p in (first, second):
+        if p.is_dir():
+            raise InvalidValueError(f"cannot write {p}: it is a directory; give a file path")
+    first.parent.mkdir(parents=True, exist_ok=True)
+    recover_pair(first)
+    for p in (first, second):
+        _clean_stale_temps(p)
+    manifest = _pair_manifest(first)
+    tmp1 = tmp2 = None
+    try:
+        tmp1 = _write_temp(first, lambda fh: fh.write(first_bytes))
+        tmp2 = _write_temp(second, lambda fh: fh.write(second_bytes))
+        _fsync_dir(first.parent)
+        record = {"files": [[Path(tmp1).name, first.name, hashlib.sha256(first_bytes).hexdigest()],
+                            [Path(tmp2).name, second.name, hashlib.sha256(second_bytes).hexdigest()]]}
+        write_bytes_atomic(manifest, json.dumps(record).encode())  # the commit point
+    except BaseException:
+        for t in (tmp1, tmp2):
+            if t is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(t)
+        raise
+    _finish_pair(manifest, record)
+    return first, second
+
+
+def _finish_pair(manifest: Path, record: dict) -> None:
+    # Tolerates a concurrent reader finishing the same pair: a rename already done is skipped.
+    for tmp, target, _ in record["files"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(manifest.parent / tmp, manifest.parent / target)
+    _fsync_dir(manifest.parent)
+    with contextlib.suppress(FileNotFoundError):
+        manifest.unlink()
+    _fsync_dir(manifest.parent)
+
+
+def recover_pair(first: Path) -> str:
+    """Bring a file pair written by :func:`write_pair_atomic` to a consistent state.
+
+    Returns ``"clean"`` (nothing to do), ``"completed"`` (a committed write was interrupted
+    and has now been finished: both files are new) or ``"discarded"`` (an uncommitted write's
+    leftovers were removed: both files are old).
+    """
+    first = Path(first)
+    manifest = _pair_manifest(first)
+    if not manifest.exists():
+        return "clean"
+    try:
+        record = json.loads(manifest.read_text())
+        files = record["files"]
+        ok = all((manifest.parent / t).exists() or _sha256_file(manifest.parent / target) == digest
+                 for t, target, digest in files)
+        ok = ok and all(_sha256_file(manifest.parent / t) == digest
+                        for t, target, digest in files if (manifest.parent / t).exists())
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:  # a manifest that cannot be honoured: leave the targets as they are
+        with contextlib.suppress(OSError):
+            manifest.unlink()
+        return "discarded"
+    _finish_pair(manifest, record)
+    return "completed"
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
@@ -94,10 +260,36 @@ def save_figure(fig, name: str, dpi: int = 120) -> Path:
     return write_bytes_atomic(figures_dir() / f"{name}.png", buf.getvalue())
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file written by :func:`write_json_atomic`."""
-    with open(path) as fh:
-        return json.load(fh)
+#: Largest JSON file :func:`read_json` reads (results, curves, metadata are far smaller).
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES, what: str = "JSON file") -> Any:
+    """Read a JSON file written by :func:`write_json_atomic`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputTooLargeError: the file is larger than ``max_bytes`` (checked before reading).
+        InvalidFileError: not UTF-8 JSON (e.g. truncated by an interrupted copy), naming the
+            file and the position.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} not found")
+    if path.is_dir():
+        raise InvalidFileError(f"{what} {path} is a directory; expected a .json file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InputTooLargeError(f"{what} {path} is {size} bytes; at most {max_bytes} are read")
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InvalidFileError(f"{what} {path} is not UTF-8 text (byte {err.start}); expected JSON") from None
+    except json.JSONDecodeError as err:
+        hint = " - it ends early: truncated?" if err.pos >= len(raw.rstrip()) else ""
+        raise InvalidFileError(f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}, "
+                               f"column {err.colno}{hint}; regenerate it (rerun what writes it)") from None
 
 
 def _to_builtin(obj: Any) -> Any:

@@ -404,7 +404,7 @@ def token_reduction(base: nn.Module, request: DeviceRequest, public: Optional[Pu
 
     Args:
         method: ``"pomt"`` (``amount`` = R), ``"tome"`` (``amount`` = r per block), ``"topk"`` /
-            ``"evit"`` (``amount`` = keep rate in (0, 1) or a drop schedule).
+            ``"evit"`` (``amount`` = keep rate, a float in (0, 1], or a drop schedule, a list).
         kwargs: passed to the patch (e.g. POMT's ``layer``).
 
     ``request.budget`` is not read: a token method has no parameter budget.

@@ -25,6 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from . import gmm
+from .errors import InvalidValueError
 from .features import FeatureSpace
 
 
@@ -78,6 +79,9 @@ def membership_sweep(members: np.ndarray, non_members: np.ndarray, space: Featur
     covs = list(covariance_types)
     for c in covs:
         gmm._check_covariance_type(c)
+    ks = list(ks)
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) for k in ks):
+        raise InvalidValueError(f"ks = {ks!r}: accepted integers (numbers of components), never truncated")
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1 or max(ks) > len(members):
         raise ValueError(f"ks must lie in 1..{len(members)} (the number of members), got {ks}")
@@ -126,6 +130,8 @@ def nearest_record_audit(upload: gmm.Upload, members: np.ndarray, non_members: n
         (< 1: samples sit closer to training images), ``closer_to_members`` (share of samples whose
         nearest member is nearer than their nearest non-member; 0.5 = no preference), ``n_records``.
     """
+    if not isinstance(upload, gmm.Upload):
+        raise TypeError(f"the attacker holds an Upload, got {type(upload).__name__}")
     a = gmm._check_features(members, "members")
     b = gmm._check_features(non_members, "non_members")
     n = min(len(a), len(b))

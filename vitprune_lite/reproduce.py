@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import paths
+from .errors import InvalidFileError, ParameterError
 
 KERNEL = "vitprune-lite"
 
@@ -31,6 +32,98 @@ def parse_param(text: str) -> tuple[str, Any]:
         return name, ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         return name, raw
+
+
+def notebook_parameters(nb: Path) -> dict[str, Any]:
+    """Names and default values of a notebook's cell tagged ``parameters`` (flat literals).
+
+    Raises:
+        InvalidFileError: the notebook is not JSON, has no such cell, or the cell holds anything
+            but ``NAME = literal`` lines.
+    """
+    doc = paths.read_json(nb, what="notebook")
+    cells = [c for c in doc.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])] \
+        if isinstance(doc, dict) else []
+    if len(cells) != 1:
+        raise InvalidFileError(f"notebook {nb} has {len(cells)} cells tagged 'parameters'; expected exactly one")
+    src = cells[0]["source"]
+    src = "".join(src) if isinstance(src, list) else str(src)
+    out: dict[str, Any] = {}
+    try:
+        for node in ast.parse(src).body:
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                raise ValueError(ast.unparse(node))
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+    except (SyntaxError, ValueError) as err:
+        raise InvalidFileError(f"notebook {nb}: the parameters cell must hold only NAME = literal lines; "
+                               f"cannot read {err}") from None
+    return out
+
+
+def _kind(default: Any) -> tuple[type, ...]:
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (int, float)
+    if isinstance(default, (list, tuple)):
+        return (list, tuple)
+    return (type(default),)
+
+
+def _accepts(default: Any, value: Any) -> bool:
+    """Does ``value`` have the type of the parameters cell's literal ``default``?"""
+    if default is None:
+        return True
+    if isinstance(value, bool) and not isinstance(default, bool):
+        return False
+    if not isinstance(value, _kind(default)):
+        return False
+    if isinstance(default, (list, tuple)) and default and not isinstance(default[0], (list, tuple, dict)):
+        return all(_accepts(default[0], v) for v in value)
+    return True
+
+
+def check_parameters(todo: Sequence[Path], parameters: Mapping[str, Any]) -> dict[Path, dict[str, Any]]:
+    """Check overrides against the notebooks' parameters cells; return each notebook's own share.
+
+    A name must be a parameter of at least one notebook in ``todo``; its value must have the type
+    of that notebook's literal (an int is accepted where the literal is a float; a list's items
+    must match the literal's first item).
+
+    Raises:
+        ParameterError: an unknown name (the accepted names are listed) or a value of the wrong type.
+    """
+    declared = {nb: notebook_parameters(nb) for nb in todo}
+    known = sorted({k for d in declared.values() for k in d})
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ParameterError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+                             f"notebook(s) {', '.join(nb.name[:2] for nb in todo)}; accepted: {', '.join(known)}")
+    for nb, d in declared.items():
+        for name, value in parameters.items():
+            if name in d and not _accepts(d[name], value):
+                raise ParameterError(f"parameter {name}={value!r} ({type(value).__name__}) does not match "
+                                     f"{nb.name}, whose parameters cell sets {name} = {d[name]!r}; give a value "
+                                     f"of that type (True/False, 1, 0.5, 'text' or [1, 2] as Python literals)")
+    return {nb: {k: v for k, v in parameters.items() if k in d} for nb, d in declared.items()}
+
+
+def _kernel_config():
+    """Kernel connections over local (IPC) sockets where the platform has them.
+
+    Over TCP the kernel prints a warning about unencrypted traffic once per notebook; IPC
+    sockets are files in a private temporary folder, so there is nothing to warn about.
+    """
+    import tempfile
+
+    from traitlets.config import Config
+
+    if os.name != "posix":
+        return Config()
+    folder = tempfile.mkdtemp(prefix="vitprune-kernel-")
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(folder, "k")}})
 
 
 class NotebookFailed(RuntimeError):
@@ -53,14 +146,21 @@ def run_notebook(nb: Path, parameters: Mapping[str, Any] | None = None, cwd: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / nb.name
     partial = out_dir / f".{nb.stem}.partial.ipynb"
+    config = _kernel_config()
     try:
         pm.execute_notebook(str(nb), str(partial), parameters=dict(parameters or {}), kernel_name=kernel,
-                            cwd=str(cwd or paths.root()), progress_bar=False, log_output=False)
+                            cwd=str(cwd or paths.root()), progress_bar=False, log_output=False, config=config)
     except pm.PapermillExecutionError as err:
         failed = out_dir / f"{nb.stem}.failed.ipynb"
         os.replace(partial, failed)
         raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count} ({err.ename}: {err.evalue}); "
                              f"the executed copy up to the failure is {failed}") from None
+    finally:
+        ip = config.get("KernelManager", {}).get("ip")
+        if ip:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(ip), ignore_errors=True)
     os.replace(partial, final)
     return final
 
@@ -72,7 +172,12 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
     Args:
         only: notebook numbers to run, e.g. ``["00", "03"]``; empty runs all.
         smoke: pass ``SMOKE=True`` to every notebook (small sizes, for tests).
-        parameters: further overrides passed to every notebook.
+        parameters: further overrides; each notebook gets those its parameters cell declares.
+
+    Raises:
+        ValueError: an unknown notebook number.
+        ParameterError: an unknown parameter name or a value of the wrong type (checked for
+            every notebook before the first one starts).
     """
     todo = notebooks()
     if only:
@@ -84,11 +189,12 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
     params = dict(parameters or {})
     if smoke:
         params["SMOKE"] = True
+    own = check_parameters(todo, params)
     done, t_all = [], time.perf_counter()
     for i, nb in enumerate(todo, 1):
         t0 = time.perf_counter()
         print(f"[{i}/{len(todo)}] {nb.name} ...", flush=True)
-        done.append(run_notebook(nb, params, kernel=kernel))
+        done.append(run_notebook(nb, own[nb], kernel=kernel))
         print(f"[{i}/{len(todo)}] {nb.name} done in {time.perf_counter() - t0:.0f} s "
               f"(elapsed {time.perf_counter() - t_all:.0f} s)", flush=True)
     return done

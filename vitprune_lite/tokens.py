@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import paths  # noqa: F401  (torchvision compat shim before timm)
+from .errors import InvalidValueError
 
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -158,7 +159,7 @@ def keep_rate_schedule(model: nn.Module, keep_rate: float,
         One drop count per block (0 outside the locations), as for :func:`patch_topk`.
     """
     _check_vit(model)
-    if not (isinstance(keep_rate, (float, int)) and 0 < keep_rate <= 1):
+    if isinstance(keep_rate, bool) or not (isinstance(keep_rate, (float, int)) and 0 < keep_rate <= 1):
         raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
     depth = len(model.blocks)
     locs = evit_locations(depth) if locations is None else list(locations)
@@ -691,6 +692,9 @@ def utility(latency_ms: Sequence[float], acc: Sequence[float], alpha: float = 0.
     lat, a = np.asarray(latency_ms, dtype=float), np.asarray(acc, dtype=float)
     if lat.shape != a.shape or lat.ndim != 1 or lat.size == 0:
         raise ValueError(f"latency and accuracy must be 1-D and equally long, got {lat.shape} and {a.shape}")
+    if not np.all(np.isfinite(a) & (a >= 0) & (a <= 1)):
+        k = int(np.argmax(~(np.isfinite(a) & (a >= 0) & (a <= 1))))
+        raise InvalidValueError(f"accuracy at position {k} is {a[k]}; A(n) must be finite, in [0, 1]")
     if not np.all(np.isfinite(lat)) or lat.max() <= 0:
         raise ValueError("latency must be finite and positive")
     if a.max() <= 0:
@@ -733,20 +737,25 @@ def reduced_copy(model: nn.Module, method: str, amount: Any, **kwargs: Any) -> n
     Args:
         model: a timm ``VisionTransformer``.
         method: ``"dense"`` (plain copy), ``"tome"`` (``amount`` = r), ``"topk"``/``"evit"``
-            (``amount`` = drop schedule, or a keep rate in (0, 1) applied at
-            :func:`evit_locations`), ``"pomt"`` (``amount`` = R; ``layer=`` in kwargs).
+            (``amount`` = a drop schedule, a list with one int per block, or a keep rate, a float
+            in (0, 1] applied at :func:`evit_locations`; a bare int is refused as ambiguous),
+            ``"pomt"`` (``amount`` = R; ``layer=`` in kwargs).
         kwargs: passed to the patch function.
     """
     import copy
 
     if method not in ("dense", *_METHODS):
         raise ValueError(f"method must be 'dense' or one of {_METHODS}, got {method!r}")
+    if method in ("topk", "evit") and (isinstance(amount, (bool, int, np.integer))):
+        # 1 and 1.0 would mean different things (drop one token per block vs keep them all).
+        raise InvalidValueError(f"{method} amount {amount!r} is ambiguous: give a keep rate as a float in (0, 1] "
+                                f"(e.g. 0.7 or 1.0) or a drop schedule as a list with one int per block")
     _check_vit(model)
     m = restore(copy.deepcopy(model)).eval()
     if method == "dense":
         return m
-    if method in ("topk", "evit") and isinstance(amount, float):
-        amount = keep_rate_schedule(m, amount)
+    if method in ("topk", "evit") and isinstance(amount, (float, np.floating)):
+        amount = keep_rate_schedule(m, float(amount))
     patch = {"tome": patch_tome, "topk": patch_topk, "evit": patch_evit, "pomt": patch_pomt}[method]
     return patch(m, amount, **kwargs)
 
