@@ -99,7 +99,8 @@ def test_cache_round_trip_and_rebuild(tmp_path, monkeypatch):
     second = data_v2.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
     assert second.fingerprint == first.fingerprint and second.classes == data_v2.CLASSES
     cached.write_bytes(b"damaged")
-    third = data_v2.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
+    with pytest.warns(data.CacheWarning, match="benchmark-v2-"):
+        third = data_v2.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
     assert third.fingerprint == first.fingerprint
 
 

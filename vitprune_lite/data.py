@@ -35,7 +35,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -373,23 +373,37 @@ def load_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
     warning saying why the cache could not be written.
     """
     _check_args(seed, public, devices, size)
-    key = repr((GENERATOR_VERSION, seed, sorted((public or PUBLIC_SPLITS).items()),
-                [(d.name, d.classes, sorted(d.style_mix.items()), d.n_train, d.n_test) for d in devices], size))
-    path = paths.cache_dir() / f"benchmark-v{GENERATOR_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+    return cached(GENERATOR_VERSION, (seed, sorted((public or PUBLIC_SPLITS).items()), _device_key(devices), size),
+                  lambda: make_benchmark(seed, public, devices, size), devices, seed, CLASSES, STYLES, cache)
+
+
+def _device_key(devices: Sequence[DeviceSpec]) -> list:
+    return [(d.name, d.classes, sorted(d.style_mix.items()), d.n_train, d.n_test) for d in devices]
+
+
+def cached(version: str, key: Any, build: Callable[[], Benchmark], devices: Sequence[DeviceSpec], seed: int,
+           classes: tuple[str, ...], styles: tuple[str, ...], cache: bool = True) -> Benchmark:
+    """A benchmark from ``data/cache/``, or ``build()`` and cached there (shared by every generator version).
+
+    The cache file name carries the generator ``version`` and a hash of ``key`` (every argument
+    of the generator), so a stale or foreign cache is never read. A damaged file is rebuilt with
+    a :class:`CacheWarning` naming it.
+    """
+    path = paths.cache_dir() / f"benchmark-v{version}-{hashlib.sha256(repr((version, *key)).encode()).hexdigest()[:12]}.npz"
     if cache and path.exists():
         try:
-            return _load_npz(path, devices, seed)
+            return _load_npz(path, devices, seed, version, classes, styles)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
             warnings.warn(f"benchmark cache {path} is damaged ({type(err).__name__}: {err}); rebuilding it",
-                          CacheWarning, stacklevel=2)
-    bench = make_benchmark(seed, public, devices, size)
+                          CacheWarning, stacklevel=3)
+    bench = build()
     if cache:
         try:
             _save_npz(path, bench)
         except OSError as err:
             warnings.warn(f"could not write the benchmark cache {path} ({err}); using the benchmark generated "
                           f"in memory. Check that {path.parent} is writable and has free space", CacheWarning,
-                          stacklevel=2)
+                          stacklevel=3)
     return bench
 
 
@@ -409,7 +423,8 @@ def _save_npz(path: Path, bench: Benchmark) -> None:
     paths.write_bytes_atomic(path, buf.getvalue())
 
 
-def _load_npz(path: Path, devices: Sequence[DeviceSpec], seed: int) -> Benchmark:
+def _load_npz(path: Path, devices: Sequence[DeviceSpec], seed: int, version: str = GENERATOR_VERSION,
+              classes: tuple[str, ...] = CLASSES, styles: tuple[str, ...] = STYLES) -> Benchmark:
     if path.stat().st_size == 0:
         raise InvalidFileError(f"cache {path} is empty")
     with np.load(path, allow_pickle=False) as z:
@@ -417,11 +432,11 @@ def _load_npz(path: Path, devices: Sequence[DeviceSpec], seed: int) -> Benchmark
         for key in z.files:
             if key.endswith("|images"):
                 name = key[: -len("|images")]
-                sets[name] = ImageSet(z[key], z[f"{name}|labels"], z[f"{name}|styles"], name)
+                sets[name] = ImageSet(z[key], z[f"{name}|labels"], z[f"{name}|styles"], name, classes)
         fp = str(z["fingerprint"])
     pub = {n.split("/", 1)[1]: s for n, s in sets.items() if n.startswith("public/")}
     devs = {d.name: {"train": sets[f"{d.name}/train"], "test": sets[f"{d.name}/test"]} for d in devices}
-    bench = Benchmark(pub, devs, {d.name: d for d in devices}, seed, fingerprint=fp)
+    bench = Benchmark(pub, devs, {d.name: d for d in devices}, seed, version, classes, styles, fingerprint=fp)
     if _fingerprint(bench) != fp:
         raise ValueError(f"cache {path} does not match its fingerprint")
     return bench

@@ -29,13 +29,11 @@ streams and the cache format are shared with v1.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import paths
-from .data import Benchmark, DeviceSpec, ImageSet, _fingerprint, _load_npz, _save_npz, _stream
+from .data import Benchmark, DeviceSpec, ImageSet, _device_key, _fingerprint, _stream, cached
 
 #: Bumped whenever the rendered bytes for a given seed change; recorded with every checkpoint.
 GENERATOR_VERSION = "2"
@@ -357,20 +355,8 @@ def make_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
 
 def load_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
                    devices: Sequence[DeviceSpec] = DEVICES, size: int = IMAGE_SIZE, cache: bool = True) -> Benchmark:
-    """Benchmark v2 for ``seed``, from ``data/cache/`` if it was generated before (else generated and cached)."""
-    key = repr((GENERATOR_VERSION, seed, sorted((public or PUBLIC_SPLITS).items()),
-                [(d.name, d.classes, sorted(d.style_mix.items()), d.n_train, d.n_test) for d in devices], size))
-    path = paths.cache_dir() / f"benchmark-v{GENERATOR_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
-    if cache and path.exists():
-        try:
-            bench = _load_npz(path, devices, seed)
-            bench.version, bench.classes, bench.styles = GENERATOR_VERSION, CLASSES, STYLES
-            for s in [*bench.public.values(), *(x for d in bench.devices.values() for x in d.values())]:
-                s.classes = CLASSES
-            return bench
-        except (OSError, ValueError, KeyError):
-            pass  # damaged cache: rebuild it below
-    bench = make_benchmark(seed, public, devices, size)
-    if cache:
-        _save_npz(path, bench)
-    return bench
+    """Benchmark v2 for ``seed``, from ``data/cache/`` if it was generated before (else generated and cached;
+    a damaged cache file is rebuilt with a warning)."""
+    key = (seed, sorted((public or PUBLIC_SPLITS).items()), _device_key(devices), size)
+    return cached(GENERATOR_VERSION, key, lambda: make_benchmark(seed, public, devices, size), devices, seed,
+                  CLASSES, STYLES, cache)
