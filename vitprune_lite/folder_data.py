@@ -146,7 +146,7 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         if (nw, nh) != (w, h):
             im = im.resize((nw, nh), Image.BILINEAR)
         left, top = (nw - size) // 2, (nh - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)))
+        return np.array(im.crop((left, top, left + size, top + size)))  # a writable copy
 
 
 class FolderDataset(Dataset):
@@ -182,7 +182,7 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = load_image(self.split.root / self.split.files[i], self.size)
-        x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
+        x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
         if self.augment:
             seed = np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0]
             g = torch.Generator().manual_seed(int(seed))
