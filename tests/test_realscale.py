@@ -134,6 +134,7 @@ def test_prune_torch_pruning_and_timm_name(folder, tmp_path):
     assert measure.count_params(loaded) == rep["params"]["pruned"]
 
 
+@pytest.mark.slow
 def test_prune_base_vit_on_rendered_folder(tmp_path):
     """The embedded base model through the folder path: resize and normalisation must match its training.
 
@@ -146,6 +147,7 @@ def test_prune_base_vit_on_rendered_folder(tmp_path):
     assert rep["val_accuracy"]["dense"] > 0.8  # 48 clean renders; chance is 1/12
 
 
+@pytest.mark.slow
 def test_tap_vits_with_device_upload(folder, tiny_file, tmp_path):
     """Device: GMM of its private images in the pool's feature space; cloud: selects, prunes, lists the fine-tune set."""
     private = _write_folder(tmp_path / "priv", (0,), ("disk",), 16, 80, 0, seed=5) / "train"
@@ -173,6 +175,7 @@ def test_tap_vits_with_device_upload(folder, tiny_file, tmp_path):
     (["--method", "toast", "--budget", "1.5"], ["budget 1.5", "(0, 1]"]),
     (["--method", "tap_vits", "--budget", "0.5"], ["--upload"]),
     (["--method", "toast", "--budget", "0.5", "--upload", "x.json"], ["does not read", "tap_vits"]),
+    (["--method", "toast", "--budget", "0.5", "--device", "tpu"], ["'tpu'", "cpu, cuda"]),
 ])
 def test_prune_refuses_bad_arguments(args, says, folder, tiny_file, tmp_path, capsys):
     out = tmp_path / "never"

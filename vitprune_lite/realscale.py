@@ -151,7 +151,7 @@ def _timm_names() -> list[str]:
 
 def check_prune_args(*, model: Optional[str], checkpoint: Optional[str], data: str, method: str,
                      budget: float, upload_path: Optional[str], image_size: Optional[int],
-                     n_metric: int) -> tuple[str, ...]:
+                     n_metric: int, device: Optional[str] = None) -> tuple[str, ...]:
     """Refuse bad arguments before any work; returns the dataset's classes.
 
     Raises:
@@ -176,6 +176,10 @@ def check_prune_args(*, model: Optional[str], checkpoint: Optional[str], data: s
         raise ValueError(f"--image-size must be a positive number of pixels, got {image_size}")
     if n_metric < 2:
         raise ValueError(f"--n-metric must be >= 2 images, got {n_metric}")
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device {device!r}; accepted: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no GPU here")
     check_model_arg(model, checkpoint)
     classes = folder_data.classes_of(data)
     folder_data.scan(data, "val", classes)  # the report's accuracy split must exist before work starts
@@ -391,7 +395,7 @@ def prune(*, model: Optional[str], data: str, method: str, budget: float, out: s
     from . import measure, paths, pipelines
 
     classes = check_prune_args(model=model, checkpoint=checkpoint, data=data, method=method, budget=budget,
-                               upload_path=upload_path, image_size=image_size, n_metric=n_metric)
+                               upload_path=upload_path, image_size=image_size, n_metric=n_metric, device=device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir, root = Path(out), Path(data)
     t0 = time.perf_counter()
