@@ -75,9 +75,9 @@ def test_structure_roundtrip_identical_outputs(tmp_path):
                                2: {"vo": [list(range(7))] * 4}})
     surgery.prune_embed(model, list(range(40)))
     path = structure.save(model, tmp_path / "m.safetensors", structure.origin("vit", kw), {"note": "x"})
-    del_ = structure.read_structure(path)[0]
-    assert [b["heads"] for b in del_["blocks"]] == [3, 4, 4] and del_["embed_dim"] == 40
-    assert (del_["blocks"][0]["qk_dim"], del_["blocks"][2]["v_dim"], del_["blocks"][0]["mlp_hidden"]) == (2, 7, 64)
+    st = structure.read_structure(path)[0]
+    assert [b["heads"] for b in st["blocks"]] == [3, 4, 4] and st["embed_dim"] == 40
+    assert (st["blocks"][0]["qk_dim"], st["blocks"][2]["v_dim"], st["blocks"][0]["mlp_hidden"]) == (2, 7, 64)
     loaded, struct, info = structure.load(path)
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
@@ -87,6 +87,15 @@ def test_structure_roundtrip_identical_outputs(tmp_path):
 
 def test_method_table_is_the_cli_list():
     assert tuple(realscale.METHODS) == cli_real.METHOD_NAMES
+
+
+def test_base_model_by_name_or_checkpoint():
+    by_name, src = realscale.load_model("base_vit")
+    by_file, src2 = realscale.load_model(None, str(ROOT / "data" / "base_vit.safetensors"))
+    assert src == src2 and src["builder"] == "vit" and src["kwargs"]["img_size"] == 32
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(by_name(x), by_file(x))
 
 
 def test_budget_pair():

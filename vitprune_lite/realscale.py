@@ -41,13 +41,16 @@ FEATURE_SIZE = 64       # pixels per side for pixel statistics
 FEATURE_DIM = 16        # whitened principal components
 
 
-def _request(budget: tuple[float, float]):
+Budget = tuple[float, float]  # (mlp_keep, attn_keep)
+
+
+def _request(budget: Budget) -> Any:
     from .pipelines import DeviceRequest
 
     return DeviceRequest("cli", budget)
 
 
-def _run_tap_vits(base, public, budget, seed):
+def _run_tap_vits(base: nn.Module, public: Any, budget: Budget, seed: int) -> Any:
     from . import gmm, pipelines
 
     idx = np.arange(len(public.x))  # the loaded images ARE the upload's metric set, best first
@@ -55,7 +58,7 @@ def _run_tap_vits(base, public, budget, seed):
                               ft_steps=0, val_fraction=0.0, seed=seed)
 
 
-def _run_one_size(base, public, budget, seed):
+def _run_one_size(base: nn.Module, public: Any, budget: Budget, seed: int) -> Any:
     from . import pipelines
 
     n = len(public.x)
@@ -63,7 +66,7 @@ def _run_one_size(base, public, budget, seed):
                                        ft_steps=0, val_fraction=0.0, seed=seed)
 
 
-def _run_toast(base, public, budget, seed):
+def _run_toast(base: nn.Module, public: Any, budget: Budget, seed: int) -> Any:
     from . import pipelines, tcs
 
     # Token Channel Selection is a forward-time patch with no weights of its own; the file
@@ -74,8 +77,8 @@ def _run_toast(base, public, budget, seed):
     return res
 
 
-def _torch_pruning(kind: str):
-    def run(base, public, budget, seed):
+def _torch_pruning(kind: str) -> Callable[..., Any]:
+    def run(base: nn.Module, public: Any, budget: Budget, seed: int) -> Any:
         from . import pipelines
 
         return pipelines.torch_pruning(base, _request(budget), public, n_finetune=len(public.x),
@@ -83,8 +86,8 @@ def _torch_pruning(kind: str):
     return run
 
 
-def _criterion(name: str):
-    def run(base, public, budget, seed):
+def _criterion(name: str) -> Callable[..., Any]:
+    def run(base: nn.Module, public: Any, budget: Budget, seed: int) -> Any:
         from . import pipelines
 
         idx = np.arange(len(public.x))
@@ -125,7 +128,7 @@ METHODS: dict[str, Method] = {
 }
 
 
-def budget_pair(fraction: float) -> tuple[float, float]:
+def budget_pair(fraction: float) -> Budget:
     """A block-parameter fraction -> ``(mlp_keep, attn_keep)``.
 
     TAP-ViTs' five fractions (0.9 ... 0.5) map to its published pairs
@@ -186,14 +189,25 @@ def check_prune_args(*, model: Optional[str], checkpoint: Optional[str], data: s
     return classes
 
 
+def is_base_checkpoint(path: str | Path) -> bool:
+    """True if ``path`` is a base-model checkpoint (``make train``): its JSON beside it names a model config."""
+    import json
+
+    meta = Path(path).with_suffix(".json")
+    try:
+        return "model_config" in json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def check_model_arg(model: Optional[str], checkpoint: Optional[str]) -> None:
     """``--model`` / ``--checkpoint``: a known name, an existing file."""
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} not found")
     if model is None:
-        if checkpoint is None or not structure.is_structured(checkpoint):
+        if checkpoint is None or not (structure.is_structured(checkpoint) or is_base_checkpoint(checkpoint)):
             raise ValueError("--model is needed (base_vit or a timm ViT name) unless --checkpoint is a model "
-                             "file saved by this package (prune/recover output)")
+                             "file saved by this package (prune/recover output, or a base-model checkpoint)")
         return
     if model != BASE_VIT and model not in _timm_names():
         raise ValueError(f"unknown model {model!r}; accepted: {BASE_VIT!r} (the embedded base model) or a timm "
@@ -239,7 +253,8 @@ def load_model(model: Optional[str], checkpoint: Optional[str] = None, *, classe
             raise ValueError(f"--model {model!r} but {checkpoint} was built from {struct['name']!r}; "
                              f"omit --model for a saved model file")
         src = {k: struct[k] for k in ("builder", "name", "kwargs", "classes", "mean", "std")}
-    elif model == BASE_VIT:
+    elif model == BASE_VIT or (model is None and checkpoint is not None and is_base_checkpoint(checkpoint)):
+        model = BASE_VIT
         net, meta = models.load_checkpoint(checkpoint) if checkpoint else models.load_base_model()
         from .data import CLASSES
 
