@@ -107,9 +107,11 @@ def main(args: argparse.Namespace) -> int:
             stop_after_steps=args.stop_after_steps, workers=args.workers, precision=args.precision,
             device=args.device, progress=not args.no_progress)
         report = recover(cfg)
+        if int(os.environ.get("RANK", 0)) != 0:
+            return 0
         if "stopped_at" in report:
             print(f"stopped after step {report['stopped_at']}; run the same command again to resume")
-        elif int(os.environ.get("RANK", 0)) == 0:
+        else:
             print(f"wrote {args.out}/best.safetensors, final.safetensors, recover_report.json: {_summary(report)}")
         return 0
     except (ValueError, FileNotFoundError) as err:
