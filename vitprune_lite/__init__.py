@@ -26,6 +26,11 @@ Modules, one concept each:
 - ``latency``     latency-workload curves L(n), step detection, test-retest.
 - ``tokens``      token reduction: Pruning One More Token, ToMe, Top-K, EViT.
 - ``pipelines``   end-to-end device pipelines (upload + budget -> pruned model + report).
+- ``folder_data`` ImageNet-style image folders read from disk on demand, seeded augmentation.
+- ``structure``   a pruned model's architecture in its safetensors metadata (loads with no original).
+- ``realscale``   the real path's pruning: a model by name or file + an image folder + a budget.
+- ``recover``     recovery fine-tuning on one process or many (torchrun, DDP), exact resume.
+- ``cli_real``    command line of ``prune``, ``upload`` and ``recover``.
 - ``report``      the README's results section, generated from ``data/results``.
 - ``plots``, ``reproduce``, ``benchmarks``: figures, the papermill runner, speed benchmarks.
 

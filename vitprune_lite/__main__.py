@@ -1,4 +1,4 @@
-"""Command line: ``python -m vitprune_lite {reproduce,html,train,report}``."""
+"""Command line: ``python -m vitprune_lite {reproduce,html,train,report,prune,upload,recover}``."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("report", help="regenerate README.md's results section from data/results/*.json")
     rp.add_argument("--check", action="store_true", help="only check; exit 1 if the README is stale")
 
+    # Real models and data (prune, upload, recover): arguments and dispatch live in cli_real.py.
+    from . import cli_real
+
+    cli_real.add_parsers(sub)
+
     args = parser.parse_args(argv)
     from .errors import VitpruneError
 
@@ -40,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from . import cli_real
+
+    if args.cmd in cli_real.COMMANDS:
+        return cli_real.main(args)
     if args.cmd == "report":
         from .report import update_readme
 

@@ -108,7 +108,7 @@ def torch_pruning_prune(
             raise ValueError(f"y must be int64 labels [{len(x)}]")
     size = model.patch_embed.img_size
     if example_inputs is None:
-        example_inputs = torch.zeros(1, 3, *size)
+        example_inputs = torch.zeros(1, 3, *size, device=next(model.parameters()).device)
 
     t0 = time.perf_counter()
     pruned = copy.deepcopy(model).eval()
