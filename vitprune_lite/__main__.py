@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("train", help="retrain the base model and rewrite data/base_vit.safetensors")
     tr.add_argument("--epochs", type=int, default=None, help="override the default epoch count")
     tr.add_argument("--out", default=None, help="checkpoint path ending in .safetensors (default data/base_vit.safetensors)")
+    tr.add_argument("--benchmark", choices=("v1", "v2"), default="v1",
+                    help="v1: the shipped default; v2: 48 classes at 48 px, written to data/base_vit_v2.safetensors")
     tr.add_argument("--overwrite-shipped", action="store_true",
                     help="allow replacing the shipped data/base_vit.safetensors (refused otherwise)")
 
@@ -80,18 +82,26 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "train":
         import dataclasses
 
-        from . import models
+        from . import models, paths
         from .errors import InvalidValueError
 
         # Every option is checked before training starts: a refusal costs seconds, not the training.
-        tcfg = models.TrainConfig()
+        v2 = args.benchmark == "v2"
+        tcfg = models.V2_TRAIN if v2 else models.TrainConfig()
         if args.epochs is not None:
             try:
                 tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
             except InvalidValueError as err:
                 raise InvalidValueError(f"--epochs {args.epochs}: {err}") from None
-        target = models.check_checkpoint_path(args.out or models.shipped_checkpoint(), args.overwrite_shipped)
-        model, meta = models.train_base_model(tcfg=tcfg)
+        default_out = paths.data_dir() / models.V2_CHECKPOINT if v2 else models.shipped_checkpoint()
+        target = models.check_checkpoint_path(args.out or default_out, args.overwrite_shipped)
+        if v2:
+            from . import data_v2
+
+            model, meta = models.train_base_model(models.V2_CONFIG, tcfg, bench=data_v2.load_benchmark(tcfg.seed),
+                                                  fixed_cost=True)
+        else:
+            model, meta = models.train_base_model(tcfg=tcfg)
         out = models.save_checkpoint(model, target, meta, overwrite_shipped=args.overwrite_shipped)
         print(f"wrote {out}: " + ", ".join(f"{k} {v:.3f}" for k, v in meta["accuracy"].items()))
         return 0

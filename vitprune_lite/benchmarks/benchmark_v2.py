@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from vitprune_lite import data_v2, latency, measure, models
 from vitprune_lite.benchmarks import save
 
-#: The v2 candidate: 48 px, 4 px patches (144 patch tokens + CLS), width 192 = 3 heads of 64.
-V2 = models.ViTConfig(img_size=48, patch_size=4, embed_dim=192, depth=6, num_heads=3, num_classes=48)
+V2 = models.V2_CONFIG
 CONFIGS = {"v1": models.ViTConfig(), "v2": V2}
 
 
