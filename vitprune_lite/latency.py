@@ -26,6 +26,10 @@ module measures the curve so that noise cannot pass for a step:
 - **Files**: ``data/latency/<device>__<model>__b<batch>.json`` holds the sweeps, their analysis,
   the model's fingerprint and the environment, so curves measured elsewhere (a GPU, an edge
   board) can be dropped in and compared (:func:`find_curves`).
+- **Backends**: ``backend="onnxruntime"`` times the same points with ONNX Runtime on the CPU
+  (:mod:`vitprune_lite.runtime`: one export with a dynamic token count serves every point), in
+  the same rounds; such a curve is stored as ``<device>__<model>__b<batch>__onnxruntime.json``
+  and found only with ``find_curves(..., backend="onnxruntime")``.
 """
 from __future__ import annotations
 
@@ -113,6 +117,7 @@ class Curve:
         sweeps: independent sweeps (two for a test-retest check).
         analysis: :func:`analyse` of the sweeps (steps, agreement, verdict).
         environment: :func:`measure.environment` at the end of profiling.
+        backend: what ran the model: ``"eager"`` PyTorch or ``"onnxruntime"``.
     """
 
     model: str
@@ -124,6 +129,7 @@ class Curve:
     sweeps: list[Sweep]
     analysis: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    backend: str = "eager"
 
     def pooled(self, n_boot: int = 1000) -> dict[str, np.ndarray]:
         """All sweeps pooled per token count: ``{"n", "median_ms", "ci_low_ms", "ci_high_ms"}``.
@@ -496,7 +502,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
           threads: int = 2, part: str = "network", order: str = "interleaved", rounds: int = 5,
           max_rounds: int = 15, target_rel_ci: float = 0.03, time_budget_s: Optional[float] = None,
           min_run_time: float = 0.005, seed: int = 0, device: str | torch.device = "cpu",
-          progress: bool = False) -> Sweep:
+          progress: bool = False, backend: str = "eager") -> Sweep:
     """Measure L(n) once over all token counts.
 
     Interleaved (default): round after round, every point is timed once
@@ -521,6 +527,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
         seed: seeds the kept patches, the inputs and the round shuffles.
         device: where the model lives.
         progress: print one line per round.
+        backend: ``"eager"`` or ``"onnxruntime"`` (CPU; see :mod:`vitprune_lite.runtime`).
 
     Returns:
         A :class:`Sweep` (n ascending).
@@ -537,7 +544,15 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
         raise ValueError("profile the unpatched model: call tokens.restore(model) first")
     ns = _check_n_values(model, n_values)
     device = torch.device(device)
-    mods, inputs = _timed(model, ns, part, batch_size, seed, device)
+    if backend != "eager":
+        from . import runtime
+
+        runtime.check_backend(backend)
+        if device.type != "cpu":
+            raise ValueError(f"backend {backend!r} runs on the CPU, got device {device}")
+        mods, inputs = runtime.curve_models(model, ns, _parse_part(part, len(model.blocks)), batch_size, seed)
+    else:
+        mods, inputs = _timed(model, ns, part, batch_size, seed, device)
     names = list(mods)
     samples: dict[str, list[float]] = {k: [] for k in names}
     rounds_of: dict[str, list[int]] = {k: [] for k in names}
@@ -546,7 +561,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
     def run(subset: list[str], r: int, k: int = 1) -> None:
         res = measure.measure_latency({k_: mods[k_] for k_ in subset}, {k_: inputs[k_] for k_ in subset},
                                       threads=threads, rounds=k, min_run_time=min_run_time,
-                                      seed=seed * 100_003 + r, warmup=0, device=device)
+                                      seed=seed * 100_003 + r, warmup=0, device=device, backend=backend)
         for name, lat in res.items():
             samples[name].extend(lat.round_medians_ms)
             rounds_of[name].extend(range(r, r + len(lat.round_medians_ms)))
@@ -560,7 +575,10 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
     # Untimed warm-up at both ends: first-call allocations must not land in round 1.
     with torch.inference_mode():
         for name in (names[0], names[-1]):
-            mods[name](inputs[name])
+            if backend == "eager":
+                mods[name](inputs[name])
+            else:
+                mods[name].runner(inputs[name], threads)()
     if order == "sequential":
         for i, name in enumerate(reversed(names)):
             run([name], i * rounds, rounds)  # round ids unique per point: nothing is shared
@@ -604,7 +622,7 @@ def _rel_hw(samples: list[float]) -> float:
 def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: int = 1,
             threads: int = 2, part: str = "network", seed: int = 0,
             device: str | torch.device = "cpu", detect: Optional[dict[str, Any]] = None,
-            **sweep_kw) -> Curve:
+            backend: str = "eager", **sweep_kw) -> Curve:
     """Profile a model: ``sweeps`` independent sweeps (seeds ``seed``, ``seed + 1``, ...) and their analysis.
 
     Args:
@@ -614,6 +632,7 @@ def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: i
         batch_size, threads, part, device: see :func:`sweep`.
         seed: first sweep's seed.
         detect: keyword arguments for :func:`detect_steps`.
+        backend: ``"eager"`` or ``"onnxruntime"``; stored in the curve and its file name.
         sweep_kw: passed to :func:`sweep` (``n_values``, ``rounds``, ``time_budget_s``, ...).
 
     Returns:
@@ -624,7 +643,7 @@ def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: i
     if not isinstance(sweeps, int) or sweeps < 1:
         raise ValueError(f"sweeps must be an int >= 1, got {sweeps!r}")
     done = [sweep(model, batch_size=batch_size, threads=threads, part=part, seed=seed + i,
-                  device=device, **sweep_kw) for i in range(sweeps)]
+                  device=device, backend=backend, **sweep_kw) for i in range(sweeps)]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # so the recorded environment shows the timed thread count
     try:
@@ -633,7 +652,7 @@ def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: i
         torch.set_num_threads(previous)
     return Curve(model=model_name, device=device_label(device, threads), batch_size=batch_size,
                  threads=threads, part=part, fingerprint=model_fingerprint(model), sweeps=done,
-                 analysis=analyse(done, **(detect or {})), environment=env)
+                 analysis=analyse(done, **(detect or {})), environment=env, backend=backend)
 
 
 # ----------------------------------------------------------------------------- files
@@ -644,15 +663,19 @@ def curves_dir() -> Path:
 
 
 def curve_path(device: str, model: str, batch_size: int, part: str = "network",
-               directory: Optional[Path] = None) -> Path:
-    """``<directory>/<device>__<model>__b<batch>.json``; a block curve's model is ``<model>.block<i>``."""
+               directory: Optional[Path] = None, backend: str = "eager") -> Path:
+    """``<directory>/<device>__<model>__b<batch>.json``; a block curve's model is ``<model>.block<i>``.
+
+    A curve of another backend than eager PyTorch ends in ``__<backend>.json``.
+    """
     name = model if part == "network" else f"{model}.{part}"
-    return Path(directory or curves_dir()) / f"{device}__{name}__b{batch_size}.json"
+    tail = "" if backend == "eager" else f"__{backend}"
+    return Path(directory or curves_dir()) / f"{device}__{name}__b{batch_size}{tail}.json"
 
 
 def save_curve(curve: Curve, directory: Optional[Path] = None) -> Path:
     """Write a curve as JSON (atomically) under :func:`curves_dir` or ``directory``; returns the path."""
-    path = curve_path(curve.device, curve.model, curve.batch_size, curve.part, directory)
+    path = curve_path(curve.device, curve.model, curve.batch_size, curve.part, directory, curve.backend)
     return paths.write_json_atomic(path, curve.to_dict())
 
 
@@ -665,16 +688,19 @@ def load_curve(path: str | Path) -> Curve:
 
 
 def find_curves(model: Optional[str] = None, batch_size: Optional[int] = None,
-                part: str = "network") -> list[Path]:
+                part: str = "network", backend: str = "eager") -> list[Path]:
     """Curve files in the committed ``data/latency/`` and the output root's, filtered by name.
 
-    A file in the output root shadows a committed one of the same name. Sorted by file name.
+    Only curves of ``backend`` (default eager PyTorch) are listed. A file in the output root
+    shadows a committed one of the same name. Sorted by file name.
     """
     found: dict[str, Path] = {}
     for d in (paths.data_dir() / "latency", curves_dir()):
         for p in sorted(d.glob("*__*__b*.json")) if d.is_dir() else []:
-            dev, name, b = p.stem.split("__")
+            dev, name, b, *rest = p.stem.split("__")
             base, _, sub = name.partition(".")
+            if (rest or ["eager"]) != [backend]:
+                continue
             if (model is None or base == model) and (batch_size is None or b == f"b{batch_size}") \
                     and (sub or "network") == part:
                 found[p.name] = p
