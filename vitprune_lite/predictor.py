@@ -19,18 +19,22 @@ relative errors:
     L = c_frame * F
       + c_attn_w * sum_i rho_a,i b(n_a,i) + c_attn_0 * sum_i b(n_a,i)     (attention side)
       + c_mlp_w  * sum_i rho_m,i b(n_m,i) + c_mlp_0  * sum_i b(n_m,i)     (MLP side)
-      + per token method m: c_m_calls * (blocks that reduce)
-                          + c_m_tokens * sum over those blocks of B n C        (gather, fuse)
-                          + c_m_work * sum of the method's scoring work          (see below)
-      + ToMe's proportional attention: c_tome_bias * sum of B H n_a^2 over blocks that carry
-        token sizes, + c_tome_sized * (their count)
+      + ToMe:  c_calls * (blocks that merge) + c_tokens * sum B n C (gathers, weighted average)
+               + c_work * sum B (n/2)^2 d_qk (bipartite similarities)
+               + c_bias * sum B H n_a^2 over the blocks after the first merge (proportional
+                 attention: the log-size bias is added to every attention logit)
+      + Top-K, EViT: c_calls * (blocks that prune) + c_tokens * sum B n C (CLS scores, sort,
+               gather, fuse)
+      + POMT:  c_calls * 1 + c_work * B H n^2 (its block's explicit attention and scores; POMT
+               prunes once, at N tokens, so its own work does not depend on R)
 
 ``rho_a`` is the attention's kept weight fraction (``heads (qk + v) / (H0 * 2 * d0)``), ``rho_m``
 the MLP's kept hidden fraction: the ``_w`` terms are the work that shrinks with width, the
-``_0`` terms what does not (norms, residuals, per-operator overhead). Scoring work per reducing
-block with ``n`` tokens entering: POMT ``B H n^2`` (its explicit attention and scores), ToMe
-``B (n/2)^2 d_qk`` (bipartite similarities), Top-K and EViT ``B n log2 n`` (the sort). Element
-counts are in millions.
+``_0`` terms what does not (norms, residuals, per-operator overhead); ``n`` is the tokens
+entering a reducing block, ``B`` the batch size, ``C`` the embedding width, ``H`` and ``d_qk``
+the block's heads and query/key width. Element counts are in millions. The curve's own points
+enter the fit too (all blocks dense at ``n`` tokens: the frame plus ``L(n) - F`` in every
+structure term), which ties the dense model to its measured curve.
 
 Fitting is a function of measurements (plain dicts, :func:`fit`); the predictor is a plain
 record (:meth:`Predictor.to_json`); :func:`validate` reports the share of held-out plans
@@ -60,8 +64,8 @@ __all__ = [
 _METHODS = ("tome", "topk", "evit", "pomt")
 #: Names of the fitted coefficients, in design-matrix order.
 FEATURES = ("frame", "attn_w", "attn_0", "mlp_w", "mlp_0",
-            *(f"{m}_{k}" for m in _METHODS for k in ("calls", "tokens", "work")),
-            "tome_bias", "tome_sized")
+            "tome_calls", "tome_tokens", "tome_work", "tome_bias",
+            "topk_calls", "topk_tokens", "evit_calls", "evit_tokens", "pomt_calls", "pomt_work")
 MEAS_FORMAT = "vitprune_lite.latency_measurements/1"
 PRED_FORMAT = "vitprune_lite.latency_predictor/1"
 
@@ -204,13 +208,14 @@ def features(plan: PlanSpec, geo: Geometry, curve_n: Sequence[int], curve_ms: Se
         m = plan.method
         if r:
             f[f"{m}_calls"] += 1
-            f[f"{m}_tokens"] += B * na * C * mega
-            work = {"pomt": B * H * na * na, "tome": B * (na / 2) ** 2 * dq,
-                    "topk": B * na * math.log2(na), "evit": B * na * math.log2(na)}[m]
-            f[f"{m}_work"] += work * mega
+            if m == "pomt":
+                f["pomt_work"] += B * H * na * na * mega
+            else:
+                f[f"{m}_tokens"] += B * na * C * mega
+            if m == "tome":
+                f["tome_work"] += B * (na / 2) ** 2 * dq * mega
         if m == "tome" and plan.proportional and first_merge is not None and i > first_merge:
             f["tome_bias"] += B * H * na * na * mega  # blocks after a merge carry token sizes
-            f["tome_sized"] += 1
     return f
 
 
@@ -320,13 +325,14 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return nnls(a, b)[0]
 
 
-def fit(measurements: Mapping[str, Any]) -> Predictor:
+def fit(measurements: Mapping[str, Any], include_curve: bool = True) -> Predictor:
     """Fit a :class:`Predictor` from measurements (as written by :func:`profile_device`).
 
     ``measurements``: ``{"format", "geometry" (Geometry fields), "backend", "device", "threads",
     "curve": {"n", "median_ms"}, "frame_ms", "plans": [{"plan": PlanSpec dict, "median_ms"}]}``.
-    Coefficients are non-negative and minimise the squared *relative* error over the plans;
-    a coefficient whose feature is zero in every plan is left at 0 and marked unfitted.
+    Coefficients are non-negative and minimise the squared *relative* error over the plans
+    (and, with ``include_curve``, the curve's points); a coefficient whose feature is zero in
+    every row is left at 0 and marked unfitted.
     """
     _check_measurements(measurements)
     geo = Geometry(**measurements["geometry"])
@@ -337,14 +343,19 @@ def fit(measurements: Mapping[str, Any]) -> Predictor:
     if np.any(~np.isfinite(y)) or np.any(y <= 0):
         raise ValueError("plan latencies must be finite and > 0 ms")
     x = np.array([[features(p, geo, cn, cm, frame)[k] for k in FEATURES] for p in plans])
+    if include_curve:  # every curve point is the dense model with all blocks at n tokens
+        structure = [FEATURES.index(k) for k in ("attn_w", "attn_0", "mlp_w", "mlp_0")]
+        rows = np.zeros((len(cm), len(FEATURES)))
+        rows[:, FEATURES.index("frame")] = frame
+        rows[:, structure] = (np.asarray(cm, dtype=float) - frame)[:, None]
+        x, y = np.vstack([x, rows]), np.concatenate([y, np.asarray(cm, dtype=float)])
     used = np.flatnonzero(np.any(x != 0, axis=0))
     w = 1.0 / y  # relative errors: every plan counts alike, whatever its latency
     theta = np.zeros(len(FEATURES))
     theta[used] = _nnls(x[:, used] * w[:, None], y * w)
-    pred = x @ theta
-    rel = pred / y - 1
+    rel = (x @ theta)[:len(plans)] / y[:len(plans)] - 1
     rank = int(np.linalg.matrix_rank(x[:, used])) if len(used) else 0
-    report = {"plans": len(plans), "rank": rank, "columns": len(used),
+    report = {"plans": len(plans), "curve_rows": len(y) - len(plans), "rank": rank, "columns": len(used),
               "fit_rel_err_median": float(np.median(np.abs(rel))), "fit_rel_err_max": float(np.abs(rel).max()),
               "seconds": measurements.get("seconds"), "environment": measurements.get("environment")}
     return Predictor(geometry=geo, backend=str(measurements["backend"]), device=str(measurements.get("device", "")),
@@ -500,6 +511,8 @@ def calibration_plans(geo: Geometry) -> list[PlanSpec]:
         pass
     plans.append(PlanSpec((dense,) * D, "tome", tuple(tokens.tome_schedule(r, D)), proportional=False))
     plans += [p for p in _token_plans(geo, uneven) if p.method in ("pomt", "tome")][::2]
+    half_heads = (_widths(geo, heads=0.5),) * D  # POMT's own work scales with its block's heads
+    plans += [p for p in _token_plans(geo, half_heads) if p.method == "pomt"][:1]
     return plans
 
 
