@@ -178,7 +178,8 @@ def test_profile_device_smoke_collects_what_fit_needs(vit, one_thread):
     assert meas["curve"]["n"][0] == 2 and meas["curve"]["n"][-1] == geo.tokens and len(meas["curve"]["n"]) == 5
     assert len(meas["plans"]) == len(P.calibration_plans(geo)) and meas["frame_ms"] > 0
     assert all(r["rounds"] >= 3 and r["ci_ms"][0] <= r["median_ms"] <= r["ci_ms"][1] for r in meas["plans"])
-    assert set(meas["seconds"]) == {"curve", "plans", "total"}
+    assert set(meas["seconds"]) == {"curve", "curve_build", "curve_timing", "plans", "plans_build", "plans_timing",
+                                    "total", "timing"}
     pred = P.fit(json.loads(json.dumps(meas)))  # what was measured is plain JSON
     assert pred.backend == "eager" and pred.threads == 1 and math.isfinite(pred.predict(geo.dense_plan()))
 
@@ -187,9 +188,9 @@ def test_measure_plans_onnxruntime_smoke(vit, one_thread):
     pytest.importorskip("onnxruntime")
     geo = P.Geometry.of_model(vit, 2)
     plans = [geo.dense_plan(), P.PlanSpec(geo.dense_plan().widths, "pomt", (0, 6, 0))]
-    recs, extra = P.measure_plans(vit, plans, backend="onnxruntime", batch_size=2, threads=1, time_budget_s=0.5,
+    recs, extra, spent = P.measure_plans(vit, plans, backend="onnxruntime", batch_size=2, threads=1, time_budget_s=0.5,
                                   min_rounds=2, max_rounds=2, min_run_time=0.001)
-    assert [r["rounds"] for r in recs] == [2, 2] and extra == {}
+    assert [r["rounds"] for r in recs] == [2, 2] and extra == {} and set(spent) == {"build", "timing"}
     assert [P.PlanSpec.from_dict(r["plan"]) for r in recs] == plans
 
 

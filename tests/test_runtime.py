@@ -81,20 +81,24 @@ def test_sessions_take_their_thread_count(vit, one_thread):
         om.session(0)
 
 
-def test_curve_export_matches_the_eager_curve_points(vit, one_thread):
+@pytest.mark.parametrize("shapes", ["static", "dynamic"])
+def test_curve_exports_match_the_eager_curve_points(vit, shapes, one_thread):
     ns = [2, 9, 17]
-    mods, inputs = runtime.curve_models(vit, ns, None, 2, seed=3)
-    assert len({id(m) for m in mods.values()}) == 1  # one export serves every token count
+    mods, inputs = runtime.curve_models(vit, ns, None, 2, seed=3, shapes=shapes)
+    # static: one fixed-shape export per token count; dynamic: one export serves them all
+    assert len({id(m) for m in mods.values()}) == (3 if shapes == "static" else 1)
     with torch.inference_mode():
         for n in ns:
             eager = tokens.SubsetViT(vit, n, seed=3)(inputs[f"n={n}"][0])
             assert torch.allclose(mods[f"n={n}"](*inputs[f"n={n}"]), eager, atol=ATOL)
-    bmods, binputs = runtime.curve_models(vit, [3, 17], 1, 2, seed=0)
+    bmods, binputs = runtime.curve_models(vit, [3, 17], 1, 2, seed=0, shapes=shapes)
     with torch.inference_mode():
         for n in (3, 17):
             (xb,) = binputs[f"n={n}"]
             assert xb.shape == (2, n, 48)
             assert torch.allclose(bmods[f"n={n}"](xb), vit.blocks[1](xb), atol=ATOL)
+    with pytest.raises(ValueError, match="shapes must be one of"):
+        runtime.curve_models(vit, ns, None, 1, 0, shapes="ragged")
 
 
 def test_measure_latency_backend_plumbing(vit, one_thread):

@@ -27,8 +27,7 @@ module measures the curve so that noise cannot pass for a step:
   the model's fingerprint and the environment, so curves measured elsewhere (a GPU, an edge
   board) can be dropped in and compared (:func:`find_curves`).
 - **Backends**: ``backend="onnxruntime"`` times the same points with ONNX Runtime on the CPU
-  (:mod:`vitprune_lite.runtime`: one export with a dynamic token count serves every point), in
-  the same rounds; such a curve is stored as ``<device>__<model>__b<batch>__onnxruntime.json``
+  (:mod:`vitprune_lite.runtime`: one fixed-shape export per point), in the same rounds; such a curve is stored as ``<device>__<model>__b<batch>__onnxruntime.json``
   and found only with ``find_curves(..., backend="onnxruntime")``.
 """
 from __future__ import annotations
@@ -502,7 +501,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
           threads: int = 2, part: str = "network", order: str = "interleaved", rounds: int = 5,
           max_rounds: int = 15, target_rel_ci: float = 0.03, time_budget_s: Optional[float] = None,
           min_run_time: float = 0.005, seed: int = 0, device: str | torch.device = "cpu",
-          progress: bool = False, backend: str = "eager") -> Sweep:
+          progress: bool = False, backend: str = "eager", export_shapes: str = "static") -> Sweep:
     """Measure L(n) once over all token counts.
 
     Interleaved (default): round after round, every point is timed once
@@ -528,6 +527,8 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
         device: where the model lives.
         progress: print one line per round.
         backend: ``"eager"`` or ``"onnxruntime"`` (CPU; see :mod:`vitprune_lite.runtime`).
+        export_shapes: onnxruntime only: ``"static"`` (one fixed-shape export per point) or
+            ``"dynamic"`` (one export for all points), see :func:`runtime.curve_models`.
 
     Returns:
         A :class:`Sweep` (n ascending).
@@ -550,7 +551,8 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
         runtime.check_backend(backend)
         if device.type != "cpu":
             raise ValueError(f"backend {backend!r} runs on the CPU, got device {device}")
-        mods, inputs = runtime.curve_models(model, ns, _parse_part(part, len(model.blocks)), batch_size, seed)
+        mods, inputs = runtime.curve_models(model, ns, _parse_part(part, len(model.blocks)), batch_size, seed,
+                                            shapes=export_shapes)
     else:
         mods, inputs = _timed(model, ns, part, batch_size, seed, device)
     names = list(mods)

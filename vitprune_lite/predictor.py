@@ -549,7 +549,7 @@ def random_plans(geo: Geometry, k: int, seed: int = 0) -> list[PlanSpec]:
 def measure_plans(base: nn.Module, plans: Sequence[PlanSpec], *, backend: str = "eager", batch_size: int = 1,
                   threads: int = 2, time_budget_s: float = 60.0, min_rounds: int = 3, max_rounds: int = 15,
                   min_run_time: float = 0.01, seed: int = 0, extra: Optional[Mapping[str, nn.Module]] = None,
-                  progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                  progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, float]]:
     """Time plans against each other with the interleaved protocol, within a time budget.
 
     Every round times every plan once (:func:`vitprune_lite.measure.measure_latency`, fresh
@@ -567,8 +567,9 @@ def measure_plans(base: nn.Module, plans: Sequence[PlanSpec], *, backend: str = 
         extra: more models to time in the same rounds (e.g. the frame), by name.
 
     Returns:
-        ``(records, extra_ms)``: per plan ``{"plan", "label", "median_ms", "ci_ms", "rounds"}``;
-        per extra model its median ms.
+        ``(records, extra_ms, seconds)``: per plan ``{"plan", "label", "median_ms", "ci_ms",
+        "rounds"}``; per extra model its median ms; the wall time spent building (and
+        exporting) the models and timing them, ``{"build", "timing"}``.
     """
     runtime.check_backend(backend)
     if not plans and not extra:
@@ -578,6 +579,7 @@ def measure_plans(base: nn.Module, plans: Sequence[PlanSpec], *, backend: str = 
                          f"{min_rounds}, {max_rounds}, {time_budget_s}")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, *base.patch_embed.img_size, generator=g)
+    t_build = time.perf_counter()
     mods = {f"plan{i}": build_model(base, p) for i, p in enumerate(plans)}
     mods.update(dict(extra or {}))
     mods = runtime.to_backend(mods, dict.fromkeys(mods, x), backend)
@@ -606,7 +608,7 @@ def measure_plans(base: nn.Module, plans: Sequence[PlanSpec], *, backend: str = 
         records.append({"plan": p.to_dict(), "label": p.label(), "median_ms": float(np.median(vals)),
                         "ci_ms": list(latency.bootstrap_median_ci(vals, rng=rng)), "rounds": len(vals)})
     extra_ms = {k: float(np.median(norm[k])) for k in (extra or {})}
-    return records, extra_ms
+    return records, extra_ms, {"build": t0 - t_build, "timing": time.perf_counter() - t0}
 
 
 def _default_n_values(geo: Geometry, points: int) -> list[int]:
@@ -619,7 +621,7 @@ def _default_n_values(geo: Geometry, points: int) -> list[int]:
 def profile_device(base: nn.Module, *, backend: str = "eager", batch_size: int = 1, threads: int = 2,
                    time_budget_s: float = 240.0, curve_share: float = 0.5, curve_points: int = 33,
                    plans: Optional[Sequence[PlanSpec]] = None, seed: int = 0, min_run_time: float = 0.01,
-                   progress: bool = False) -> dict[str, Any]:
+                   export_shapes: str = "static", progress: bool = False) -> dict[str, Any]:
     """Take exactly the measurements :func:`fit` needs, on this machine, within a time budget.
 
     1. The dense network curve ``L(n)`` at ``curve_points`` token counts spread over
@@ -628,7 +630,9 @@ def profile_device(base: nn.Module, *, backend: str = "eager", batch_size: int =
     2. The frame and the calibration plans (:func:`calibration_plans`, or ``plans``), all in the
        same interleaved rounds (:func:`measure_plans`, the rest of the budget).
 
-    Export time (onnxruntime) is spent before the timed rounds and counted in ``seconds``.
+    Building and exporting (onnxruntime) the curve's points and the plans happens before their
+    timed rounds and is not charged to the budget; ``seconds`` reports it apart
+    (``curve_build``, ``plans_build``). ``export_shapes``: see :func:`vitprune_lite.latency.sweep`.
 
     Returns:
         A measurements dict (format :data:`MEAS_FORMAT`) for :func:`fit`, with the wall time
@@ -642,10 +646,11 @@ def profile_device(base: nn.Module, *, backend: str = "eager", batch_size: int =
     t0 = time.perf_counter()
     sw = latency.sweep(base, n_values=_default_n_values(geo, curve_points), batch_size=batch_size,
                        threads=threads, time_budget_s=curve_share * time_budget_s, seed=seed,
-                       min_run_time=min_run_time, progress=progress, backend=backend)
+                       min_run_time=min_run_time, progress=progress, backend=backend,
+                       export_shapes=export_shapes)
     t1 = time.perf_counter()
     todo = list(plans) if plans is not None else calibration_plans(geo)
-    records, extra = measure_plans(base, todo, backend=backend, batch_size=batch_size, threads=threads,
+    records, extra, spent = measure_plans(base, todo, backend=backend, batch_size=batch_size, threads=threads,
                                    time_budget_s=max(1.0, time_budget_s - (t1 - t0)), seed=seed,
                                    min_run_time=min_run_time, extra={"frame": _frame_model(base)},
                                    progress=progress)
@@ -657,5 +662,7 @@ def profile_device(base: nn.Module, *, backend: str = "eager", batch_size: int =
             "device": latency.device_label("cpu", threads), "threads": threads,
             "curve": {"n": sw.n, "median_ms": sw.median_ms, "ci_low_ms": sw.ci_low_ms, "ci_high_ms": sw.ci_high_ms},
             "frame_ms": extra["frame"], "plans": records,
-            "seconds": {"curve": t1 - t0, "plans": t2 - t1, "total": t2 - t0},
+            "seconds": {"curve": t1 - t0, "curve_build": t1 - t0 - sw.seconds, "curve_timing": sw.seconds,
+                        "plans": t2 - t1, "plans_build": spent["build"], "plans_timing": spent["timing"],
+                        "total": t2 - t0, "timing": sw.seconds + spent["timing"]},
             "load_avg": sw.load_avg, "environment": env}

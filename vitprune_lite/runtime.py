@@ -25,10 +25,13 @@ ONNX Runtime session so that :func:`vitprune_lite.measure.measure_latency` and
 - **Sessions**: CPU execution provider only, all graph optimisations, sequential execution, one
   inter-op thread and ``intra_op_num_threads`` set per session (one session per thread count,
   built on first use), so timings can be taken at 1 and 2 threads.
-- **Curves**: :class:`IndexedViT` takes the kept token positions as an input, so one export
-  with a dynamic token count serves every point of a curve (one session, one copy of the
-  weights) instead of one export per token count. Its kernels cannot specialise on a fixed token
-  count; a fixed-shape export of a plan may run slightly faster than the curve point it reads.
+- **Curves** (:func:`curve_models`): by default every token count is its own fixed-shape export
+  of the eager curve's module (:class:`vitprune_lite.tokens.SubsetViT`), as a deployed model
+  would be; that costs one export and one copy of the weights per point. ``shapes="dynamic"``
+  exports :class:`IndexedViT` once, with the token count free (one session for every point):
+  cheaper to build, but ONNX Runtime then cannot specialise kernels on a fixed shape, and such a
+  graph's timings differ from fixed-shape exports by several per cent in either direction, so
+  the curve no longer describes the models that are deployed.
 """
 from __future__ import annotations
 
@@ -299,9 +302,12 @@ class IndexedViT(nn.Module):
         return m.forward_head(m.norm(m.blocks(t.index_select(1, index))))
 
 
-def curve_models(model: nn.Module, ns: Sequence[int], block: Optional[int], batch_size: int, seed: int
-                 ) -> tuple[dict[str, nn.Module], dict[str, tuple[Tensor, ...]]]:
-    """One dynamic-token export serving every curve point: name ``"n=<n>"`` -> (module, inputs).
+_SHAPES = ("static", "dynamic")
+
+
+def curve_models(model: nn.Module, ns: Sequence[int], block: Optional[int], batch_size: int, seed: int,
+                 shapes: str = "static") -> tuple[dict[str, nn.Module], dict[str, tuple[Tensor, ...]]]:
+    """Exported modules and inputs for every curve point, by name ``"n=<n>"``.
 
     Args:
         model: an unpatched timm ``VisionTransformer``.
@@ -309,23 +315,28 @@ def curve_models(model: nn.Module, ns: Sequence[int], block: Optional[int], batc
         block: ``None`` for the whole network, else the index of the block timed alone.
         batch_size: images (or token sequences) per forward.
         seed: the images and the kept patches, as in :class:`vitprune_lite.tokens.SubsetViT`.
+        shapes: ``"static"`` (one fixed-shape export per point) or ``"dynamic"`` (one export
+            with a free token count for all points); see the module docstring.
     """
     from . import tokens
 
+    if shapes not in _SHAPES:
+        raise ValueError(f"shapes must be one of {_SHAPES}, got {shapes!r}")
     g = torch.Generator().manual_seed(seed)
     dtype = next(model.parameters()).dtype
-    total, prefix = tokens.token_count(model), int(model.num_prefix_tokens)
+    total = tokens.token_count(model)
     if block is None:
         x = torch.randn(batch_size, 3, *model.patch_embed.img_size, generator=g).to(dtype)
+        subsets = {f"n={n}": tokens.SubsetViT(model, n, seed=seed) for n in ns}  # the eager curve's patches
+        if shapes == "static":
+            return {k: export(m, (x,)) for k, m in subsets.items()}, {k: (x,) for k in subsets}
         om = export(IndexedViT(model), (x, torch.arange(total)), dynamic={1: {0: "n"}})
-        inputs = {}
-        for n in ns:
-            index = tokens.SubsetViT(model, n, seed=seed).index  # the same patches as the eager curve
-            inputs[f"n={n}"] = (x, index.clone())
-        return dict.fromkeys(inputs, om), inputs
+        return dict.fromkeys(subsets, om), {k: (x, m.index.clone()) for k, m in subsets.items()}
     x = torch.randn(batch_size, total, model.embed_dim, generator=g).to(dtype)
-    om = export(model.blocks[block], (x,), dynamic={0: {1: "n"}})
     inputs = {f"n={n}": (x[:, :n].contiguous(),) for n in ns}
+    if shapes == "static":
+        return {k: export(model.blocks[block], v) for k, v in inputs.items()}, inputs
+    om = export(model.blocks[block], (x,), dynamic={0: {1: "n"}})
     return dict.fromkeys(inputs, om), inputs
 
 
