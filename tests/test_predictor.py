@@ -152,6 +152,11 @@ def test_validate_hit_rate_arithmetic():
     assert v["rel_err_median"] == pytest.approx(0.06) and v["rel_err_max"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="no measured plans"):
         P.validate(pred, [])
+    # A measurements dict is checked against the predictor: another batch size is refused.
+    other = _synthetic(plans, geo=P.Geometry(**dict(vars(GEO), batch_size=32)))
+    with pytest.raises(ValueError, match="do not match"):
+        P.validate(pred, other)
+    assert P.validate(pred, _synthetic(plans))["within_5"] == 1.0
 
 
 def test_predictor_json_round_trip(tmp_path):

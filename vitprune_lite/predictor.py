@@ -379,7 +379,15 @@ def validate(predictor: Predictor, held_out: Iterable[Mapping[str, Any]] | Mappi
         ``"rel_err_max"``, ``"rows"`` (per plan: label, measured, predicted, rel_err =
         predicted / measured - 1)``}``.
     """
-    records = held_out["plans"] if isinstance(held_out, Mapping) else list(held_out)
+    if isinstance(held_out, Mapping):
+        _check_measurements(held_out)
+        theirs = (held_out["backend"], int(held_out["threads"]), Geometry(**held_out["geometry"]))
+        if theirs != (predictor.backend, predictor.threads, predictor.geometry):
+            raise ValueError(f"held-out measurements ({theirs[0]}, {theirs[1]} threads, {theirs[2]}) do not match "
+                             f"the predictor ({predictor.backend}, {predictor.threads} threads, {predictor.geometry})")
+        records = held_out["plans"]
+    else:
+        records = list(held_out)
     if not records:
         raise ValueError("held_out holds no measured plans")
     rows = []

@@ -24,6 +24,9 @@ timed against the dense model, interleaved, in the same backend. A case meets it
 measured latency ratio to dense is at most the budget share. Structures are magnitude-pruned
 copies at TAP-ViTs' budgets (no recovery: quick to build, the same for every device).
 
+Before all that (``--parts exactness``), every model kind is exported at each batch size and its
+ONNX Runtime output compared with PyTorch's (max abs difference, bound 1e-4).
+
 Writes ``data/benchmarks/latency_predictor.json`` (``--out`` elsewhere): per run the predictor,
 its validation rows, the curve, profiling seconds and load average; the planner's cases and
 met shares; the environment, thread count and library versions. Run it on an idle machine:
@@ -52,6 +55,48 @@ def load_model(name: str) -> torch.nn.Module:
     if name == "base_vit":
         return models.load_base_model()[0].eval()
     return models.create_timm_model(name).eval()
+
+
+def exactness(model, name: str, batches: list[int], seed: int = 0) -> list[dict[str, Any]]:
+    """Export every model kind and compare ONNX Runtime's output with PyTorch's on the same inputs.
+
+    Kinds: dense; magnitude-pruned with TAP-ViTs' adaptive-looking uneven per-block keep ratios;
+    POMT, Top-K, EViT and ToMe (with and without proportional attention) at fixed settings; and
+    POMT and ToMe on the pruned structure. Inputs: two seeded random batches per batch size.
+    """
+    import copy as _copy
+
+    from vitprune_lite import tokens
+
+    depth, n = len(model.blocks), tokens.token_count(model)
+    ratios = {"mlp": [0.9 - 0.6 * i / max(1, depth - 1) for i in range(depth)],
+              "attn": [0.5 + 0.4 * (i % 2) for i in range(depth)]}
+    scores = importance.score(model, "magnitude_l2")
+    pruned = importance.prune_copy(model, importance.make_plan(model, scores, (0.6, 0.7), layer_ratios=ratios))
+    r_tome = max(1, (n - 1) // (3 * depth))
+    kinds = {"dense": model, "structured_uneven": pruned,
+             "pomt": tokens.reduced_copy(model, "pomt", n // 4), "topk": tokens.reduced_copy(model, "topk", 0.7),
+             "evit": tokens.reduced_copy(model, "evit", 0.7), "tome": tokens.reduced_copy(model, "tome", r_tome),
+             "tome_not_proportional": tokens.patch_tome(_copy.deepcopy(model).eval(), r_tome, proportional=False),
+             "structured_pomt": tokens.reduced_copy(pruned, "pomt", n // 4),
+             "structured_tome": tokens.reduced_copy(pruned, "tome", r_tome)}
+    rows = []
+    for b in batches:
+        g = torch.Generator().manual_seed(seed)
+        xs = [torch.randn(b, 3, *model.patch_embed.img_size, generator=g) for _ in range(2)]
+        for kind, m in kinds.items():
+            t0 = time.perf_counter()
+            try:
+                om, diff = runtime.export_checked(m, xs[0], check_inputs=xs[1:])
+                row = {"model": name, "batch": b, "kind": kind, "exported": True, "max_abs_diff": diff,
+                       "notes": om.meta["notes"], "export_seconds": time.perf_counter() - t0,
+                       "onnx_mb": len(om.onnx_bytes) / 1e6}
+            except Exception as e:  # recorded, not hidden: where a kind does not export and why
+                row = {"model": name, "batch": b, "kind": kind, "exported": False, "error": f"{type(e).__name__}: {e}"[:500]}
+            rows.append(row)
+            print(f"{name:24s} b{b:<3d} {kind:22s} " + (f"max |ORT - PyTorch| {row['max_abs_diff']:.2e}"
+                                                        if row["exported"] else row["error"][:120]), flush=True)
+    return rows
 
 
 def backend_comparison(meas: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout-budget", type=float, default=180.0)
     p.add_argument("--min-run-time", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--planner", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--parts", nargs="+", default=["exactness", "predictor", "planner"],
+                   choices=["exactness", "predictor", "planner"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.9, 0.8])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--devices", nargs="+", default=["night_cam", "drone", "factory", "phone"])
@@ -208,13 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     base = None
     for name in args.models:
         model = load_model(name)
+        if "exactness" in args.parts:
+            out.setdefault("exactness", []).extend(exactness(model, name, args.batch, args.seed))
+        if "predictor" not in args.parts:
+            continue
         for backend in args.backends:
             for b in args.batch:
                 run, pred = profile_fit_validate(model, name, backend, b, args)
                 out["runs"].append(run)
                 if name == "base_vit" and b == 1:
                     preds_b1[backend], base = pred, model
-    if args.planner and base is not None:
+    if "planner" in args.parts and base is not None:
         out["planner"] = planner_cases(base, preds_b1, args)
     out["summary"] = [{"model": r["model"], "backend": r["backend"], "batch": r["batch"], "threads": r["threads"],
                        "within_10": r["validation"]["within_10"], "within_5": r["validation"]["within_5"],
