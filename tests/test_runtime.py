@@ -79,6 +79,9 @@ def test_sessions_take_their_thread_count(vit, one_thread):
     assert s1.get_providers() == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="threads"):
         om.session(0)
+    twin = copy.deepcopy(om)  # copies the graph, not the native sessions
+    x = torch.randn(1, 3, 32, 32)
+    assert twin._sessions == {} and torch.equal(twin(x), om(x))
 
 
 @pytest.mark.parametrize("shapes", ["static", "dynamic"])

@@ -125,6 +125,12 @@ class OrtModule(nn.Module):
         self.spinning = bool(spinning)
         self._sessions: dict[int, Any] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sessions hold native state that cannot be copied or pickled; they are rebuilt on use.
+        state = self.__dict__.copy()
+        state["_sessions"] = {}
+        return state
+
     def session(self, threads: int):
         """The ``onnxruntime.InferenceSession`` with ``threads`` intra-op threads (built once)."""
         threads = _check_threads(threads)

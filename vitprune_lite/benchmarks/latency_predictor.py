@@ -3,7 +3,8 @@
     python -m vitprune_lite.benchmarks.latency_predictor                 # the full run (idle machine!)
     python -m vitprune_lite.benchmarks.latency_predictor --smoke --out /tmp/lp.json   # seconds, numbers meaningless
 
-For every model x backend (eager, onnxruntime) x batch size (1, 32), on this machine:
+For every model x thread count (1, 2) x backend (eager, onnxruntime) x batch size (1, 32), on
+this machine (ONNX Runtime's ``intra_op_num_threads`` = torch's thread count = ``--threads``):
 
 1. **Profile** (:func:`vitprune_lite.predictor.profile_device`): the dense curve ``L(n)``, the
    frame and the calibration plans, interleaved, within ``--budget`` seconds of timing (model
@@ -115,9 +116,9 @@ def backend_comparison(meas: dict[str, Any]) -> dict[str, Any]:
             "L_N_ms": full, "methods_ranked": methods}
 
 
-def profile_fit_validate(model, name: str, backend: str, batch: int, args) -> tuple[dict[str, Any], Any]:
+def profile_fit_validate(model, name: str, backend: str, batch: int, threads: int, args) -> tuple[dict[str, Any], Any]:
     t0 = time.perf_counter()
-    meas = predictor.profile_device(model, backend=backend, batch_size=batch, threads=args.threads,
+    meas = predictor.profile_device(model, backend=backend, batch_size=batch, threads=threads,
                                     time_budget_s=args.budget, curve_points=args.curve_points, seed=args.seed,
                                     min_run_time=args.min_run_time, progress=args.progress)
     t1 = time.perf_counter()
@@ -125,16 +126,16 @@ def profile_fit_validate(model, name: str, backend: str, batch: int, args) -> tu
     geo = pred.geometry
     held_plans = predictor.random_plans(geo, args.holdout, seed=1000 + args.seed)
     held, _, held_s = predictor.measure_plans(model, held_plans, backend=backend, batch_size=batch,
-                                              threads=args.threads, time_budget_s=args.holdout_budget,
+                                              threads=threads, time_budget_s=args.holdout_budget,
                                               seed=args.seed + 1, min_run_time=args.min_run_time)
     val = predictor.validate(pred, held)
-    run = {"model": name, "backend": backend, "batch": batch, "threads": args.threads,
+    run = {"model": name, "backend": backend, "batch": batch, "threads": threads,
            "profiling_seconds": {**meas["seconds"], "wall": t1 - t0}, "holdout_seconds": held_s,
            "load_avg": meas["load_avg"], "fit": pred.report, "validation": val,
            "curve": meas["curve"], "frame_ms": meas["frame_ms"], "calibration": meas["plans"],
            "backends": backend_comparison(meas), "predictor": pred.to_dict()}
     sec = meas["seconds"]
-    print(f"{name:24s} {backend:11s} b{batch:<3d} profiled in {sec['timing']:.0f} s of timing "
+    print(f"{name:24s} {backend:11s} b{batch:<3d} {threads}t profiled in {sec['timing']:.0f} s of timing "
           f"(+{sec['curve_build'] + sec['plans_build']:.0f} s building/exporting): "
           f"within 10 % {100 * val['within_10']:.0f} %, "
           f"within 5 % {100 * val['within_5']:.0f} % of {val['n']} held-out plans; "
@@ -162,7 +163,8 @@ def planner_cases(base, preds: dict[str, Any], args) -> dict[str, Any]:
         structures[f"magnitude {m:g}/{a:g}"] = importance.prune_copy(base, importance.make_plan(base, scores, (m, a)))
     x1 = torch.randn(1, 3, *base.patch_embed.img_size, generator=torch.Generator().manual_seed(0))
     out: dict[str, Any] = {}
-    for backend, pred in preds.items():
+    for key, pred in preds.items():
+        backend, threads = pred.backend, pred.threads
         exported: dict[int, torch.nn.Module] = {}  # one export per chosen model, reused across cases
         cases = []
         for d, idx in finetune.items():
@@ -180,7 +182,7 @@ def planner_cases(base, preds: dict[str, Any], args) -> dict[str, Any]:
                         if id(m) not in exported:
                             exported[id(m)] = runtime.export(m, x1)
                         timed[k] = exported[id(m)]
-                check = measure.measure_latency(timed, x1, threads=args.threads, rounds=args.check_rounds,
+                check = measure.measure_latency(timed, x1, threads=threads, rounds=args.check_rounds,
                                                 min_run_time=args.check_min_run_time, seed=seed, backend=backend)
                 dense_ms = check["dense"].median_ms
                 for (share, kind), (c, predicted_met) in picks.items():
@@ -190,12 +192,11 @@ def planner_cases(base, preds: dict[str, Any], args) -> dict[str, Any]:
                                   "predicted_ms": c["predicted_ms"], "predicted_ratio": c["predicted_ms"] / dense_ms_profiled,
                                   "measured_ms": ratio * dense_ms, "measured_ratio": ratio, "predicted_met": predicted_met,
                                   "measured_met": bool(ratio <= share), "val_acc": c["val_acc"]})
-        out[backend] = summarise_planner(cases)
-        out[backend]["cases"] = cases
-        print(f"planner ({backend}): combined plan met the measured budget in "
-              f"{100 * out[backend]['combined_met_share']:.0f} % of {out[backend]['n_cases']} cases; "
+        out[key] = {"backend": backend, "threads": threads, **summarise_planner(cases), "cases": cases}
+        print(f"planner ({key}): combined plan met the measured budget in "
+              f"{100 * out[key]['combined_met_share']:.0f} % of {out[key]['n_cases']} cases; "
               f"at least as accurate as the best single ingredient that met it in "
-              f"{100 * out[backend]['combined_at_least_as_accurate_share']:.0f} %", flush=True)
+              f"{100 * out[key]['combined_at_least_as_accurate_share']:.0f} %", flush=True)
     return out
 
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["base_vit", "deit_small_patch16_224"])
     p.add_argument("--backends", nargs="+", default=list(runtime.BACKENDS), choices=runtime.BACKENDS)
     p.add_argument("--batch", nargs="+", type=int, default=[1, 32])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op thread counts")
     p.add_argument("--budget", type=float, default=240.0, help="profiling seconds per model x backend x batch")
     p.add_argument("--curve-points", type=int, default=33)
     p.add_argument("--holdout", type=int, default=30, help="held-out random plans per run")
@@ -244,11 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.models, args.batch, args.budget, args.curve_points = ["base_vit"], [1], 3.0, 6
+        args.threads = args.threads[-1:]
         args.holdout, args.holdout_budget, args.min_run_time = 3, 1.0, 0.002
         args.seeds, args.devices, args.structures, args.val_pool = [0], args.devices[:1], [(0.5, 0.5)], 200
         args.check_rounds, args.check_min_run_time = 2, 0.005
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(max(args.threads))
     out: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "versions": runtime.versions(), "runs": []}
     preds_b1: dict[str, Any] = {}
     base = None
@@ -258,12 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             out.setdefault("exactness", []).extend(exactness(model, name, args.batch, args.seed))
         if "predictor" not in args.parts:
             continue
-        for backend in args.backends:
-            for b in args.batch:
-                run, pred = profile_fit_validate(model, name, backend, b, args)
-                out["runs"].append(run)
-                if name == "base_vit" and b == 1:
-                    preds_b1[backend], base = pred, model
+        for threads in args.threads:
+            for backend in args.backends:
+                for b in args.batch:
+                    run, pred = profile_fit_validate(model, name, backend, b, threads, args)
+                    out["runs"].append(run)
+                    if name == "base_vit" and b == 1:
+                        preds_b1[f"{backend}/{threads}t"], base = pred, model
     if "planner" in args.parts and base is not None:
         out["planner"] = planner_cases(base, preds_b1, args)
     out["summary"] = [{"model": r["model"], "backend": r["backend"], "batch": r["batch"], "threads": r["threads"],
