@@ -114,6 +114,8 @@ class OrtModule(nn.Module):
         onnx_bytes: the serialised ONNX model.
         input_names: graph input names, in forward-argument order.
         meta: what was exported and how (class, batch size, dynamic axes, notes).
+        spinning: let the session's worker threads spin while they wait for work (ONNX
+            Runtime's default; lower latency, more CPU burnt).
     """
 
     def __init__(self, onnx_bytes: bytes, input_names: Sequence[str], meta: Optional[dict[str, Any]] = None,
