@@ -221,3 +221,19 @@ def test_planner_uses_the_predictor(vit):
                                   val=val, token_grid=[("pomt", 4)])
     assert out.report["budget_predicted_met"] and out.report["predictor"]["backend"] == "eager"
     assert out.report["choice"]["predicted_ms"] <= req.latency_ms
+
+
+def test_planner_summary_arithmetic():
+    from vitprune_lite.benchmarks.latency_predictor import summarise_planner
+
+    def case(seed, kind, met, acc):
+        return {"device": "drone", "seed": seed, "budget_share": 0.9, "kind": kind, "measured_met": met, "val_acc": acc}
+
+    cases = [case(0, "combined", True, 0.8), case(0, "structure only", True, 0.7), case(0, "tokens only", False, 0.9),
+             case(1, "combined", True, 0.6), case(1, "structure only", True, 0.7), case(1, "tokens only", True, 0.5),
+             case(2, "combined", False, 0.9), case(2, "structure only", False, 0.7), case(2, "tokens only", False, 0.5),
+             case(3, "combined", True, 0.5), case(3, "structure only", False, 0.9), case(3, "tokens only", False, 0.9)]
+    s = summarise_planner(cases)
+    # met: seeds 0, 1, 3; as accurate as the best single ingredient that met: seed 0 (0.8 >= 0.7) and
+    # seed 3 (no single ingredient met); not seed 1 (0.6 < 0.7) nor seed 2 (combined missed).
+    assert s == {"n_cases": 4, "combined_met_share": 0.75, "combined_at_least_as_accurate_share": 0.5}
