@@ -27,8 +27,9 @@ module measures the curve so that noise cannot pass for a step:
   the model's fingerprint and the environment, so curves measured elsewhere (a GPU, an edge
   board) can be dropped in and compared (:func:`find_curves`).
 - **Backends**: ``backend="onnxruntime"`` times the same points with ONNX Runtime on the CPU
-  (:mod:`vitprune_lite.runtime`: one fixed-shape export per point), in the same rounds; such a curve is stored as ``<device>__<model>__b<batch>__onnxruntime.json``
-  and found only with ``find_curves(..., backend="onnxruntime")``.
+  (:mod:`vitprune_lite.runtime`: one fixed-shape export per point), in the same rounds; such a
+  curve is stored as ``<device>__<model>__b<batch>__onnxruntime.json`` and found only with
+  ``find_curves(..., backend="onnxruntime")``.
 """
 from __future__ import annotations
 
