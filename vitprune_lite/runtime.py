@@ -16,8 +16,9 @@ ONNX Runtime session so that :func:`vitprune_lite.measure.measure_latency` and
   exporter fails to decompose that call ("Cannot view a tensor with shape [B, N, H, D] and
   strides ... as a tensor with shape [B, N, H*D]"). The exported copy therefore computes those
   blocks' attention explicitly (``attn.fused_attn = False``: the same softmax(q k^T * scale +
-  bias) v, written as matmuls); ONNX Runtime has no fused attention operator at opset 18 either,
-  so the graph it runs is the same in kind. ToMe without proportional attention exports as is.
+  bias) v, written as matmuls); opset 18 has no attention operator, so the exporter writes fused
+  attention as matmuls and a softmax anyway and the graph is the same in kind. ToMe without
+  proportional attention exports as is.
   The legacy TorchScript exporter (``dynamo=False``) is not used: it cannot export ToMe at all
   (``aten::index_fill_`` with a boolean value has no alias-analysis entry).
 - **Check**: :func:`max_abs_diff` runs the session and the PyTorch model on the same inputs;
