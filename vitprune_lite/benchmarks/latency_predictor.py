@@ -31,7 +31,9 @@ ONNX Runtime output compared with PyTorch's (max abs difference, bound 1e-4).
 Writes ``data/benchmarks/latency_predictor.json`` (``--out`` elsewhere): per run the predictor,
 its validation rows, the curve, profiling seconds and load average; the planner's cases and
 met shares; the environment, thread count and library versions. Run it on an idle machine:
-every figure in it is a timing.
+every figure in it is a timing. Memory: with onnxruntime every curve point and calibration plan
+is its own session holding its own weights (deit_small: about 90 MB per export, twice over for
+the serialised graph and the session), so one deit_small profile holds several GB at once.
 """
 from __future__ import annotations
 
