@@ -30,9 +30,9 @@ ONNX Runtime session so that :func:`vitprune_lite.measure.measure_latency` and
   of the eager curve's module (:class:`vitprune_lite.tokens.SubsetViT`), as a deployed model
   would be; that costs one export and one copy of the weights per point. ``shapes="dynamic"``
   exports :class:`IndexedViT` once, with the token count free (one session for every point):
-  cheaper to build, but ONNX Runtime then cannot specialise kernels on a fixed shape, and such a
-  graph's timings differ from fixed-shape exports by several per cent in either direction, so
-  the curve no longer describes the models that are deployed.
+  cheaper to build, but ONNX Runtime then cannot specialise the graph on a fixed shape, and its
+  timings need not match those of the fixed-shape models that are deployed (in a quick check they
+  did not, in either direction); an idle-machine comparison is still to be made.
 """
 from __future__ import annotations
 
