@@ -50,6 +50,7 @@ bench: setup
 	$(PY) -m vitprune_lite.benchmarks.peers_bench
 	$(PY) -m vitprune_lite.benchmarks.latency_bench
 	$(PY) -m vitprune_lite.benchmarks.tome_bench
+	$(PY) -m vitprune_lite.benchmarks.latency_predictor
 
 clean-build:
 	rm -rf build/

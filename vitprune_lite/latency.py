@@ -26,6 +26,10 @@ module measures the curve so that noise cannot pass for a step:
 - **Files**: ``data/latency/<device>__<model>__b<batch>.json`` holds the sweeps, their analysis,
   the model's fingerprint and the environment, so curves measured elsewhere (a GPU, an edge
   board) can be dropped in and compared (:func:`find_curves`).
+- **Backends**: ``backend="onnxruntime"`` times the same points with ONNX Runtime on the CPU
+  (:mod:`vitprune_lite.runtime`: one fixed-shape export per point), in the same rounds; such a
+  curve is stored as ``<device>__<model>__b<batch>__onnxruntime.json`` and found only with
+  ``find_curves(..., backend="onnxruntime")``.
 """
 from __future__ import annotations
 
@@ -115,6 +119,7 @@ class Curve:
         sweeps: independent sweeps (two for a test-retest check).
         analysis: :func:`analyse` of the sweeps (steps, agreement, verdict).
         environment: :func:`measure.environment` at the end of profiling.
+        backend: what ran the model: ``"eager"`` PyTorch or ``"onnxruntime"``.
     """
 
     model: str
@@ -126,6 +131,7 @@ class Curve:
     sweeps: list[Sweep]
     analysis: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    backend: str = "eager"
 
     def pooled(self, n_boot: int = 1000) -> dict[str, np.ndarray]:
         """All sweeps pooled per token count: ``{"n", "median_ms", "ci_low_ms", "ci_high_ms"}``.
@@ -522,7 +528,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
           threads: int = 2, part: str = "network", order: str = "interleaved", rounds: int = 5,
           max_rounds: int = 15, target_rel_ci: float = 0.03, time_budget_s: Optional[float] = None,
           min_run_time: float = 0.005, seed: int = 0, device: str | torch.device = "cpu",
-          progress: bool = False) -> Sweep:
+          progress: bool = False, backend: str = "eager", export_shapes: str = "static") -> Sweep:
     """Measure L(n) once over all token counts.
 
     Interleaved (default): round after round, every point is timed once
@@ -547,6 +553,9 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
         seed: seeds the kept patches, the inputs and the round shuffles.
         device: where the model lives.
         progress: print one line per round.
+        backend: ``"eager"`` or ``"onnxruntime"`` (CPU; see :mod:`vitprune_lite.runtime`).
+        export_shapes: onnxruntime only: ``"static"`` (one fixed-shape export per point) or
+            ``"dynamic"`` (one export for all points), see :func:`runtime.curve_models`.
 
     Returns:
         A :class:`Sweep` (n ascending).
@@ -563,7 +572,16 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
         raise ValueError("profile the unpatched model: call tokens.restore(model) first")
     ns = _check_n_values(model, n_values)
     device = measure.check_device(device)
-    mods, inputs = _timed(model, ns, part, batch_size, seed, device)
+    if backend != "eager":
+        from . import runtime
+
+        runtime.check_backend(backend)
+        if device.type != "cpu":
+            raise ValueError(f"backend {backend!r} runs on the CPU, got device {device}")
+        mods, inputs = runtime.curve_models(model, ns, _parse_part(part, len(model.blocks)), batch_size, seed,
+                                            shapes=export_shapes)
+    else:
+        mods, inputs = _timed(model, ns, part, batch_size, seed, device)
     names = list(mods)
     samples: dict[str, list[float]] = {k: [] for k in names}
     rounds_of: dict[str, list[int]] = {k: [] for k in names}
@@ -572,7 +590,7 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
     def run(subset: list[str], r: int, k: int = 1) -> None:
         res = measure.measure_latency({k_: mods[k_] for k_ in subset}, {k_: inputs[k_] for k_ in subset},
                                       threads=threads, rounds=k, min_run_time=min_run_time,
-                                      seed=seed * 100_003 + r, warmup=0, device=device)
+                                      seed=seed * 100_003 + r, warmup=0, device=device, backend=backend)
         for name, lat in res.items():
             samples[name].extend(lat.round_medians_ms)
             rounds_of[name].extend(range(r, r + len(lat.round_medians_ms)))
@@ -586,7 +604,10 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
     # Untimed warm-up at both ends: first-call allocations must not land in round 1.
     with torch.inference_mode():
         for name in (names[0], names[-1]):
-            mods[name](inputs[name])
+            if backend == "eager":
+                mods[name](inputs[name])
+            else:
+                mods[name].runner(inputs[name], threads)()
     if order == "sequential":
         for i, name in enumerate(reversed(names)):
             run([name], i * rounds, rounds)  # round ids unique per point: nothing is shared
@@ -630,7 +651,7 @@ def _rel_hw(samples: list[float]) -> float:
 def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: int = 1,
             threads: int = 2, part: str = "network", seed: int = 0,
             device: str | torch.device = "cpu", detect: Optional[dict[str, Any]] = None,
-            **sweep_kw) -> Curve:
+            backend: str = "eager", **sweep_kw) -> Curve:
     """Profile a model: ``sweeps`` independent sweeps (seeds ``seed``, ``seed + 1``, ...) and their analysis.
 
     Args:
@@ -640,6 +661,7 @@ def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: i
         batch_size, threads, part, device: see :func:`sweep`.
         seed: first sweep's seed.
         detect: keyword arguments for :func:`detect_steps`.
+        backend: ``"eager"`` or ``"onnxruntime"``; stored in the curve and its file name.
         sweep_kw: passed to :func:`sweep` (``n_values``, ``rounds``, ``time_budget_s``, ...).
 
     Returns:
@@ -649,7 +671,7 @@ def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: i
     if not isinstance(sweeps, int) or sweeps < 1:
         raise ValueError(f"sweeps must be an int >= 1, got {sweeps!r}")
     done = [sweep(model, batch_size=batch_size, threads=threads, part=part, seed=seed + i,
-                  device=device, **sweep_kw) for i in range(sweeps)]
+                  device=device, backend=backend, **sweep_kw) for i in range(sweeps)]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # so the recorded environment shows the timed thread count
     try:
@@ -658,7 +680,7 @@ def profile(model: nn.Module, model_name: str, *, sweeps: int = 2, batch_size: i
         torch.set_num_threads(previous)
     return Curve(model=model_name, device=device_label(device, threads), batch_size=batch_size,
                  threads=threads, part=part, fingerprint=model_fingerprint(model), sweeps=done,
-                 analysis=analyse(done, **(detect or {})), environment=env)
+                 analysis=analyse(done, **(detect or {})), environment=env, backend=backend)
 
 
 # ----------------------------------------------------------------------------- files
@@ -671,7 +693,7 @@ def curves_dir() -> Path:
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _PART = re.compile(r"network|block\d+")
 _FILE = re.compile(r"(?P<device>[A-Za-z0-9][A-Za-z0-9_-]*?)__(?P<model>[A-Za-z0-9][A-Za-z0-9_-]*?)"
-                   r"(?:\.(?P<part>block\d+))?__b(?P<batch>\d+)")
+                   r"(?:\.(?P<part>block\d+))?__b(?P<batch>\d+)(?:__(?P<backend>[a-z]+))?")
 
 
 def _check_name(value: Any, what: str) -> str:
@@ -683,8 +705,10 @@ def _check_name(value: Any, what: str) -> str:
 
 
 def curve_path(device: str, model: str, batch_size: int, part: str = "network",
-               directory: Optional[Path] = None) -> Path:
+               directory: Optional[Path] = None, backend: str = "eager") -> Path:
     """``<directory>/<device>__<model>__b<batch>.json``; a block curve's model is ``<model>.block<i>``.
+
+    A curve of another backend than eager PyTorch ends in ``__<backend>.json``.
 
     Raises:
         InvalidValueError: a name that could leave ``directory`` or break file-name parsing.
@@ -695,13 +719,16 @@ def curve_path(device: str, model: str, batch_size: int, part: str = "network",
         raise InvalidValueError(f"curve part {part!r}: accepted 'network' or 'block<i>'")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InvalidValueError(f"curve batch_size {batch_size!r}: accepted an integer >= 1")
+    if not isinstance(backend, str) or not re.fullmatch(r"[a-z]+", backend):
+        raise InvalidValueError(f"curve backend {backend!r}: accepted a lower-case name such as 'eager'")
     name = model if part == "network" else f"{model}.{part}"
-    return Path(directory or curves_dir()) / f"{device}__{name}__b{int(batch_size)}.json"
+    tail = "" if backend == "eager" else f"__{backend}"
+    return Path(directory or curves_dir()) / f"{device}__{name}__b{int(batch_size)}{tail}.json"
 
 
 def save_curve(curve: Curve, directory: Optional[Path] = None) -> Path:
     """Write a curve as JSON (atomically) under :func:`curves_dir` or ``directory``; returns the path."""
-    path = curve_path(curve.device, curve.model, curve.batch_size, curve.part, directory)
+    path = curve_path(curve.device, curve.model, curve.batch_size, curve.part, directory, curve.backend)
     return paths.write_json_atomic(path, curve.to_dict())
 
 
@@ -788,20 +815,23 @@ def check_points(n: Any, median_ms: Any, ci_low_ms: Any = None, ci_high_ms: Any 
 
 
 def find_curves(model: Optional[str] = None, batch_size: Optional[int] = None,
-                part: str = "network") -> list[Path]:
+                part: str = "network", backend: str = "eager") -> list[Path]:
     """Curve files in the committed ``data/latency/`` and the output root's, filtered by name.
 
-    A file in the output root shadows a committed one of the same name. Sorted by file name.
-    A file whose name does not parse as ``<device>__<model>[.block<i>]__b<batch>.json`` is
-    skipped with a warning naming it.
+    Only curves of ``backend`` (default eager PyTorch) are listed. A file in the output root
+    shadows a committed one of the same name. Sorted by file name. A file whose name does not
+    parse as ``<device>__<model>[.block<i>]__b<batch>[__<backend>].json`` is skipped with a
+    warning naming it.
     """
     found: dict[str, Path] = {}
     for d in (paths.data_dir() / "latency", curves_dir()):
         for p in sorted(d.glob("*__*__b*.json")) if d.is_dir() else []:
             m = _FILE.fullmatch(p.stem)
             if m is None or "__" in m["device"] or "__" in m["model"]:
-                warnings.warn(f"skipping {p}: not a curve file name (<device>__<model>[.block<i>]__b<batch>.json)",
-                              stacklevel=2)
+                warnings.warn(f"skipping {p}: not a curve file name "
+                              f"(<device>__<model>[.block<i>]__b<batch>[__<backend>].json)", stacklevel=2)
+                continue
+            if (m["backend"] or "eager") != backend:
                 continue
             if (model is None or m["model"] == model) and (batch_size is None or int(m["batch"]) == batch_size) \
                     and (m["part"] or "network") == part:

@@ -224,6 +224,7 @@ class Latency:
     batch_size: int  # first dimension of the first input tensor
     threads: int  # torch intra-op threads while timed
     device: str  # where the inputs lived, e.g. "cpu"
+    backend: str = "eager"  # what ran the model: "eager" PyTorch or "onnxruntime" (runtime.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for results JSON."""
@@ -240,6 +241,7 @@ def measure_latency(
     seed: int = 0,
     warmup: int = 2,
     device: str | torch.device | None = None,
+    backend: str = "eager",
 ) -> dict[str, Latency]:
     """Time several models against each other, interleaved, under ``torch.inference_mode``.
 
@@ -257,6 +259,10 @@ def measure_latency(
         seed: seed of the order shuffle.
         warmup: untimed forwards per model before the first round, >= 0.
         device: if given, inputs are moved there; models must already live there.
+        backend: ``"eager"`` (PyTorch) or ``"onnxruntime"``: each model runs as an ONNX Runtime
+            CPU session with ``threads`` intra-op threads (:mod:`vitprune_lite.runtime`; plain
+            modules are exported at their input's shapes first, ``runtime.OrtModule`` is used as
+            is). Same rounds, shuffles and timer either way.
 
     Returns:
         name -> :class:`Latency`, in the order of ``models``.
@@ -301,26 +307,38 @@ def measure_latency(
                     f"models[{name!r}] is not on {device}; move it with .to({str(device)!r}) first"
                 )
 
+    if backend != "eager":
+        from . import runtime
+
+        runtime.check_backend(backend)
+        if any(isinstance(a, Tensor) and a.device.type != "cpu" for v in args.values() for a in v):
+            raise ValueError(f"backend {backend!r} runs on the CPU; pass CPU inputs or use backend='eager'")
+
     previous = torch.get_num_threads()
     used = threads or previous
     times: dict[str, list[float]] = {name: [] for name in models}
     blocks = dict.fromkeys(models, 0)
     order, rng = list(models), random.Random(seed)
+    calls = {name: (lambda m=model, a=args[name]: m(*a)) for name, model in models.items()}
+    if backend != "eager":  # a session run on arguments converted once: no PyTorch in the call
+        calls = {name: runtime.timing_callable(m, args[name], used) for name, m in models.items()}
     with contextlib.ExitStack() as stack:
         for model in models.values():
             stack.enter_context(_eval_mode(model))
         stack.enter_context(torch.inference_mode())
         stack.callback(torch.set_num_threads, previous)
         torch.set_num_threads(used)
-        for name, model in models.items():
+        for name in models:
             for _ in range(warmup):
-                model(*args[name])
+                calls[name]()
         for _ in range(rounds):
             rng.shuffle(order)
             for name in order:
                 # Timer defaults to ONE thread; pass the count explicitly or it silently differs.
-                timer = Timer("model(*args)", num_threads=used,
-                              globals={"model": models[name], "args": args[name]})
+                timer = (Timer("model(*args)", num_threads=used,
+                               globals={"model": models[name], "args": args[name]})
+                         if backend == "eager" else
+                         Timer("run()", num_threads=used, globals={"run": calls[name]}))
                 m = timer.blocked_autorange(min_run_time=min_run_time)
                 times[name].append(m.median * 1e3)
                 blocks[name] += len(m.times)
@@ -333,7 +351,7 @@ def measure_latency(
         out[name] = Latency(
             median_ms=float(q50), iqr_ms=(float(q25), float(q75)), n_samples=blocks[name],
             round_medians_ms=tuple(t), batch_size=batch, threads=used,
-            device=str(first.device) if first is not None else "cpu",
+            device=str(first.device) if first is not None else "cpu", backend=backend,
         )
     return out
 

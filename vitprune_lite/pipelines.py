@@ -446,12 +446,17 @@ COMBINED_TOKENS = (("pomt", 8), ("pomt", 16), ("pomt", 24), ("pomt", 32), ("tome
 
 
 def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor], *,
-                    curve: latency.Curve, token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None,
-                    rounds: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+                    curve: Optional[latency.Curve] = None, token_grid: Any = COMBINED_TOKENS,
+                    threads: Optional[int] = None, rounds: int = 5, seed: int = 0,
+                    predictor: Any = None) -> list[dict[str, Any]]:
     """Every structure x token setting, with predicted batch-1 latency and validation accuracy.
 
-    Each structure's full-token latency is measured once on this machine (interleaved); a token
-    setting scales it by the device's latency curve (:func:`vitprune_lite.latency.predict_ms`).
+    With a ``curve``: each structure's full-token latency is measured once on this machine
+    (interleaved, in the curve's backend); a token setting scales it by the device's latency
+    curve (:func:`vitprune_lite.latency.predict_ms`). With a ``predictor`` (a batch-1
+    :class:`vitprune_lite.predictor.Predictor` of this device) instead: every candidate's
+    latency, structure and token method's own work included, comes from the predictor and
+    nothing is timed here.
     Accuracy is measured on ``val``, a validation split of the device's fine-tune set (public
     images, never the private test split).
 
@@ -460,6 +465,7 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
         structures: name -> model, e.g. ``{"dense": base, "tap 50%": ...}`` (not changed).
         val: ``(x [n, 3, H, W], y [n])`` validation images and labels.
         curve: the device's batch-1 network latency curve for ``base``.
+        predictor: the device's batch-1 latency predictor for ``base`` (instead of ``curve``).
         token_grid: ``(method, amount)`` pairs; "no token reduction" is always included.
         threads, rounds, seed: for measuring each structure's full-token latency.
 
@@ -470,22 +476,38 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
     """
     if not structures:
         raise ValueError("structures must name at least one model (e.g. {'dense': base})")
-    latency.check_curve(curve, base, 1)
+    if (curve is None) == (predictor is None):
+        raise ValueError("pass exactly one of curve= (a latency.Curve) and predictor= (a predictor.Predictor)")
+    if predictor is not None:
+        from . import predictor as _pred
+
+        if not isinstance(predictor, _pred.Predictor):
+            raise TypeError(f"predictor must be a predictor.Predictor, got {type(predictor).__name__}")
+        if predictor.batch_size != 1 or predictor.geometry != _pred.Geometry.of_model(base, 1):
+            raise ValueError(f"predictor was fitted for {predictor.geometry}, not for this model at batch 1; "
+                             f"profile it with predictor.profile_device(base, batch_size=1)")
+    else:
+        latency.check_curve(curve, base, 1)
     grid = [("none", 0)] + [tuple(g) for g in token_grid]
     for method, _ in grid[1:]:
         if method not in tokens._METHODS:
             raise ValueError(f"token_grid method must be one of {tokens._METHODS}, got {method!r}")
-    lat = measure.measure_latency(dict(structures), val[0][:1], threads=threads or curve.threads,
-                                  rounds=rounds, seed=seed)
-    pooled = curve.pooled()
+    if predictor is None:
+        lat = measure.measure_latency(dict(structures), val[0][:1], threads=threads or curve.threads,
+                                      rounds=rounds, seed=seed, backend=curve.backend)
+        pooled = curve.pooled()
     out = []
     for name, struct in structures.items():
         for method, amount in grid:
             model = struct if method == "none" else tokens.reduced_copy(struct, method, amount)
             flow = tokens.schedule_of(model)["tokens"]  # tokens at each block's MLP
+            if predictor is None:
+                struct_ms = lat[name].median_ms
+                pred_ms = latency.predict_ms(pooled["n"], pooled["median_ms"], flow, struct_ms)
+            else:
+                struct_ms, pred_ms = predictor.predict(struct), predictor.predict(model)
             out.append({"structure": name, "tokens": method, "amount": amount, "model": model,
-                        "structure_ms": lat[name].median_ms,
-                        "predicted_ms": latency.predict_ms(pooled["n"], pooled["median_ms"], flow, lat[name].median_ms),
+                        "structure_ms": struct_ms, "predicted_ms": pred_ms,
                         "val_acc": measure.accuracy(model, *val)})
     return out
 
@@ -513,10 +535,10 @@ def choose_plan(candidates: Sequence[Mapping[str, Any]], latency_ms: float,
     return min(pool, key=lambda c: c["predicted_ms"]), False
 
 
-def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *, curve: latency.Curve,
-                  structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor],
-                  token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None, rounds: int = 5,
-                  seed: int = 0) -> PrunedModel:
+def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *,
+                  curve: Optional[latency.Curve] = None, structures: Mapping[str, nn.Module],
+                  val: tuple[Tensor, Tensor], token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None,
+                  rounds: int = 5, seed: int = 0, predictor: Any = None) -> PrunedModel:
     """Structure and tokens together: the most accurate plan predicted to meet the latency budget.
 
     :func:`plan_candidates` lists every structure (the dense model or a pruned one) with every
@@ -525,7 +547,8 @@ def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *
 
     Args:
         request: ``latency_ms`` is the budget (milliseconds per image, batch 1).
-        structures, val, curve, token_grid, threads, rounds, seed: see :func:`plan_candidates`.
+        structures, val, curve, token_grid, threads, rounds, seed, predictor: see
+            :func:`plan_candidates` (one of ``curve`` and ``predictor``).
 
     Returns:
         The chosen model (a patched copy) with a report listing every candidate.
@@ -534,13 +557,16 @@ def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *
         raise ValueError(f"combined_plan needs request.latency_ms > 0 (milliseconds per image), "
                          f"got {request.latency_ms!r}")
     cands = plan_candidates(base, structures, val, curve=curve, token_grid=token_grid, threads=threads,
-                            rounds=rounds, seed=seed)
+                            rounds=rounds, seed=seed, predictor=predictor)
     best, met = choose_plan(cands, request.latency_ms)
     model = best["model"] if best["tokens"] != "none" else copy.deepcopy(best["model"])
     report = {"criterion": "combined", "latency_budget_ms": request.latency_ms, "budget_predicted_met": met,
               "choice": {k: v for k, v in best.items() if k != "model"},
               "candidates": [{k: v for k, v in c.items() if k != "model"} for c in cands],
-              "curve": {"model": curve.model, "device": curve.device, "threads": curve.threads},
+              **({"curve": {"model": curve.model, "device": curve.device, "threads": curve.threads}}
+                 if curve is not None else
+                 {"predictor": {"device": predictor.device, "backend": predictor.backend,
+                                "threads": predictor.threads}}),
               **size_report(base, model, val[0][:1])}
     return PrunedModel("combined", request.device, model.eval(), report)
 

@@ -1,0 +1,286 @@
+"""Benchmark (not a test): does the latency predictor earn its name, in eager PyTorch and ONNX Runtime?
+
+    python -m vitprune_lite.benchmarks.latency_predictor                 # the full run (idle machine!)
+    python -m vitprune_lite.benchmarks.latency_predictor --smoke --out /tmp/lp.json   # seconds, numbers meaningless
+
+For every model x thread count (1, 2) x backend (eager, onnxruntime) x batch size (1, 32), on
+this machine (ONNX Runtime's ``intra_op_num_threads`` = torch's thread count = ``--threads``):
+
+1. **Profile** (:func:`vitprune_lite.predictor.profile_device`): the dense curve ``L(n)``, the
+   frame and the calibration plans, interleaved, within ``--budget`` seconds of timing (model
+   building and ONNX export are reported apart: with onnxruntime every curve point and plan is
+   one export, seconds each, which can exceed the timing itself).
+2. **Fit** (:func:`vitprune_lite.predictor.fit`) and **validate** on ``--holdout`` random plans
+   (random uneven widths x a random token method and setting) that the fit never saw, measured
+   interleaved in their own rounds: the share predicted within +-10 % and +-5 %.
+3. **Backends compared**: the fixed-cost share of each curve (``L(2) / L(N)`` and frame / ``L(N)``)
+   and the token methods' latency relative to dense at the calibration settings, ranked.
+
+Then, for the project's base model with its shipped checkpoint, the **combined planner**
+(:func:`vitprune_lite.pipelines.plan_candidates` with the batch-1 predictor of each backend)
+chooses structure x tokens under budgets of 90 % and 80 % of the dense model's batch-1 latency,
+per device (its validation split of notebook 01's fine-tune set, or a random public subset if
+notebook 01 has not run) and seed; every choice (combined, structure only, tokens only) is
+timed against the dense model, interleaved, in the same backend. A case meets its budget if the
+measured latency ratio to dense is at most the budget share. Structures are magnitude-pruned
+copies at TAP-ViTs' budgets (no recovery: quick to build, the same for every device).
+
+Before all that (``--parts exactness``), every model kind is exported at each batch size and its
+ONNX Runtime output compared with PyTorch's (max abs difference, bound 1e-4).
+
+Writes ``data/benchmarks/latency_predictor.json`` (``--out`` elsewhere): per run the predictor,
+its validation rows, the curve, profiling seconds and load average; the planner's cases and
+met shares; the environment, thread count and library versions. Run it on an idle machine:
+every figure in it is a timing. Memory: with onnxruntime every curve point and calibration plan
+is its own session holding its own weights (deit_small: about 90 MB per export, twice over for
+the serialised graph and the session), so one deit_small profile holds several GB at once.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitprune_lite import importance, measure, models, pipelines, predictor, runtime
+from vitprune_lite.benchmarks import save
+
+TOKEN_GRID = [["pomt", 8], ["pomt", 16], ["pomt", 24], ["pomt", 32], ["tome", 2], ["tome", 4], ["tome", 6],
+              ["topk", 0.9], ["topk", 0.7], ["evit", 0.9], ["evit", 0.7]]
+KINDS = {"combined": None, "structure only": lambda c: c["tokens"] == "none",
+         "tokens only": lambda c: c["structure"] == "dense"}
+
+
+def load_model(name: str) -> torch.nn.Module:
+    """``base_vit`` (the shipped checkpoint) or a timm name (random weights: latency only)."""
+    if name == "base_vit":
+        return models.load_base_model()[0].eval()
+    return models.create_timm_model(name).eval()
+
+
+def exactness(model, name: str, batches: list[int], seed: int = 0) -> list[dict[str, Any]]:
+    """Export every model kind and compare ONNX Runtime's output with PyTorch's on the same inputs.
+
+    Kinds: dense; magnitude-pruned with TAP-ViTs' adaptive-looking uneven per-block keep ratios;
+    POMT, Top-K, EViT and ToMe (with and without proportional attention) at fixed settings; and
+    POMT and ToMe on the pruned structure. Inputs: two seeded random batches per batch size.
+    """
+    import copy as _copy
+
+    from vitprune_lite import tokens
+
+    depth, n = len(model.blocks), tokens.token_count(model)
+    ratios = {"mlp": [0.9 - 0.6 * i / max(1, depth - 1) for i in range(depth)],
+              "attn": [0.5 + 0.4 * (i % 2) for i in range(depth)]}
+    scores = importance.score(model, "magnitude_l2")
+    pruned = importance.prune_copy(model, importance.make_plan(model, scores, (0.6, 0.7), layer_ratios=ratios))
+    r_tome = max(1, (n - 1) // (3 * depth))
+    kinds = {"dense": model, "structured_uneven": pruned,
+             "pomt": tokens.reduced_copy(model, "pomt", n // 4), "topk": tokens.reduced_copy(model, "topk", 0.7),
+             "evit": tokens.reduced_copy(model, "evit", 0.7), "tome": tokens.reduced_copy(model, "tome", r_tome),
+             "tome_not_proportional": tokens.patch_tome(_copy.deepcopy(model).eval(), r_tome, proportional=False),
+             "structured_pomt": tokens.reduced_copy(pruned, "pomt", n // 4),
+             "structured_tome": tokens.reduced_copy(pruned, "tome", r_tome)}
+    rows = []
+    for b in batches:
+        g = torch.Generator().manual_seed(seed)
+        xs = [torch.randn(b, 3, *model.patch_embed.img_size, generator=g) for _ in range(2)]
+        for kind, m in kinds.items():
+            t0 = time.perf_counter()
+            try:
+                om, diff = runtime.export_checked(m, xs[0], check_inputs=xs[1:])
+                row = {"model": name, "batch": b, "kind": kind, "exported": True, "max_abs_diff": diff,
+                       "notes": om.meta["notes"], "export_seconds": time.perf_counter() - t0,
+                       "onnx_mb": len(om.onnx_bytes) / 1e6}
+            except Exception as e:  # recorded, not hidden: where a kind does not export and why
+                row = {"model": name, "batch": b, "kind": kind, "exported": False, "error": f"{type(e).__name__}: {e}"[:500]}
+            rows.append(row)
+            print(f"{name:24s} b{b:<3d} {kind:22s} " + (f"max |ORT - PyTorch| {row['max_abs_diff']:.2e}"
+                                                        if row["exported"] else row["error"][:120]), flush=True)
+    return rows
+
+
+def backend_comparison(meas: dict[str, Any]) -> dict[str, Any]:
+    """Fixed-cost shares of the curve and the token methods' latency / dense at calibration settings."""
+    curve = meas["curve"]
+    full = curve["median_ms"][-1]
+    dense_w = predictor.Geometry(**meas["geometry"]).dense_plan().widths
+    dense = next(r for r in meas["plans"] if predictor.PlanSpec.from_dict(r["plan"]) == predictor.PlanSpec(dense_w))
+    methods = []
+    for r in meas["plans"]:
+        p = predictor.PlanSpec.from_dict(r["plan"])
+        if p.method and p.widths == dense_w:
+            methods.append({"plan": r["label"], "method": p.method, "ratio_to_dense": r["median_ms"] / dense["median_ms"]})
+    methods.sort(key=lambda m: m["ratio_to_dense"])
+    return {"fixed_cost_share": curve["median_ms"][0] / full, "frame_share": meas["frame_ms"] / full,
+            "L_N_ms": full, "methods_ranked": methods}
+
+
+def profile_fit_validate(model, name: str, backend: str, batch: int, threads: int, args) -> tuple[dict[str, Any], Any]:
+    t0 = time.perf_counter()
+    meas = predictor.profile_device(model, backend=backend, batch_size=batch, threads=threads,
+                                    time_budget_s=args.budget, curve_points=args.curve_points, seed=args.seed,
+                                    min_run_time=args.min_run_time, progress=args.progress)
+    t1 = time.perf_counter()
+    pred = predictor.fit(meas)
+    geo = pred.geometry
+    held_plans = predictor.random_plans(geo, args.holdout, seed=1000 + args.seed)
+    held, _, held_s = predictor.measure_plans(model, held_plans, backend=backend, batch_size=batch,
+                                              threads=threads, time_budget_s=args.holdout_budget,
+                                              seed=args.seed + 1, min_run_time=args.min_run_time)
+    val = predictor.validate(pred, held)
+    run = {"model": name, "backend": backend, "batch": batch, "threads": threads,
+           "profiling_seconds": {**meas["seconds"], "wall": t1 - t0}, "holdout_seconds": held_s,
+           "load_avg": meas["load_avg"], "fit": pred.report, "validation": val,
+           "curve": meas["curve"], "frame_ms": meas["frame_ms"], "calibration": meas["plans"],
+           "backends": backend_comparison(meas), "predictor": pred.to_dict()}
+    sec = meas["seconds"]
+    print(f"{name:24s} {backend:11s} b{batch:<3d} {threads}t profiled in {sec['timing']:.0f} s of timing "
+          f"(+{sec['curve_build'] + sec['plans_build']:.0f} s building/exporting): "
+          f"within 10 % {100 * val['within_10']:.0f} %, "
+          f"within 5 % {100 * val['within_5']:.0f} % of {val['n']} held-out plans; "
+          f"median |err| {100 * val['rel_err_median']:.1f} %", flush=True)
+    return run, pred
+
+
+def planner_cases(base, preds: dict[str, Any], args) -> dict[str, Any]:
+    """The combined planner with each backend's batch-1 predictor, checked by measurement."""
+    from vitprune_lite import data, gmm
+
+    bench = data.load_benchmark(0)
+    public = pipelines.PublicData(*bench.public["train"].tensors())
+    try:
+        sets = gmm.load_selected_sets()
+        space = str(sets["default_feature_space"])
+        finetune = {d: sets[f"{d}/{space}/finetune"] for d in args.devices if f"{d}/{space}/finetune" in sets}
+    except FileNotFoundError:
+        finetune = {}
+    if not finetune:  # notebook 01 has not run: one random public subset stands for a device
+        finetune = {"random_public": np.random.default_rng(0).permutation(len(public.x))[:args.val_pool]}
+    scores = importance.score(base, "magnitude_l2")
+    structures = {"dense": base}
+    for m, a in args.structures:
+        structures[f"magnitude {m:g}/{a:g}"] = importance.prune_copy(base, importance.make_plan(base, scores, (m, a)))
+    x1 = torch.randn(1, 3, *base.patch_embed.img_size, generator=torch.Generator().manual_seed(0))
+    out: dict[str, Any] = {}
+    for key, pred in preds.items():
+        backend, threads = pred.backend, pred.threads
+        exported: dict[int, torch.nn.Module] = {}  # one export per chosen model, reused across cases
+        cases = []
+        for d, idx in finetune.items():
+            for seed in args.seeds:
+                _, val_idx = pipelines.split_validation(np.asarray(idx)[:args.val_pool], 0.1, seed)
+                val = (public.x[val_idx], public.y[val_idx])
+                cands = pipelines.plan_candidates(base, structures, val, predictor=pred,
+                                                  token_grid=[tuple(t) for t in TOKEN_GRID])
+                dense_ms_profiled = pred.curve_ms[-1]  # the dense model's measured L(N) on this device
+                picks = {(share, kind): pipelines.choose_plan(cands, share * dense_ms_profiled, where)
+                         for share in args.budgets for kind, where in KINDS.items()}
+                timed = {"dense": base} | {f"{s}|{k}": c["model"] for (s, k), (c, _) in picks.items()}
+                if backend == "onnxruntime":
+                    for k, m in timed.items():
+                        if id(m) not in exported:
+                            exported[id(m)] = runtime.export(m, x1)
+                        timed[k] = exported[id(m)]
+                check = measure.measure_latency(timed, x1, threads=threads, rounds=args.check_rounds,
+                                                min_run_time=args.check_min_run_time, seed=seed, backend=backend)
+                dense_ms = check["dense"].median_ms
+                for (share, kind), (c, predicted_met) in picks.items():
+                    ratio = measure.latency_ratio(check, f"{share}|{kind}", "dense")
+                    cases.append({"device": d, "seed": seed, "budget_share": share, "kind": kind,
+                                  "plan": c["structure"] + ("" if c["tokens"] == "none" else f" + {c['tokens']} {c['amount']}"),
+                                  "predicted_ms": c["predicted_ms"], "predicted_ratio": c["predicted_ms"] / dense_ms_profiled,
+                                  "measured_ms": ratio * dense_ms, "measured_ratio": ratio, "predicted_met": predicted_met,
+                                  "measured_met": bool(ratio <= share), "val_acc": c["val_acc"]})
+        out[key] = {"backend": backend, "threads": threads, **summarise_planner(cases), "cases": cases}
+        print(f"planner ({key}): combined plan met the measured budget in "
+              f"{100 * out[key]['combined_met_share']:.0f} % of {out[key]['n_cases']} cases; "
+              f"at least as accurate as the best single ingredient that met it in "
+              f"{100 * out[key]['combined_at_least_as_accurate_share']:.0f} %", flush=True)
+    return out
+
+
+def summarise_planner(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shares over device x budget x seed cases: combined met its budget; and was at least as
+    accurate (validation) as the best single-ingredient plan that also met it."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for c in cases:
+        groups.setdefault((c["device"], c["seed"], c["budget_share"]), {})[c["kind"]] = c
+    met, as_good = [], []
+    for g in groups.values():
+        comb = g["combined"]
+        met.append(comb["measured_met"])
+        singles = [g[k]["val_acc"] for k in ("structure only", "tokens only") if k in g and g[k]["measured_met"]]
+        as_good.append(bool(comb["measured_met"] and (not singles or comb["val_acc"] >= max(singles))))
+    return {"n_cases": len(groups), "combined_met_share": float(np.mean(met)) if met else None,
+            "combined_at_least_as_accurate_share": float(np.mean(as_good)) if as_good else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["base_vit", "deit_small_patch16_224"])
+    p.add_argument("--backends", nargs="+", default=list(runtime.BACKENDS), choices=runtime.BACKENDS)
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op thread counts")
+    p.add_argument("--budget", type=float, default=240.0, help="profiling seconds per model x backend x batch")
+    p.add_argument("--curve-points", type=int, default=33)
+    p.add_argument("--holdout", type=int, default=30, help="held-out random plans per run")
+    p.add_argument("--holdout-budget", type=float, default=180.0)
+    p.add_argument("--min-run-time", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", nargs="+", default=["exactness", "predictor", "planner"],
+                   choices=["exactness", "predictor", "planner"])
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.9, 0.8])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--devices", nargs="+", default=["night_cam", "drone", "factory", "phone"])
+    p.add_argument("--structures", nargs="+", type=lambda s: tuple(float(v) for v in s.split("/")),
+                   default=[(0.9, 0.9), (0.8, 0.8), (0.7, 0.7), (0.6, 0.6), (0.5, 0.5)],
+                   help="magnitude-pruned structures as mlp_keep/attn_keep")
+    p.add_argument("--val-pool", type=int, default=6400)
+    p.add_argument("--check-rounds", type=int, default=7)
+    p.add_argument("--check-min-run-time", type=float, default=0.1)
+    p.add_argument("--smoke", action="store_true", help="seconds-long end-to-end check; numbers meaningless")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", default=None, help="JSON path (default data/benchmarks/latency_predictor.json)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.batch, args.budget, args.curve_points = ["base_vit"], [1], 3.0, 6
+        args.threads = args.threads[-1:]
+        args.holdout, args.holdout_budget, args.min_run_time = 3, 1.0, 0.002
+        args.seeds, args.devices, args.structures, args.val_pool = [0], args.devices[:1], [(0.5, 0.5)], 200
+        args.check_rounds, args.check_min_run_time = 2, 0.005
+
+    torch.set_num_threads(max(args.threads))
+    out: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "versions": runtime.versions(), "runs": []}
+    preds_b1: dict[str, Any] = {}
+    base = None
+    for name in args.models:
+        model = load_model(name)
+        if "exactness" in args.parts:
+            out.setdefault("exactness", []).extend(exactness(model, name, args.batch, args.seed))
+        if "predictor" not in args.parts:
+            continue
+        for threads in args.threads:
+            for backend in args.backends:
+                for b in args.batch:
+                    run, pred = profile_fit_validate(model, name, backend, b, threads, args)
+                    out["runs"].append(run)
+                    if name == "base_vit" and b == 1:
+                        preds_b1[f"{backend}/{threads}t"], base = pred, model
+    if "planner" in args.parts and base is not None:
+        out["planner"] = planner_cases(base, preds_b1, args)
+    out["summary"] = [{"model": r["model"], "backend": r["backend"], "batch": r["batch"], "threads": r["threads"],
+                       "within_10": r["validation"]["within_10"], "within_5": r["validation"]["within_5"],
+                       "profiling_seconds": r["profiling_seconds"]["timing"],
+                       "profiling_build_seconds": r["profiling_seconds"]["curve_build"] + r["profiling_seconds"]["plans_build"],
+                       "load_avg": r["load_avg"],
+                       "fixed_cost_share": r["backends"]["fixed_cost_share"]} for r in out["runs"]]
+    out["environment"] = measure.environment()
+    save(out, "latency_predictor", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
