@@ -14,6 +14,8 @@ Modules, one concept each:
 - ``errors``      the exception types raised for bad input (one per kind of problem).
 - ``data``        the embedded synthetic benchmark (public pool + private device tasks) and
                   loaders for real image folders and scikit-learn's digits.
+- ``data_v2``     benchmark v2 (48 fine-grained classes at 48 px, cluttered scenes, 8 styles, 8
+                  devices): built and tested; the default switches to it with its trained model.
 - ``models``      the base ViT: config, the one training loop, safetensors checkpoints, timm names.
 - ``surgery``     the one mechanism that physically removes heads, head dimensions and channels.
 - ``measure``     FLOPs, parameters, memory, latency and accuracy, used by every notebook.
@@ -24,6 +26,9 @@ Modules, one concept each:
 - ``tcs``         ToaSt's Token Channel Selection in the MLP.
 - ``peers``       the torch-pruning library as a peer baseline.
 - ``latency``     latency-workload curves L(n), step detection, test-retest.
+- ``runtime``     ONNX Runtime as a second latency backend: export, exactness check, sessions.
+- ``predictor``   per-device latency prediction of a plan (structure x token method) from a few
+                  measurements, and its validation on held-out plans.
 - ``tokens``      token reduction: Pruning One More Token, ToMe, Top-K, EViT.
 - ``pipelines``   end-to-end device pipelines (upload + budget -> pruned model + report).
 - ``folder_data`` ImageNet-style image folders read from disk on demand, seeded augmentation.
