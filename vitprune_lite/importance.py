@@ -703,9 +703,10 @@ def _masked_attn_probe(block: nn.Module, scores: Mapping[str, Tensor], sparsity:
     drop = torch.ones(H * dv, dtype=torch.bool)
     drop[flat.topk(keep).indices] = False
     rows = torch.cat([drop, drop, drop]).to(probe.attn.qkv.weight.device)  # q | k | v rows
-    probe.attn.qkv.weight[rows] = 0
-    if probe.attn.qkv.bias is not None:
-        probe.attn.qkv.bias[rows] = 0
+    with torch.no_grad():
+        probe.attn.qkv.weight[rows] = 0
+        if probe.attn.qkv.bias is not None:
+            probe.attn.qkv.bias[rows] = 0
     return probe
 
 
@@ -1035,6 +1036,11 @@ def make_plan(
         free = [i for i in range(L) if i not in dense]
         k_attn = torch.as_tensor(n_attn, dtype=torch.long).clone()
         if free:
+            left = float((r_attn[free] * torch.as_tensor([n_attn[i] for i in free], dtype=torch.float64)).sum())
+            if math.floor(left + 0.5 + 1e-9) < len(free):
+                raise ValueError(f"attn_keep {a} leaves {left:.2f} attention units for the {len(free)} "
+                                 f"blocks outside the dense blocks {dense}: each needs at least 1; "
+                                 "raise attn_keep or make fewer blocks dense")
             k_attn[free] = allocate_counts(r_attn[free], [n_attn[i] for i in free])
     for i in dense:
         k_attn[i] = n_attn[i]
