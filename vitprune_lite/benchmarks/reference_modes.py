@@ -89,7 +89,9 @@ def _coverage(labels: np.ndarray, spec: data.DeviceSpec) -> dict[str, Any]:
 
 
 def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Optional[int] = None,
-        ratio_sets: Sequence[str] = ("gmm", "random", "oracle")) -> dict[str, Any]:
+        ratio_devices: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Everything above; ``ratio_devices``: devices whose random and oracle metric sets are also
+    scored for the layer ratios (default: all; each costs two TAP scorings per variant)."""
     torch.set_num_threads(threads)
     S = dict(SETTINGS)
     if ft_steps is not None:
@@ -99,6 +101,7 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
     base.eval()
     bench = data.load_benchmark()
     devices = list(devices or [d.name for d in data.DEVICES])
+    ratio_devices = devices if ratio_devices is None else list(ratio_devices)
     pool = bench.public["train"]
     public = pipelines.PublicData(*pool.tensors())
     tests = {d: bench.device(d)["test"].tensors() for d in devices}
@@ -106,7 +109,8 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
     budget = S["budget"]
     rec = {"ft_steps": S["ft_steps"], "ft_batch": S["ft_batch"], "ft_lr": S["ft_lr"],
            "val_fraction": S["val_fraction"], "seed": S["seed"]}
-    out: dict[str, Any] = {"settings": {**S, "devices": devices, "threads": threads},
+    out: dict[str, Any] = {"settings": {**S, "devices": devices, "ratio_devices": ratio_devices,
+                                        "threads": threads},
                            "environment": measure.environment(), "methods": {}, "ratios": {}}
     correct: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     extra: dict[tuple[str, str], dict[str, Any]] = {}
@@ -128,7 +132,7 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
             e["kept"][d] = info["kept"]
             out["ratios"].setdefault(d, {}).setdefault("gmm", {})[v] = {
                 "mlp": rep["layer_keep"]["mlp"], "attn": rep["layer_keep"]["attn"]}
-        print(f"tap_vits {d}: done ({time.perf_counter() - t_start:.0f} s)")
+        print(f"tap_vits {d}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     # ---- ToaSt: one model for every device, random public recovery set
     sel = gmm.random_selection(np.arange(len(public.x)), n_metric=2, n_finetune=S["n_finetune"], seed=S["seed"])
@@ -143,7 +147,7 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
         for name in ("toast", "toast_coupled"):
             extra[(name, v)] = {"params": rep["params"] / rep["dense_params"], "kept": info["kept"],
                                 "widths": rep["widths"]}
-    print(f"toast: done ({time.perf_counter() - t_start:.0f} s)")
+    print(f"toast: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     # ---- token methods, zero-shot
     for method, amounts in (("pomt", S["pomt_r"]), ("tome", S["tome_r"])):
@@ -178,14 +182,12 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
         for name, idx in metric_sets.items():
             cov[name] = _coverage(pool.labels[idx], spec)
         cov["oracle"] = _coverage(private_y[:S["n_metric"]].numpy(), spec)
-        for name in ratio_sets:
-            if name == "gmm":
-                continue  # from the pipeline runs above
+        for name in ("random", "oracle") if d in ratio_devices else ():  # gmm: from the runs above
             x = public.x[metric_sets[name]] if name != "oracle" else private_x[:S["n_metric"]]
             for v in variants.VARIANTS:
                 out["ratios"][d].setdefault(name, {})[v] = _tap_ratios(
                     base, x, budget, v, S["sens_images"], S["score_tokens"])
-        print(f"ratios {d}: done ({time.perf_counter() - t_start:.0f} s)")
+        print(f"ratios {d}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     out["seconds"] = time.perf_counter() - t_start
     out["environment_end"] = measure.environment()
     return out
@@ -200,9 +202,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ft-steps", type=int, default=None, help="recovery steps (default: notebook 04's 30)")
     p.add_argument("--devices", nargs="*", default=None)
+    p.add_argument("--ratio-devices", nargs="*", default=None,
+                   help="devices whose random and oracle metric sets are scored too (default: all)")
     p.add_argument("--out", default=None, help="JSON path (default data/benchmarks/reference_modes.json)")
     args = p.parse_args()
-    res = run(args.threads, args.devices, args.ft_steps)
+    res = run(args.threads, args.devices, args.ft_steps, args.ratio_devices)
     print(f"dense: {_fmt(res['dense']['pooled'])}")
     print(f"{'method':16s} {'stage':10s} {'project':>24s} {'reference':>24s} {'ref - proj':>24s}")
     for method, stages in res["methods"].items():
