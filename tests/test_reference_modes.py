@@ -325,3 +325,23 @@ def test_tome_reference_model_runs_and_differs_from_project(tiny_vit):
         zero = tokens.reduced_copy(tiny_vit, "tome", 0, variant="reference")(x)
     torch.testing.assert_close(zero, dense)  # r = 0 is the dense model in both variants
     assert not torch.allclose(ref, proj)
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+def test_pipeline_reference_variant(tiny_vit):
+    from vitprune_lite import pipelines
+
+    g = torch.Generator().manual_seed(0)
+    public = pipelines.PublicData(torch.randn(40, 3, 32, 32, generator=g), torch.randint(0, 12, (40,), generator=g))
+    idx = np.arange(40)
+    with pytest.raises(ValueError, match="reference"):
+        pipelines.prune_and_recover(tiny_vit, public, idx[:16], idx, imp.TAP_BUDGETS[4], criterion="taylor",
+                                    variant="reference", ft_steps=0)
+    with pytest.raises(ValueError, match="TAP_BUDGETS"):  # no probe sparsity for other budgets
+        pipelines.prune_and_recover(tiny_vit, public, idx[:16], idx, (0.5, 0.5), variant="reference", ft_steps=0)
+    model, rep = pipelines.prune_and_recover(tiny_vit, public, idx[:16], idx, imp.TAP_BUDGETS[4],
+                                             variant="reference", ft_steps=0)
+    assert rep["variant"] == "reference"
+    assert max(rep["layer_keep"]["mlp"]) <= 1 and np.mean(rep["layer_keep"]["mlp"]) <= 0.429 + 1e-9
+    assert [w["mlp_hidden"] for w in rep["widths"]] == [max(1, int(192 * r)) for r in rep["layer_keep"]["mlp"]]
