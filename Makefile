@@ -44,6 +44,7 @@ bench: setup
 	$(PY) -m vitprune_lite.benchmarks.peers_bench
 	$(PY) -m vitprune_lite.benchmarks.latency_bench
 	$(PY) -m vitprune_lite.benchmarks.tome_bench
+	$(PY) -m vitprune_lite.benchmarks.reference_modes
 
 clean-build:
 	rm -rf build/

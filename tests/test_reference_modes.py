@@ -345,3 +345,13 @@ def test_pipeline_reference_variant(tiny_vit):
     assert rep["variant"] == "reference"
     assert max(rep["layer_keep"]["mlp"]) <= 1 and np.mean(rep["layer_keep"]["mlp"]) <= 0.429 + 1e-9
     assert [w["mlp_hidden"] for w in rep["widths"]] == [max(1, int(192 * r)) for r in rep["layer_keep"]["mlp"]]
+
+
+def test_benchmark_interval_helpers():
+    from vitprune_lite.benchmarks import reference_modes as rm
+
+    w = rm.wilson(np.array([1] * 8 + [0] * 2))
+    assert w["acc"] == 0.8 and w["lo"] == pytest.approx(0.4902, abs=1e-4) and w["hi"] == pytest.approx(0.9433, abs=1e-4)
+    d = rm.paired(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 1]))
+    half = rm.Z * math.sqrt(2 / 3) / 2
+    assert d["diff"] == 0 and d["hi"] == pytest.approx(half) and d["lo"] == pytest.approx(-half) and d["changed"] == 0.5
