@@ -51,6 +51,7 @@ bench: setup
 	$(PY) -m vitprune_lite.benchmarks.latency_bench
 	$(PY) -m vitprune_lite.benchmarks.tome_bench
 	$(PY) -m vitprune_lite.benchmarks.latency_predictor
+	$(PY) -m vitprune_lite.benchmarks.reference_modes
 
 clean-build:
 	rm -rf build/

@@ -133,7 +133,8 @@ def test_works_on_a_surgery_pruned_model(tiny_vit, images):
     masked = _out(tiny_vit, images)
     tcs.patch(tiny_vit, fc1=0.5, fc2=0.5)
     torch.testing.assert_close(_out(tiny_vit, images), masked, atol=1e-5, rtol=1e-5)
-    assert tcs.settings(tiny_vit)[1] == {"fc1_keep": 24, "fc2_keep": 50, "mode": "sample"}
+    assert tcs.settings(tiny_vit)[1] == {"fc1_keep": 24, "fc2_keep": 50, "mode": "sample",
+                                         "variant": "project"}
 
 
 def test_schedule_and_errors(tiny_vit):

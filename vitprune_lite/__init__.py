@@ -12,6 +12,8 @@ Modules, one concept each:
 - ``compat``      keeps ``import timm`` working when torchvision's compiled ops cannot load.
 - ``paths``       where data, figures and results live; atomic writes.
 - ``errors``      the exception types raised for bad input (one per kind of problem).
+- ``variants``    ``variant="project" | "reference"``: this project's implementation or the
+                  authors' published code, for every method (``docs/deviations.md``).
 - ``data``        the embedded synthetic benchmark (public pool + private device tasks) and
                   loaders for real image folders and scikit-learn's digits.
 - ``data_v2``     benchmark v2 (48 fine-grained classes at 48 px, cluttered scenes, 8 styles, 8

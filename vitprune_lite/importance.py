@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import surgery
+from . import surgery, variants
 
 from timm.layers import Mlp  # noqa: E402  (after the package's torchvision shim)
 from timm.layers.attention import Attention
@@ -57,6 +57,7 @@ __all__ = [
     "tap_importance", "hsic_rbf", "centred_gram", "magnitude_scores", "taylor_scores", "random_scores",
     "toast_scores", "layer_sensitivity", "keep_ratios", "adaptive_ratios", "allocate_counts",
     "make_plan", "PLAN_DEFAULTS", "prune_copy", "block_param_fraction", "rank_correlation",
+    "rbf_gram", "probe_sparsity", "VARIANT_CRITERIA",
 ]
 
 CRITERIA = ("tap", "taylor", "magnitude_l1", "magnitude_l2", "random", "toast", "toast_heads")
@@ -69,8 +70,13 @@ TAP_BUDGETS: tuple[tuple[float, float], ...] = (
 )
 #: Composite weights (rel, 1 - red, act) per unit kind, from the TAP-ViTs paper.
 TAP_WEIGHTS = {"mlp": (0.1, 0.1, 0.8), "attn": (0.8, 0.1, 0.1)}
-#: Probe sparsities (fraction of a layer's units removed) of the KL layer sensitivity.
+#: Probe sparsities (fraction of a layer's units removed) of the KL layer sensitivity; the
+#: authors' code probes budget ``TAP_BUDGETS[i]`` at ``PROBE_SPARSITIES[i]`` alone.
 PROBE_SPARSITIES = (0.9, 0.8, 0.7, 0.6, 0.5)
+#: Token positions per HSIC sample in the project's TAP importance (the authors' code: all).
+TAP_TOKENS = 32
+#: Criteria whose authors' code has a ``variant="reference"`` here.
+VARIANT_CRITERIA = ("tap", "toast", "toast_heads")
 
 _VIT = ("a timm VisionTransformer (patch_embed, _pos_embed, blocks of timm Attention or "
         "surgery.SlimAttention + timm Mlp, norm, forward_head)")
@@ -227,14 +233,15 @@ def _minmax(v: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- HSIC
 
 def hsic_rbf(x: Tensor, grams: Tensor, bandwidths: Sequence[float] = (1, 2, 4, 8, 16),
-             max_elements: int = 1 << 22) -> Tensor:
+             max_elements: int = 1 << 22, scale_by_dim: bool = True) -> Tensor:
     """Biased HSIC of every channel's activations with several targets, all channels at once.
 
     For channel ``c`` with samples ``x_c`` ``[n, d]`` and a target Gram matrix ``G``:
     ``HSIC = sum_sigma <K_sigma, G> / (n - 1)^2`` with the RBF kernel
     ``K_sigma[i, j] = exp(-|x_ci - x_cj|^2 / (2 sigma^2 d))`` (the HSIC-bottleneck convention:
-    the variance grows with the feature count ``d``) and ``G = (H Z)(H Z)^T``, the centred linear
-    kernel of the target ``Z``. Since ``tr(K H L H) = <K, (H Z)(H Z)^T>``, ``K`` itself needs no
+    the variance grows with the feature count ``d``; ``scale_by_dim=False`` drops the ``d``, as
+    the TAP-ViTs code does) and ``G = (H Z)(H Z)^T``, the centred linear kernel of the target
+    ``Z`` (or any centred Gram matrix, e.g. :func:`rbf_gram`). Since ``tr(K H L H) = <K, (H Z)(H Z)^T>``, ``K`` itself needs no
     centring, and one ``[C, n, n]`` kernel stack serves every target. Exponents are clipped at
     -80 so no subnormal floats (slow on x86) ever appear; the clipped values are below 2e-35.
 
@@ -243,6 +250,7 @@ def hsic_rbf(x: Tensor, grams: Tensor, bandwidths: Sequence[float] = (1, 2, 4, 8
         grams: centred target Gram matrices ``[T, n, n]``.
         bandwidths: RBF bandwidths sigma.
         max_elements: kernel entries per vectorised step (memory ~ 3 x 4 bytes each).
+        scale_by_dim: divide the squared distance by ``d`` (project) or not (TAP-ViTs' code).
 
     Returns:
         ``[C, T]``: HSIC of each channel with each target, summed over bandwidths.
@@ -266,10 +274,24 @@ def hsic_rbf(x: Tensor, grams: Tensor, bandwidths: Sequence[float] = (1, 2, 4, 8
         acc = torch.zeros_like(dist)
         e = torch.empty_like(dist)
         for s in bandwidths:
-            torch.mul(dist, -1.0 / (2 * s * s * d), out=e)
+            torch.mul(dist, -1.0 / (2 * s * s * (d if scale_by_dim else 1)), out=e)
             acc.add_(e.clamp_(min=-80).exp_())
         out[c0:c0 + len(xc)] = acc.reshape(len(xc), n * n) @ gram
     return out / max(n - 1, 1) ** 2
+
+
+def rbf_gram(z: Tensor, bandwidths: Sequence[float] = (1, 2, 4, 8, 16)) -> Tensor:
+    """Centred multi-bandwidth RBF Gram matrix ``H (sum_sigma K_sigma) H`` ``[n, n]`` of a target
+    ``z`` ``[n, q]``, ``K_sigma[i, j] = exp(-|z_i - z_j|^2 / (2 sigma^2))`` (no division by ``q``):
+    the redundancy target of TAP-ViTs' code (its layer or head mean activation)."""
+    if z.dim() == 1:
+        z = z[:, None]
+    z = z.double()
+    sq = z.square().sum(-1)
+    dist = (sq[:, None] + sq[None, :] - 2 * z @ z.t()).clamp_(min=0)
+    k = sum(torch.exp(-dist / (2 * s * s)) for s in bandwidths)
+    k = k - k.mean(0, keepdim=True)
+    return (k - k.mean(1, keepdim=True)).float()
 
 
 def centred_gram(z: Tensor) -> Tensor:
@@ -296,11 +318,12 @@ def tap_importance(
     model: nn.Module,
     x: Tensor,
     *,
-    tokens: Optional[int] = 32,
+    tokens: Optional[int] = TAP_TOKENS,
     batch_size: int = 64,
     bandwidths: Sequence[float] = (1, 2, 4, 8, 16),
     weights: Mapping[str, tuple[float, float, float]] = TAP_WEIGHTS,
     seed: int = 0,
+    variant: str = "project",
 ) -> UnitScores:
     """TAP-ViTs composite importance of every MLP hidden channel and attention channel.
 
@@ -319,7 +342,14 @@ def tap_importance(
 
     Each term is min-max normalised within its layer and
     ``score = w_rel * rel + w_red * (1 - red) + w_act * act`` (:data:`TAP_WEIGHTS`: MLP
-    0.1 / 0.1 / 0.8, attention 0.8 / 0.1 / 0.1). Attention channel ``(h, d)``'s activation is
+    0.1 / 0.1 / 0.8, attention 0.8 / 0.1 / 0.1).
+
+    ``variant="reference"`` computes what the authors' code does (``dependency_criterion.py``,
+    ``mlp_neuron_rank`` / ``attn_head_rank``): every token position (``tokens`` must be left at
+    its default), RBF kernels ``exp(-d^2 / (2 sigma^2))`` without the division by the feature
+    count, the redundancy target under the same multi-bandwidth RBF kernel instead of a linear
+    one, and the three terms min-max normalised *per batch*, mixed, and the mixed scores summed
+    over batches (the project averages the raw terms over batches and normalises once). Attention channel ``(h, d)``'s activation is
     the attention output entering ``proj``. All channels of a layer are computed together; the
     cost is ``O(batch_size^2 * tokens)`` per channel and batch, memory one batch of activations.
 
@@ -331,13 +361,21 @@ def tap_importance(
         bandwidths: RBF bandwidths sigma.
         weights: ``{"mlp": (w_rel, w_red, w_act), "attn": (...)}``.
         seed: seed of the token positions.
+        variant: ``"project"`` or ``"reference"`` (see above).
 
     Returns:
         :class:`UnitScores` with ``"mlp"``, ``"attn"``, ``"heads"`` (mean of the head's channel
-        scores) and the normalised components ``rel``/``red``/``act``.
+        scores) and the normalised components ``rel``/``red``/``act`` (reference: each the mean
+        over batches of its per-batch normalised values).
     """
     blocks = _check_model(model)
     x = _check_images(x)
+    reference = variants.check(variant) == "reference"
+    if reference:
+        if tokens not in (None, TAP_TOKENS):
+            raise ValueError(f"tokens={tokens}: the reference variant uses every token, as the "
+                             "authors' code does; leave tokens at its default")
+        tokens = None
     if tokens is not None:
         tokens = _check_int(tokens, "tokens")
     batch_size = _check_int(batch_size, "batch_size", 2)
@@ -355,10 +393,15 @@ def tap_importance(
     rel: dict[tuple[int, str], Tensor] = {}
     red: dict[tuple[int, str], Tensor] = {}
     cur: dict[tuple[int, str], Tensor] = {}
+    comp_act: dict[tuple[int, str], Tensor] = {}  # reference: mean of per-batch normalised act
+    total: dict[tuple[int, str], Tensor] = {}  # reference: composite summed over batches
 
     def record(i: int, kind: str, a: Tensor) -> None:
         s = a.abs().sum(dim=(0, 1)).float().cpu()
-        act[(i, kind)] = act[(i, kind)] + s if (i, kind) in act else s
+        if reference:  # this batch's activation term, normalised with the batch's other terms
+            act[(i, kind)] = s
+        else:
+            act[(i, kind)] = act[(i, kind)] + s if (i, kind) in act else s
         cur[(i, kind)] = a[:, pos.to(a.device)].float().cpu()  # [b, t, C]
 
     # Equal-sized sample sets (no tiny last batch with a noisy HSIC estimate).
@@ -375,47 +418,64 @@ def tap_importance(
                 for kind in ("mlp", "attn"):
                     a = cur.pop((i, kind))  # [n, t, C]
                     C = a.shape[-1]
+                    target = (lambda z: rbf_gram(z, bandwidths)) if reference else centred_gram
                     if kind == "mlp":
-                        grams = [g_out, centred_gram(a.mean(-1))]
+                        grams = [g_out, target(a.mean(-1))]
                     else:
                         hm = a.reshape(*a.shape[:2], H, dv).mean(-1)  # [n, t, H] head means
-                        grams = [g_out] + [centred_gram(hm[..., j]) for j in range(H)]
-                    hs = hsic_rbf(a.permute(2, 0, 1), torch.stack(grams), bandwidths)  # [C, T]
+                        grams = [g_out] + [target(hm[..., j]) for j in range(H)]
+                    hs = hsic_rbf(a.permute(2, 0, 1), torch.stack(grams), bandwidths,
+                                  scale_by_dim=not reference)  # [C, T]
                     if kind == "mlp":
                         r = hs[:, 1]
                     else:
                         per_head = hs[:, 1:]  # [C, H]
                         own = per_head[torch.arange(C), torch.arange(C) // dv]
                         r = (per_head.sum(1) - own) / max(H - 1, 1)
-                    rel[(i, kind)] = rel.get((i, kind), 0) + hs[:, 0] / len(batches)
-                    red[(i, kind)] = red.get((i, kind), 0) + r / len(batches)
+                    if reference:  # normalise and mix within the batch, sum over batches
+                        terms = (_minmax(hs[:, 0]), _minmax(r), _minmax(act[(i, kind)]))
+                        w_rel, w_red, w_act = weights[kind]
+                        mixed = w_rel * terms[0] + w_red * (1 - terms[1]) + w_act * terms[2]
+                        total[(i, kind)] = total.get((i, kind), 0) + mixed
+                        for key, t in zip(("rel", "red", "act_n"), terms):
+                            store = {"rel": rel, "red": red, "act_n": comp_act}[key]
+                            store[(i, kind)] = store.get((i, kind), 0) + t / len(batches)
+                    else:
+                        rel[(i, kind)] = rel.get((i, kind), 0) + hs[:, 0] / len(batches)
+                        red[(i, kind)] = red.get((i, kind), 0) + r / len(batches)
     out_blocks, comps = [], []
     for i, block in enumerate(blocks):
         H, _, dv = _geometry(block.attn)
         scores, comp = {}, {}
         for kind in ("mlp", "attn"):
-            terms = (_minmax(rel[(i, kind)]), _minmax(red[(i, kind)]), _minmax(act[(i, kind)]))
-            w_rel, w_red, w_act = weights[kind]
-            total = w_rel * terms[0] + w_red * (1 - terms[1]) + w_act * terms[2]
+            if reference:
+                terms = (rel[(i, kind)], red[(i, kind)], comp_act[(i, kind)])
+                mixed = total[(i, kind)]
+            else:
+                terms = (_minmax(rel[(i, kind)]), _minmax(red[(i, kind)]), _minmax(act[(i, kind)]))
+                w_rel, w_red, w_act = weights[kind]
+                mixed = w_rel * terms[0] + w_red * (1 - terms[1]) + w_act * terms[2]
             comp.update({f"{kind}_rel": terms[0], f"{kind}_red": terms[1], f"{kind}_act": terms[2]})
-            scores[kind] = total if kind == "mlp" else total.reshape(H, dv)
+            scores[kind] = mixed if kind == "mlp" else mixed.reshape(H, dv)
         scores["heads"] = scores["attn"].mean(1)
         out_blocks.append(scores)
         comps.append(comp)
     info = {"images": len(x), "tokens": len(pos), "batch_size": batch_size,
             "batches": len(batches), "bandwidths": list(bandwidths), "seed": seed,
-            "forward_seconds": t_fwd, "seconds": time.perf_counter() - t0}
+            "variant": variant, "forward_seconds": t_fwd, "seconds": time.perf_counter() - t0}
     return UnitScores("tap", out_blocks, comps, info)
 
 
 
 # ----------------------------------------------------------------------------- weight criteria
 
-def _attn_parts(attn: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int, int]:
-    """q, k, v weights ``[H, D, C]`` (bias appended as a column) and proj columns ``[H, Dv, C']``."""
+def _attn_parts(attn: nn.Module, bias: bool = True
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int, int]:
+    """q, k, v weights ``[H, D, C]`` (``bias``: the qkv bias appended as a column, ``[H, D, C + 1]``)
+    and proj columns ``[H, Dv, C']``."""
     H, dq, dv = _geometry(attn)
     w = attn.qkv.weight.detach()
-    if attn.qkv.bias is not None:
+    if bias and attn.qkv.bias is not None:
         w = torch.cat([w, attn.qkv.bias.detach()[:, None]], 1)
     q, k, v = w.split([H * dq, H * dq, H * dv], 0)
     o = attn.proj.weight.detach().t()  # [H*dv, C_out]
@@ -423,10 +483,10 @@ def _attn_parts(attn: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor, int, i
             o.reshape(H, dv, -1), H, dq, dv)
 
 
-def _mlp_parts(mlp: nn.Module) -> Tensor:
-    """Per hidden channel: its fc1 row (+ bias) and fc2 column, ``[M, 2C + 1]``."""
+def _mlp_parts(mlp: nn.Module, bias: bool = True) -> Tensor:
+    """Per hidden channel: its fc1 row (+ bias if ``bias``) and fc2 column, ``[M, 2C (+ 1)]``."""
     w1 = mlp.fc1.weight.detach()
-    if mlp.fc1.bias is not None:
+    if bias and mlp.fc1.bias is not None:
         w1 = torch.cat([w1, mlp.fc1.bias.detach()[:, None]], 1)
     return torch.cat([w1, mlp.fc2.weight.detach().t()], 1)
 
@@ -459,40 +519,53 @@ def magnitude_scores(model: nn.Module, p: int = 2) -> UnitScores:
     return UnitScores(f"magnitude_l{p}", out, info={"p": p})
 
 
-def _median_distance(rows: Tensor) -> Tensor:
-    """L2 distance of each row ``[R, F]`` from the column-wise median (the mean of the two middle
-    values for an even count); works on a leading batch dimension too."""
-    med = rows.quantile(0.5, dim=-2, keepdim=True) if rows.shape[-2] > 1 else rows
+def _median_distance(rows: Tensor, lower: bool = False) -> Tensor:
+    """L2 distance of each row ``[R, F]`` from the column-wise median; works on a leading batch
+    dimension too. For an even count the median is the mean of the two middle values, or with
+    ``lower`` the lower of them (``torch.median``, as ToaSt's code uses)."""
+    if rows.shape[-2] == 1:
+        med = rows
+    elif lower:
+        med = rows.median(dim=-2, keepdim=True).values
+    else:
+        med = rows.quantile(0.5, dim=-2, keepdim=True)
     return (rows - med).norm(dim=-1)
 
 
-def toast_scores(model: nn.Module) -> UnitScores:
+def toast_scores(model: nn.Module, variant: str = "project") -> UnitScores:
     """ToaSt's geometric-median criterion, from weights only.
 
-    Per head: ``[Q_h | K_h]`` stacked as ``[D, 2C]`` (row d = query and key weights of dimension
-    d) and ``[V_h | O_h^T]`` as ``[D, 2C]``; a row's score is its L2 distance from the stack's
-    column-wise median (far from the median = not replaceable by the others = keep).
-    ``"heads"``: each head's flattened ``[Q; K; V; O^T]`` against the median head. ``"mlp"``
-    extends the same rule to MLP channels (``[fc1 row | fc2 column]``), so ToaSt can be held to
-    the same parameter budget as the other criteria; ToaSt itself leaves the MLP to Token
-    Channel Selection. ``"attn"`` = ``(qk + vo) / 2``.
+    Per head: ``[Q_h | b_q | K_h | b_k]`` stacked as ``[D, 2C + 2]`` (row d = query and key
+    weights of dimension d, each followed by its bias where qkv has one; ``[D, 2C]`` without) and
+    ``[V_h | b_v | O_h^T]`` as ``[D, 2C + 1]``; a row's score is its L2 distance from the stack's
+    column-wise median, the mean of the two middle values for an even count (far from the
+    median = not replaceable by the others = keep). ``"heads"``: each head's flattened
+    ``[Q; K; V; O^T]`` against the median head. ``"mlp"`` extends the same rule to MLP channels
+    (``[fc1 row | fc1 bias | fc2 column]``), so ToaSt can be held to the same parameter budget as
+    the other criteria; ToaSt itself leaves the MLP to Token Channel Selection. ``"attn"`` =
+    ``(qk + vo) / 2``.
+
+    ``variant="reference"`` follows ToaSt's code (``toast/importance.py``, ``gm_score``): rows
+    without bias columns (``[D, 2C]``) and the lower middle value as the median for an even
+    count (``torch.median``); the ``"heads"`` and ``"mlp"`` extensions use the same rules.
     """
     blocks = _check_model(model)
+    reference = variants.check(variant) == "reference"
     out = []
     for block in blocks:
-        q, k, v, o, H, dq, dv = _attn_parts(block.attn)
+        q, k, v, o, H, dq, dv = _attn_parts(block.attn, bias=not reference)
         if v.shape[-1] != q.shape[-1]:
             raise ValueError("toast_scores: q and v rows have different widths")
-        qk = _median_distance(torch.cat([q, k], -1))  # [H, dq]
-        vo = _median_distance(torch.cat([v, o], -1))
+        qk = _median_distance(torch.cat([q, k], -1), reference)  # [H, dq]
+        vo = _median_distance(torch.cat([v, o], -1), reference)
         heads = _median_distance(torch.cat([q.flatten(1), k.flatten(1), v.flatten(1),
-                                            o.flatten(1)], 1)[None])[0]
-        mlp = _median_distance(_mlp_parts(block.mlp))
+                                            o.flatten(1)], 1)[None], reference)[0]
+        mlp = _median_distance(_mlp_parts(block.mlp, bias=not reference), reference)
         entry = {"mlp": mlp, "qk": qk, "vo": vo, "heads": heads}
         if dq == dv:
             entry["attn"] = (qk + vo) / 2
         out.append({key: val.float().cpu() for key, val in entry.items()})
-    return UnitScores("toast", out)
+    return UnitScores("toast", out, info={"variant": variant})
 
 
 def random_scores(model: nn.Module, seed: int = 0) -> UnitScores:
@@ -604,6 +677,39 @@ class _Blocks(nn.Module):
         self.blocks = nn.ModuleList([block])
 
 
+def probe_sparsity(budget: tuple[float, float]) -> float:
+    """The one probe sparsity the authors' code pairs with a budget: ``TAP_BUDGETS[i]`` ->
+    ``PROBE_SPARSITIES[i]`` (0.9 for the mildest budget ... 0.5 for the harshest).
+
+    Raises:
+        ValueError: ``budget`` is not one of :data:`TAP_BUDGETS` (the code defines no other pair).
+    """
+    m, a = _check_budget(budget)
+    for b, s in zip(TAP_BUDGETS, PROBE_SPARSITIES):
+        if abs(b[0] - m) < 1e-9 and abs(b[1] - a) < 1e-9:
+            return s
+    raise ValueError(f"budget ({m}, {a}) is not one of TAP_BUDGETS {TAP_BUDGETS}: the authors' code "
+                     "pairs a probe sparsity with those five budgets only")
+
+
+def _masked_attn_probe(block: nn.Module, scores: Mapping[str, Tensor], sparsity: float) -> nn.Module:
+    """A copy of ``block`` whose attention keeps the ``int(H * D * (1 - sparsity))`` best channels
+    of the whole layer (heads may keep different numbers), the others' q, k and v rows zeroed:
+    exactly the authors' 0/1 gate on q, k and v."""
+    probe = copy.deepcopy(block)
+    H, dq, dv = _geometry(probe.attn)
+    flat = scores.get("attn", scores.get("qk")).flatten()
+    keep = max(1, int(H * dv * (1 - sparsity)))
+    drop = torch.ones(H * dv, dtype=torch.bool)
+    drop[flat.topk(keep).indices] = False
+    rows = torch.cat([drop, drop, drop]).to(probe.attn.qkv.weight.device)  # q | k | v rows
+    with torch.no_grad():
+        probe.attn.qkv.weight[rows] = 0
+        if probe.attn.qkv.bias is not None:
+            probe.attn.qkv.bias[rows] = 0
+    return probe
+
+
 @torch.no_grad()
 def layer_sensitivity(
     model: nn.Module,
@@ -613,6 +719,7 @@ def layer_sensitivity(
     sparsities: Sequence[float] = PROBE_SPARSITIES,
     batch_size: int = 64,
     max_images: Optional[int] = None,
+    variant: str = "project",
 ) -> dict[str, Any]:
     """TAP-ViTs adaptive layer importance: KL(dense || pruned) summed over probe sparsities.
 
@@ -623,6 +730,13 @@ def layer_sensitivity(
     sparsities. Work is shared: the dense tokens entering block ``i`` are cached, so a probe
     runs only blocks ``i..L-1``, and the probed layer is a physically pruned copy of the block.
 
+    ``variant="reference"`` computes what the authors' code does (``dependency_criterion.py``,
+    ``layer_rank`` and ``kl_divergence``): pass the budget's one probe sparsity
+    (``sparsities=(probe_sparsity(budget),)``); a probe keeps ``int(M * (1 - s))`` MLP channels,
+    and the ``int(H * D * (1 - s))`` best attention channels of the *whole layer* (zeroed, not
+    per head); per batch of ``B`` images the divergence is KL(pruned || dense) of the softmax
+    outputs each divided by their batch total, i.e. ``sum_images KL / B^2``, summed over batches.
+
     Args:
         model: timm ViT.
         x: metric set ``[N, 3, H, W]``.
@@ -631,12 +745,14 @@ def layer_sensitivity(
         sparsities: fractions removed, each in (0, 1).
         batch_size: images per forward.
         max_images: use only the first ``max_images`` images (None: all).
+        variant: ``"project"`` or ``"reference"`` (see above).
 
     Returns:
         ``{"mlp": [L], "attn": [L]}`` summed KL (nats), plus ``"seconds"``.
     """
     blocks = _check_model(model)
     x = _check_images(x)
+    reference = variants.check(variant) == "reference"
     batch_size = _check_int(batch_size, "batch_size")
     if len(scores) != len(blocks):
         raise ValueError(f"scores hold {len(scores)} blocks, the model has {len(blocks)}")
@@ -662,19 +778,27 @@ def layer_sensitivity(
             M = block.mlp.fc1.out_features
             for kind in ("mlp", "attn"):
                 for s in sparsities:
-                    if kind == "mlp":
-                        entry = {"mlp": surgery.keep_top(scores[i]["mlp"], max(1, M - round(s * M)))}
+                    if reference and kind == "attn":
+                        probe = _masked_attn_probe(block, scores[i], s)
                     else:
-                        entry = _attn_keep_for(block, scores[i], max(1, dv - round(s * dv)))
-                    probe = surgery.apply_plan(_Blocks(copy.deepcopy(block)), {0: entry}).blocks[0]
+                        if kind == "mlp":
+                            k = max(1, int(M * (1 - s))) if reference else max(1, M - round(s * M))
+                            entry = {"mlp": surgery.keep_top(scores[i]["mlp"], k)}
+                        else:
+                            entry = _attn_keep_for(block, scores[i], max(1, dv - round(s * dv)))
+                        probe = surgery.apply_plan(_Blocks(copy.deepcopy(block)), {0: entry}).blocks[0]
                     total = 0.0
                     for h, lp in zip(hs, logp):
                         h = probe(h)
                         for b in blocks[i + 1:]:
                             h = b(h)
                         lq = _finish(model, h).float().log_softmax(-1)
-                        total += F.kl_div(lq, lp, log_target=True, reduction="sum").item()
-                    kl[kind][i] += total / len(x)
+                        if reference:  # KL(pruned || dense) of batch-normalised outputs
+                            n = len(lq)
+                            total += F.kl_div(lp, lq, log_target=True, reduction="sum").item() / n ** 2
+                        else:
+                            total += F.kl_div(lq, lp, log_target=True, reduction="sum").item()
+                    kl[kind][i] += total if reference else total / len(x)
             hs = [block(h) for h in hs]  # advance the cache past block i
     kl["seconds"] = time.perf_counter() - t0
     return kl
@@ -733,20 +857,36 @@ def keep_ratios(weights: Sequence[float] | Tensor, keep_target: float,
 
 
 def adaptive_ratios(sensitivity: Mapping[str, Tensor], budget: tuple[float, float],
-                    alpha: float = 1.1) -> dict[str, Tensor]:
+                    alpha: float = 1.1, variant: str = "project") -> dict[str, Tensor]:
     """TAP-ViTs keep ratios: ``keep_i = L * keep_target * softmax(alpha * KL)_i``, clipped to
-    [0, 1] with the clipped excess redistributed (:func:`keep_ratios`).
+    [0, 1] with the clipped excess redistributed (:func:`keep_ratios`), so the ratios average to
+    ``keep_target`` exactly.
+
+    ``variant="reference"`` follows the authors' code (``normalized_layer_rank`` and
+    ``rank_to_ratio``): ``w = exp(alpha * KL) / sum(exp(alpha * KL))`` (no max subtraction),
+    ``keep_i = w_i * L * keep_target / sum(w)`` clipped to [0, 1] with nothing redistributed, so
+    the mean falls below the target wherever a layer was clipped.
 
     Args:
         sensitivity: ``{"mlp": [L], "attn": [L]}`` from :func:`layer_sensitivity`.
         budget: ``(mlp_keep, attn_keep)``.
         alpha: softmax temperature factor (the paper: 1.1).
+        variant: ``"project"`` or ``"reference"``.
     """
     m, a = _check_budget(budget)
+    reference = variants.check(variant) == "reference"
     out = {}
     for kind, target in (("mlp", m), ("attn", a)):
         kl = torch.as_tensor(sensitivity[kind], dtype=torch.float64)
-        out[kind] = keep_ratios(torch.softmax(alpha * kl, 0), target)
+        if reference:
+            e = torch.exp(alpha * kl)
+            if not torch.isfinite(e).all():
+                raise ValueError(f"exp({alpha} * KL) overflows for {kind} KL {kl.tolist()}; the "
+                                 "authors' formula has no max subtraction (use variant='project')")
+            w = e / e.sum()
+            out[kind] = (w * len(w) * target / w.sum()).clamp(0, 1)
+        else:
+            out[kind] = keep_ratios(torch.softmax(alpha * kl, 0), target)
     return out
 
 
@@ -819,6 +959,7 @@ def make_plan(
     attn_unit: Optional[str] = None,
     layer_ratios: Optional[Mapping[str, Sequence[float]]] = None,
     attn_dense_blocks: Optional[Sequence[int]] = None,
+    variant: str = "project",
 ) -> dict[int, dict[str, Tensor]]:
     """Scores + budget -> a plan for :func:`vitprune_lite.surgery.apply_plan`.
 
@@ -827,7 +968,15 @@ def make_plan(
     ``"qk"`` and v/o dims by ``"vo"`` scores where a criterion has them, else by ``"attn"``) or
     its top ``d_i`` heads (``attn_unit="heads"``). Counts come from :func:`allocate_counts`, so
     the model keeps exactly ``round(mlp_keep * all MLP channels)`` channels and
-    ``round(attn_keep * all per-head dims)`` dims (or heads) in total.
+    ``round(attn_keep * all per-head dims)`` dims (or heads) in total; dense blocks keep every
+    unit and the others share what is left (an error if too little is left for one unit each).
+
+    ``variant="reference"`` counts as the authors' code does: every layer keeps
+    ``max(1, floor(ratio_i * size_i))`` units on its own, with no global total to meet; ToaSt's
+    (``toast/weight_pruning.py``) keeps ``floor(D * attn_keep)`` dims per head in every block but
+    the dense ones, which therefore do not make the others prune more. TAP-ViTs' code gates the
+    best attention channels of the whole layer (heads keep unequal numbers); surgery re-packs
+    heads densely, so here every head keeps the same ``floor(D * ratio_i)``.
 
     Args:
         model: the model the scores belong to.
@@ -839,13 +988,15 @@ def make_plan(
             :func:`adaptive_ratios`); default: uniform.
         attn_dense_blocks: blocks whose attention stays dense (default from
             :data:`PLAN_DEFAULTS`: ToaSt ``(0,)``, else none); the others prune more so the total
-            still meets ``attn_keep``.
+            still meets ``attn_keep`` (project variant).
+        variant: ``"project"`` or ``"reference"`` (see above).
 
     Returns:
         ``{block: {"mlp": [k_i], "qk": [H, d_i], "vo": [H, d_i]}}`` or with ``"heads"``.
     """
     blocks = _check_model(model)
     m, a = _check_budget(budget)
+    reference = variants.check(variant) == "reference"
     L = len(blocks)
     defaults = PLAN_DEFAULTS.get(scores.criterion, {})
     attn_unit = attn_unit if attn_unit is not None else defaults.get("attn_unit", "dims")
@@ -861,6 +1012,9 @@ def make_plan(
     if layer_ratios is not None:
         r_mlp = _ratios_arg(layer_ratios["mlp"], L, "layer_ratios['mlp']")
         r_attn = _ratios_arg(layer_ratios["attn"], L, "layer_ratios['attn']")
+    elif reference:
+        r_mlp = torch.full((L,), m, dtype=torch.float64)
+        r_attn = torch.full((L,), a, dtype=torch.float64)
     else:
         r_mlp = keep_ratios(torch.ones(L), m)
         r_attn = keep_ratios(torch.ones(L), a, fixed={i: 1.0 for i in dense})
@@ -869,9 +1023,27 @@ def make_plan(
         raise ValueError("attn_unit='dims' needs equal q/k and v widths per head; the model was "
                          "already pruned unevenly")
     n_mlp = [b.mlp.fc1.out_features for b in blocks]
-    k_mlp = allocate_counts(r_mlp, n_mlp)
     n_attn = [g[0] if attn_unit == "heads" else g[2] for g in geo]
-    k_attn = allocate_counts(r_attn, n_attn)
+    if reference:
+        def floor_counts(r: Tensor, n: Sequence[int]) -> Tensor:
+            n_t = torch.as_tensor(list(n), dtype=torch.float64)
+            return torch.floor(r * n_t + 1e-9).clamp(min=1).minimum(n_t).long()
+        k_mlp = floor_counts(r_mlp, n_mlp)
+        k_attn = floor_counts(r_attn, n_attn)
+    else:
+        k_mlp = allocate_counts(r_mlp, n_mlp)
+        # Dense blocks are fixed first, so a harsh budget can never take units from them.
+        free = [i for i in range(L) if i not in dense]
+        k_attn = torch.as_tensor(n_attn, dtype=torch.long).clone()
+        if free:
+            left = float((r_attn[free] * torch.as_tensor([n_attn[i] for i in free], dtype=torch.float64)).sum())
+            if math.floor(left + 0.5 + 1e-9) < len(free):
+                raise ValueError(f"attn_keep {a} leaves {left:.2f} attention units for the {len(free)} "
+                                 f"blocks outside the dense blocks {dense}: each needs at least 1; "
+                                 "raise attn_keep or make fewer blocks dense")
+            k_attn[free] = allocate_counts(r_attn[free], [n_attn[i] for i in free])
+    for i in dense:
+        k_attn[i] = n_attn[i]
     plan: dict[int, dict[str, Tensor]] = {}
     for i, block in enumerate(blocks):
         entry: dict[str, Tensor] = {}

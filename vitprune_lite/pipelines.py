@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import gmm, importance, latency, measure, models, peers, surgery, tcs, tokens
+from . import gmm, importance, latency, measure, models, peers, surgery, tcs, tokens, variants
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,7 @@ def prune_and_recover(
     score_options: Optional[Mapping[str, Any]] = None,
     sens_images: Optional[int] = None,
     cache: Optional[dict] = None,
+    variant: str = "project",
     **recovery: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The shared core: score on the metric set, prune, then :func:`recover`.
@@ -241,6 +242,9 @@ def prune_and_recover(
         cache: optional dict kept by the caller: scores and layer sensitivities computed for the
             same model, criterion, metric set and options are reused from it (budgets and
             recovery seeds then cost no rescoring).
+        variant: ``"project"`` or ``"reference"`` (the authors' code: scores, layer
+            sensitivity at the budget's one probe sparsity, ratios and counts; criteria in
+            :data:`vitprune_lite.importance.VARIANT_CRITERIA` only).
         **recovery: passed to :func:`recover` (``ft_steps``, ``ft_batch``, ``ft_lr``,
             ``val_fraction``, ``seed``, ``progress``).
 
@@ -256,26 +260,39 @@ def prune_and_recover(
     if len(metric_idx) < 2:
         raise ValueError(f"the metric set needs at least 2 images, got {len(metric_idx)}")
     options = dict(score_options or {})
+    reference = variants.check(variant) == "reference"
+    sparsities = importance.PROBE_SPARSITIES
+    if reference:
+        if criterion not in importance.VARIANT_CRITERIA:
+            raise ValueError(f"variant='reference' exists for criteria {importance.VARIANT_CRITERIA}, "
+                             f"not {criterion!r} (no published code to follow)")
+        options["variant"] = "reference"
+        if adaptive:
+            sparsities = (importance.probe_sparsity(budget),)
     t0 = time.perf_counter()
     x_metric, y_metric = public.x[metric_idx], public.y[metric_idx]
     key = _cache_key(base, criterion, x_metric, y_metric, adaptive, sens_images, options)
+    if reference:  # the reference sensitivity depends on the budget's probe sparsity
+        key = key + (sparsities,)
     hit = cache is not None and key in cache
     if hit:
         scores, sens = cache[key]
     else:
         scores = importance.score(base, criterion, x_metric, y_metric, **options)
-        sens = importance.layer_sensitivity(base, x_metric, scores, max_images=sens_images) if adaptive else None
+        sens = importance.layer_sensitivity(base, x_metric, scores, max_images=sens_images,
+                                            sparsities=sparsities, variant=variant) if adaptive else None
         if cache is not None:
             cache[key] = (scores, sens)
-    ratios = importance.adaptive_ratios(sens, budget, alpha) if adaptive else None
+    ratios = importance.adaptive_ratios(sens, budget, alpha, variant=variant) if adaptive else None
     t1 = time.perf_counter()
-    model = importance.prune_copy(base, importance.make_plan(base, scores, budget, layer_ratios=ratios))
+    model = importance.prune_copy(base, importance.make_plan(base, scores, budget, layer_ratios=ratios,
+                                                             variant=variant))
     model, rec = recover(model, public, finetune_idx, **recovery)
     t2 = time.perf_counter()
     report = {
         "criterion": criterion, "budget": list(budget),
         "block_params_kept_target": importance.block_param_fraction(*budget),
-        "adaptive": adaptive,
+        "adaptive": adaptive, "variant": variant,
         "layer_keep": {k: v.tolist() for k, v in ratios.items()} if ratios else None,
         "n_metric": int(len(metric_idx)), **rec, **size_report(base, model, public.x[:1]),
         "seconds": {"score_and_ratios": t1 - t0, "scores_cached": hit, "prune_and_recover": t2 - t1},
@@ -357,7 +374,8 @@ def toast(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_fine
     Args:
         tcs_fc1, tcs_fc2: TCS drop fractions per block (one number or ``[depth]``); both 0
             gives plain coupled pruning.
-        **options: passed to :func:`recover` (``ft_steps``, ``seed``, ...).
+        **options: passed to :func:`prune_and_recover` (``ft_steps``, ``seed``, ``variant``, ...);
+            ``variant="reference"`` also installs ToaSt's reference TCS (:func:`vitprune_lite.tcs.patch`).
     """
     budget = _check_budget(request.budget)
     depth = len(importance._check_model(base))
@@ -366,9 +384,11 @@ def toast(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_fine
     model, report = prune_and_recover(base, public, sel.metric, sel.finetune, budget, criterion="toast",
                                       adaptive=False, **options)
     flops_no_tcs = report["flops"]
-    tcs.patch(model, fc1, fc2, mode="sample")
+    variant = options.get("variant", "project")
+    tcs.patch(model, fc1, fc2, mode="sample", variant=variant)
     report.update(selection="random", flops=measure.count_flops(model, public.x[:1]),
-                  flops_without_tcs=flops_no_tcs, tcs={"fc1": fc1, "fc2": fc2, "mode": "sample"})
+                  flops_without_tcs=flops_no_tcs,
+                  tcs={"fc1": fc1, "fc2": fc2, "mode": "sample", "variant": variant})
     return PrunedModel("toast", "*", model, report)
 
 

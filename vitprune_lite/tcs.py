@@ -20,6 +20,18 @@ Two modes:
   images, so an image's prediction depends on its batch-mates (and, with class-sorted
   evaluation batches, on their labels).
 
+Two variants (``variant=``, see :mod:`vitprune_lite.variants`):
+
+- ``"project"`` (default): the above, the kept count rounded, every block patchable, and the
+  ``fc1`` site scoring and gathering the ``norm2`` output (fc1's real input columns);
+- ``"reference"``: what ToaSt's code does (``toast/patch.py``, ``ToastBlock.forward``;
+  ``toast/token_channel.py``): the ``fc1`` site scores the *pre-norm residual stream* and zeroes
+  the dropped channels in the residual itself (``norm2`` and fc1 then run on every channel);
+  kept count ``int((1 - ratio) * C)`` (floor, at least 1); block 0 always dense; the patch term
+  from 2 % of the patches drawn with replacement; in ``"batch"`` mode the class attention is
+  averaged over the batch before it weights the patches. Patches are drawn once per block from
+  ``seed`` (the code redraws them on every forward from the global generator).
+
 The implementation gathers the kept channels and multiplies dense, smaller matrices (a
 per-image batched matmul in ``"sample"`` mode), so the saved FLOPs are really not computed and
 :func:`vitprune_lite.measure.count_flops` counts what runs, scoring overhead included. The class
@@ -39,16 +51,19 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import surgery
+from . import surgery, variants
 
 from timm.layers import Mlp  # noqa: E402  (after the package's torchvision shim)
 from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block
 
 __all__ = ["patch", "unpatch", "is_patched", "schedule", "settings", "channel_scores", "audit", "TCSMlp"]
 
 Ratios = Union[float, Sequence[float]]
 MODES = ("sample", "batch")
 IMPLS = ("gather", "mask")
+#: ToaSt's default share of patches sampled for the patch term (its ``DEFAULT_SAMPLE_RATIO``).
+REFERENCE_PATCH_FRACTION = 0.02
 
 
 def channel_scores(x: Tensor, cls_attn: Tensor, patches: Optional[Tensor] = None) -> Tensor:
@@ -89,6 +104,7 @@ class TCSMlp(Mlp):
     tcs_mode: str
     tcs_impl: str
     tcs_patches: Optional[Tensor]
+    tcs_variant: str
 
     # --------------------------------------------------------------- class attention capture
     def _tcs_capture(self, qkv: nn.Module, args: tuple, out: Tensor) -> None:
@@ -105,7 +121,17 @@ class TCSMlp(Mlp):
 
     # --------------------------------------------------------------- selection
     def _tcs_scores(self, x: Tensor, a: Tensor) -> Tensor:
+        if self.tcs_mode == "batch" and self.tcs_variant == "reference":
+            a = a.mean(0, keepdim=True).expand_as(a)  # ToaSt: batch-mean attention weights |x|
         return channel_scores(x, a, self.tcs_patches)
+
+    def _tcs_residual(self, x: Tensor) -> Tensor:
+        """Reference fc1 site: the residual stream ``x`` ``[B, N, C]`` with the channels outside
+        the top ``tcs_fc1_keep`` (scored on ``x`` itself) set to zero."""
+        idx = self._tcs_choose(self._tcs_scores(x, self.__dict__["_tcs_cls_attn"]), self.tcs_fc1_keep)
+        mask = torch.zeros(x.shape[0] if idx.dim() == 2 else 1, x.shape[-1], dtype=x.dtype, device=x.device)
+        mask.scatter_(-1, idx if idx.dim() == 2 else idx[None], 1.0)
+        return x * mask[:, None, :]
 
     def _tcs_choose(self, s: Tensor, keep: int) -> Tensor:
         """Kept channel indices, ascending: ``[B, keep]`` (sample) or ``[keep]`` (batch)."""
@@ -152,7 +178,7 @@ class TCSMlp(Mlp):
             raise RuntimeError("TCS: no class attention captured for this forward; the MLP must "
                                "run right after its block's attention (patched model, block "
                                "forward)")
-        if self.tcs_fc1_keep is not None:
+        if self.tcs_fc1_keep is not None and self.tcs_variant == "project":  # reference: block did it
             idx = self._tcs_choose(self._tcs_scores(x, a), self.tcs_fc1_keep)
             h = self._tcs_linear(x, self.fc1, idx, "_tcs_w1t")
         else:
@@ -167,7 +193,18 @@ class TCSMlp(Mlp):
 
     def extra_repr(self) -> str:
         return (f"tcs_fc1_keep={self.tcs_fc1_keep}, tcs_fc2_keep={self.tcs_fc2_keep}, "
-                f"mode={self.tcs_mode!r}, impl={self.tcs_impl!r}")
+                f"mode={self.tcs_mode!r}, impl={self.tcs_impl!r}, variant={self.tcs_variant!r}")
+
+
+class _TCSReferenceBlock(Block):
+    """A timm ``Block`` whose MLP input site follows ToaSt's code: channels are selected on the
+    residual stream after attention and zeroed there, before ``norm2`` (installed by :func:`patch`
+    with ``variant="reference"`` where an ``fc1`` ratio is set)."""
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        x = self.mlp._tcs_residual(x)
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 def _geometry(attn: nn.Module) -> tuple[int, int, int]:
@@ -194,9 +231,12 @@ def _ratio_list(value: Ratios, depth: int, what: str) -> list[float]:
     return vals
 
 
-def _keep(ratio: float, n: int, what: str) -> Optional[int]:
+def _keep(ratio: float, n: int, what: str, floor: bool = False) -> Optional[int]:
     if ratio == 0:
         return None
+    if floor:  # ToaSt's code: int(C * (1 - ratio)), at least 1
+        k = max(1, int(n * (1 - ratio)))
+        return k if k < n else None
     k = int(round((1 - ratio) * n))
     if k < 1:
         raise ValueError(f"{what}: ratio {ratio} would remove all {n} channels; keep at least 1 "
@@ -244,8 +284,9 @@ def patch(
     *,
     mode: str = "sample",
     impl: str = "gather",
-    patch_fraction: float = 1.0,
+    patch_fraction: Optional[float] = None,
     seed: Optional[int] = None,
+    variant: str = "project",
 ) -> nn.Module:
     """Install Token Channel Selection in place and return the model.
 
@@ -259,11 +300,20 @@ def patch(
             compute everything; a reference).
         patch_fraction: fraction of patch tokens used for the second score term, (0, 1]; below
             1 a ``seed`` is required and each block uses a fixed patch subset drawn from it.
+            Default: 1 (project), :data:`REFERENCE_PATCH_FRACTION` drawn with replacement
+            (reference; ``seed`` then defaults to 0).
         seed: seed of that subset.
+        variant: ``"project"`` or ``"reference"`` (ToaSt's code; see the module docstring).
+            The reference leaves block 0 dense whatever its ratios say.
 
     Blocks whose two ratios are 0 are not touched; patching again replaces earlier settings.
     """
     blocks = _blocks(model)
+    reference = variants.check(variant) == "reference"
+    if patch_fraction is None:
+        patch_fraction = REFERENCE_PATCH_FRACTION if reference else 1.0
+        if reference and seed is None:
+            seed = 0
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if impl not in IMPLS:
@@ -275,18 +325,27 @@ def patch(
                          "without one TCS stays deterministic and uses every patch")
     r1 = _ratio_list(fc1, len(blocks), "fc1")
     r2 = _ratio_list(fc2, len(blocks), "fc2")
+    if reference:
+        r1[0] = r2[0] = 0.0  # ToaSt's code never selects channels in block 0
+        if any(r > 0 for r in r1) and any(type(b) is not Block for b in blocks):
+            raise ValueError("the reference fc1 site replaces the block's forward; it needs plain "
+                             "timm Blocks (restore any token patch first)")
     n_patches = model.patch_embed.num_patches if hasattr(model.patch_embed, "num_patches") else None
     plans = []
     for i, b in enumerate(blocks):
-        k1 = _keep(r1[i], b.mlp.fc1.in_features, f"fc1[{i}]")
-        k2 = _keep(r2[i], b.mlp.fc2.in_features, f"fc2[{i}]")
+        k1 = _keep(r1[i], b.mlp.fc1.in_features, f"fc1[{i}]", floor=reference)
+        k2 = _keep(r2[i], b.mlp.fc2.in_features, f"fc2[{i}]", floor=reference)
         patches = None
         if (k1 or k2) and patch_fraction < 1:
             if n_patches is None:
                 raise ValueError("patch_fraction < 1 needs model.patch_embed.num_patches")
-            n = max(1, int(round(patch_fraction * n_patches)))
             g = torch.Generator().manual_seed(int(seed) * 1000 + i)
-            patches = torch.randperm(n_patches, generator=g)[:n].sort().values
+            if reference:  # ToaSt: max(1, int(P * fraction)) patches, drawn with replacement
+                n = max(1, int(n_patches * patch_fraction))
+                patches = torch.randint(0, n_patches, (n,), generator=g) if n < n_patches else None
+            else:
+                n = max(1, int(round(patch_fraction * n_patches)))
+                patches = torch.randperm(n_patches, generator=g)[:n].sort().values
         plans.append((k1, k2, patches))
     unpatch(model)  # checks done: from here on the model changes
     for b, (k1, k2, patches) in zip(blocks, plans):
@@ -296,8 +355,11 @@ def patch(
         mlp.__class__ = TCSMlp
         mlp.tcs_fc1_keep, mlp.tcs_fc2_keep = k1, k2
         mlp.tcs_mode, mlp.tcs_impl, mlp.tcs_patches = mode, impl, patches
+        mlp.tcs_variant = variant
         mlp.__dict__["_tcs_attn"] = b.attn  # plain attribute: not a submodule, not in state_dict
         b.attn.qkv.register_forward_hook(mlp._tcs_capture)
+        if reference and k1 is not None:
+            b.__class__ = _TCSReferenceBlock
     return model
 
 
@@ -309,9 +371,12 @@ def unpatch(model: nn.Module) -> nn.Module:
             for key, hook in list(qkv._forward_hooks.items()):
                 if getattr(hook, "__func__", None) is TCSMlp._tcs_capture:
                     del qkv._forward_hooks[key]
+        if type(b) is _TCSReferenceBlock:
+            b.__class__ = Block
         mlp = getattr(b, "mlp", None)
         if isinstance(mlp, TCSMlp):
-            for name in ("tcs_fc1_keep", "tcs_fc2_keep", "tcs_mode", "tcs_impl", "tcs_patches"):
+            for name in ("tcs_fc1_keep", "tcs_fc2_keep", "tcs_mode", "tcs_impl", "tcs_patches",
+                         "tcs_variant"):
                 mlp.__dict__.pop(name, None)
             for name in ("_tcs_attn", "_tcs_cls_attn", "_tcs_w1t", "_tcs_w2t"):
                 mlp.__dict__.pop(name, None)
@@ -320,14 +385,15 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 
 def settings(model: nn.Module) -> list[dict[str, Any]]:
-    """Per block: ``{"fc1_keep", "fc2_keep", "mode"}`` (None where TCS is not installed)."""
+    """Per block: ``{"fc1_keep", "fc2_keep", "mode", "variant"}`` (None where TCS is not installed)."""
     out = []
     for b in getattr(model, "blocks", []):
         m = b.mlp
         if isinstance(m, TCSMlp):
-            out.append({"fc1_keep": m.tcs_fc1_keep, "fc2_keep": m.tcs_fc2_keep, "mode": m.tcs_mode})
+            out.append({"fc1_keep": m.tcs_fc1_keep, "fc2_keep": m.tcs_fc2_keep, "mode": m.tcs_mode,
+                        "variant": m.tcs_variant})
         else:
-            out.append({"fc1_keep": None, "fc2_keep": None, "mode": None})
+            out.append({"fc1_keep": None, "fc2_keep": None, "mode": None, "variant": None})
     return out
 
 

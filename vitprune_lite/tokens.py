@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import paths  # noqa: F401  (torchvision compat shim before timm)
+from . import paths, variants  # noqa: F401  (paths: torchvision compat shim before timm)
 from .errors import InvalidValueError
 
 from timm.layers.attention import Attention
@@ -234,9 +234,10 @@ class _Plan:
 class _State:
     """Per-forward state shared by a patched model's blocks (ToMe's token sizes)."""
 
-    def __init__(self, method: str, proportional: bool) -> None:
+    def __init__(self, method: str, proportional: bool, variant: str = "project") -> None:
         self.method = method
         self.proportional = proportional
+        self.variant = variant  # "project" or "reference" (the authors' partition / score)
         self.size: Optional[Tensor] = None  # [B, N, 1] tokens merged into each token; None = all 1
         self.bias: Optional[Tensor] = None  # [B, 1, 1, N] log(size), the attention logit bias
 
@@ -270,11 +271,12 @@ class _ReducingBlock(Block):
         if plan.remove:
             prefix = self._tr_prefix
             if plan.method == "tome":
-                x, state.size = bipartite_merge(x, aux, plan.remove, prefix, state.size)
+                x, state.size = bipartite_merge(x, aux, plan.remove, prefix, state.size, state.variant)
                 if state.proportional:  # computed once per merge, used by every later block
                     state.bias = state.size.log().transpose(1, 2).unsqueeze(1)  # [B, 1, 1, N]
             elif plan.method == "pomt":
-                x = _keep_and_fuse(x, pomt_scores(*aux, prefix=prefix), plan.remove, prefix, None)
+                x = _keep_and_fuse(x, pomt_scores(*aux, prefix=prefix, variant=state.variant),
+                                   plan.remove, prefix, None)
             else:
                 score = aux.mean(1)[:, prefix:]  # [B, N - prefix]: CLS attention, mean over heads
                 fuse = score if plan.method == "evit" else None
@@ -341,12 +343,19 @@ def _attend(attn: Attention, x: Tensor, bias: Optional[Tensor], need: Optional[s
 # ----------------------------------------------------------------------------- the reductions
 
 def bipartite_merge(x: Tensor, metric: Tensor, r: int, prefix: int = 1,
-                    size: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                    size: Optional[Tensor] = None, variant: str = "project") -> tuple[Tensor, Tensor]:
     """ToMe's bipartite soft matching: merge the ``r`` most similar (A, B) pairs of tokens.
 
     Non-prefix tokens alternate between set A (even positions) and set B (odd). Each A token's
     most similar B token (cosine of ``metric``) is its match; the ``r`` A tokens with the best
     matches are averaged into their matches, weighted by size. Prefix tokens are untouched.
+
+    ``variant="reference"`` follows ToMe's code (``tome/merge.py``, ``bipartite_soft_matching``
+    with ``class_token=True``; one prefix token only): A and B alternate over the *whole*
+    sequence, the class token at position 0 in A with its similarities set to ``-inf`` (never
+    merged), and the result is the unmerged A tokens in their original order followed by every
+    B token. The project's order (survivors in place) is also valid ToMe; the two differ only in
+    which tokens are paired and in token order.
 
     Args:
         x: tokens ``[B, N, C]``.
@@ -354,18 +363,26 @@ def bipartite_merge(x: Tensor, metric: Tensor, r: int, prefix: int = 1,
         r: pairs to merge, ``0 <= r <= (N - prefix) // 2``.
         prefix: leading tokens never merged (CLS, ...).
         size: tokens already merged into each token ``[B, N, 1]``; None means all ones.
+        variant: ``"project"`` or ``"reference"`` (see above).
 
     Returns:
         (tokens ``[B, N - r, C]``, sizes ``[B, N - r, 1]``), surviving tokens in their original
-        order (prefix first); the sum of ``size * x`` over tokens and the sum of sizes are
-        preserved.
+        order (prefix first; reference: unmerged A, then B); the sum of ``size * x`` over tokens
+        and the sum of sizes are preserved.
     """
     B, N, C = x.shape
+    reference = variants.check(variant) == "reference"
     if not 0 <= r <= (N - prefix) // 2:
         raise ValueError(f"r must be in 0..{(N - prefix) // 2} (half of the {N - prefix} "
                          f"non-prefix tokens), got {r}")
+    if reference and prefix != 1:
+        raise ValueError(f"the reference ToMe partition protects exactly one class token; got "
+                         f"prefix={prefix}")
     if r == 0:
         return x, x.new_ones(B, N, 1) if size is None else size
+    w = torch.cat([x, x.new_ones(B, N, 1)] if size is None else [x * size, size], dim=-1)
+    if reference:
+        return _merge_reference(w, metric, r)
     m = metric[:, prefix:]
     m = m / m.norm(dim=-1, keepdim=True)
     sim = torch.bmm(m[:, 0::2], m[:, 1::2].transpose(1, 2))  # [B, Na, Nb] cosine, A = even, B = odd
@@ -378,10 +395,6 @@ def bipartite_merge(x: Tensor, metric: Tensor, r: int, prefix: int = 1,
     src = (2 * src + base).flatten()
     dst = (2 * dst + (base + 1)).flatten()
     # Features and sizes travel together: [size * x | size], one index_add merges both.
-    if size is None:
-        w = torch.cat([x, x.new_ones(B, N, 1)], dim=-1)
-    else:
-        w = torch.cat([x * size, size], dim=-1)
     w = w.view(B * N, C + 1)  # a fresh tensor (from cat): safe to update in place
     w.index_add_(0, dst, w.index_select(0, src))
     keep = torch.ones(B * N, dtype=torch.bool, device=x.device).index_fill_(0, src, False)
@@ -390,22 +403,50 @@ def bipartite_merge(x: Tensor, metric: Tensor, r: int, prefix: int = 1,
     return w[..., :C] / size, size
 
 
-def pomt_scores(probs: Tensor, v: Tensor, prefix: int = 1) -> Tensor:
+def _merge_reference(w: Tensor, metric: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """ToMe's own partition and order on ``w = [size * x | size]`` ``[B, N, C + 1]`` (one class
+    token at position 0): A = even positions (class token included, never matched), B = odd."""
+    m = metric / metric.norm(dim=-1, keepdim=True)
+    sim = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
+    sim[:, 0, :] = -math.inf  # the class token is never a source
+    best, match = sim.max(dim=-1)  # [B, Na]
+    order = best.argsort(dim=-1, descending=True)
+    src, unm = order[:, :r], order[:, r:].sort(dim=-1).values  # unmerged A in original order
+    dst = match.gather(1, src)
+    a, b = w[:, 0::2], w[:, 1::2]
+    c = w.shape[-1]
+    kept = a.gather(1, unm[..., None].expand(-1, -1, c))
+    b = b.scatter_add(1, dst[..., None].expand(-1, -1, c), a.gather(1, src[..., None].expand(-1, -1, c)))
+    out = torch.cat([kept, b], dim=1)
+    size = out[..., c - 1:]
+    return out[..., :c - 1] / size, size
+
+
+def pomt_scores(probs: Tensor, v: Tensor, prefix: int = 1, variant: str = "project") -> Tensor:
     """POMT's importance of each non-prefix token.
 
     Args:
         probs: attention probabilities ``[B, H, N, N]`` (query, key).
         v: values ``[B, H, N, Dv]``.
         prefix: leading tokens (CLS, ...) excluded as queries and as keys.
+        variant: ``"project"``: the value term is V summed over the head dimension, a softmax
+            over the patch tokens, then the max over heads; ``"reference"``: as POMT's code
+            (``pomt/timm_patch.py``, ``POMTMetric``): the max over heads of V, summed over the
+            head dimension, a softmax over *all* tokens (prefix included), prefix dropped last.
 
     Returns:
         ``[B, N - prefix]``: attention received (max over heads, summed over queries, divided by
-        the sample's maximum, so in [0, 1]) + softmax over tokens of V summed over the head
-        dimension (max over heads). Computed per sample: no statistic crosses the batch.
+        the sample's maximum, so in [0, 1]) + the value term. Computed per sample in both
+        variants: no statistic crosses the batch (POMT's code divides the attention term by the
+        maximum over the whole batch).
     """
+    reference = variants.check(variant) == "reference"
     received = probs[:, :, prefix:, prefix:].amax(dim=1).sum(dim=1)  # [B, P]
     received = received / received.amax(dim=-1, keepdim=True).clamp_min(1e-12)
-    energy = v[:, :, prefix:].sum(dim=-1).softmax(dim=-1).amax(dim=1)  # [B, P]
+    if reference:
+        energy = v.amax(dim=1).sum(dim=-1).softmax(dim=-1)[:, prefix:]  # [B, P]
+    else:
+        energy = v[:, :, prefix:].sum(dim=-1).softmax(dim=-1).amax(dim=1)  # [B, P]
     return received + energy
 
 
@@ -461,9 +502,10 @@ def restore(model: nn.Module) -> nn.Module:
     return model
 
 
-def _patch(model: nn.Module, method: str, schedule: list[int], proportional: bool) -> nn.Module:
+def _patch(model: nn.Module, method: str, schedule: list[int], proportional: bool,
+           variant: str = "project") -> nn.Module:
     restore(model)
-    state = _State(method, proportional)
+    state = _State(method, proportional, variant)
     prefix = _prefix(model)
     for blk, remove in zip(model.blocks, schedule):
         blk.__class__ = _ReducingBlock
@@ -487,7 +529,7 @@ def _prepare(model: nn.Module, method: str, schedule: Schedule, what: str) -> li
 
 
 def patch_tome(model: nn.Module, r: Schedule, *, kind: str = "constant",
-               proportional: bool = True, clip: bool = False) -> nn.Module:
+               proportional: bool = True, clip: bool = False, variant: str = "project") -> nn.Module:
     """Apply ToMe in place: merge ``r`` token pairs in every block; returns the model.
 
     Args:
@@ -497,11 +539,18 @@ def patch_tome(model: nn.Module, r: Schedule, *, kind: str = "constant",
         proportional: add ``log(size)`` to the attention logits (ToMe's proportional attention).
         clip: cap each block's r at half of its non-prefix tokens instead of refusing, as the
             published ToMe does silently (e.g. DeiT-S at r=16 merges only 10 in its last block).
+        variant: ``"project"`` (A/B alternate over the patches, survivors keep their order) or
+            ``"reference"`` (ToMe's partition and output order, see :func:`bipartite_merge`).
 
     Raises:
         ValueError: a block would merge more than half of its non-prefix tokens (unless
             ``clip``), or a negative r.
     """
+    variants.check(variant)
+    _check_vit(model)
+    if variant == "reference" and _prefix(model) != 1:
+        raise ValueError("the reference ToMe partition protects exactly one class token; the model "
+                         f"has {_prefix(model)} prefix tokens")
     if isinstance(r, (int, np.integer)) and not isinstance(r, bool):
         _check_vit(model)
         if r < 0:
@@ -514,7 +563,7 @@ def patch_tome(model: nn.Module, r: Schedule, *, kind: str = "constant",
         for d in plan:
             r.append(min(d, (n - prefix) // 2))
             n -= r[-1]
-    return _patch(model, "tome", _prepare(model, "tome", r, "r"), proportional)
+    return _patch(model, "tome", _prepare(model, "tome", r, "r"), proportional, variant)
 
 
 def patch_topk(model: nn.Module, drop: Schedule) -> nn.Module:
@@ -535,7 +584,8 @@ def patch_evit(model: nn.Module, drop: Schedule) -> nn.Module:
     return _patch(model, "evit", _prepare(model, "evit", drop, "drop"), False)
 
 
-def patch_pomt(model: nn.Module, R: int, *, layer: Optional[int] = None) -> nn.Module:
+def patch_pomt(model: nn.Module, R: int, *, layer: Optional[int] = None,
+               variant: str = "project") -> nn.Module:
     """Apply Pruning One More Token in place: remove ``R`` tokens once, in block ``layer``.
 
     The block's MLP and every later block then run at exactly ``n* = N - R`` tokens (CLS, the
@@ -545,11 +595,15 @@ def patch_pomt(model: nn.Module, R: int, *, layer: Optional[int] = None) -> nn.M
         model: a timm ``VisionTransformer``.
         R: tokens removed, ``0 <= R <= N - prefix - 1`` (0 reproduces the model exactly).
         layer: 0-based block index, default :func:`default_pomt_layer`.
+        variant: ``"project"`` or ``"reference"`` (POMT's value-term order, see
+            :func:`pomt_scores`). Both keep the score per sample and both run at exactly
+            ``N - R`` tokens; POMT's ``compute_r`` gives an R two below this one for the same n*.
 
     Raises:
         ValueError: R negative or too large (e.g. the published code's ``R=-1``), layer out of range.
     """
     _check_vit(model)
+    variants.check(variant)
     depth = len(model.blocks)
     if isinstance(R, bool) or not isinstance(R, (int, np.integer)):
         raise ValueError(f"R must be an int, got {R!r}")
@@ -562,7 +616,7 @@ def patch_pomt(model: nn.Module, R: int, *, layer: Optional[int] = None) -> nn.M
         raise ValueError(f"layer must be a block index in 0..{depth - 1}, got {layer!r}")
     plan = [0] * depth
     plan[int(layer)] = int(R)
-    return _patch(model, "pomt", _prepare(model, "pomt", plan, "R"), False)
+    return _patch(model, "pomt", _prepare(model, "pomt", plan, "R"), False, variant)
 
 
 def schedule_of(model: nn.Module) -> dict[str, Any]:
