@@ -111,10 +111,10 @@ class TrainConfig:
 
 #: Benchmark v2's base model (:mod:`vitprune_lite.data_v2`): 48 px, 4 px patches (144 patch
 #: tokens + CLS, in the range of real ViTs), width 192 in 3 heads of 64 (DeiT's head width),
-#: 6 blocks, 48 classes; 2.7 M parameters. Trained in float32 for 5 epochs of the 40,000-image
+#: 6 blocks, 48 classes; 2.7 M parameters. Trained in float32 for 4 epochs of the 40,000-image
 #: public pool (bfloat16 autocast was not reliably faster here: data/benchmarks/benchmark_v2.json).
 V2_CONFIG = ViTConfig(img_size=48, patch_size=4, embed_dim=192, depth=6, num_heads=3, num_classes=48)
-V2_TRAIN = TrainConfig(epochs=5)
+V2_TRAIN = TrainConfig(epochs=4)
 V2_CHECKPOINT = "base_vit_v2.safetensors"
 
 
