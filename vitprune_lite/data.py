@@ -272,26 +272,30 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
 
 
 def _draw(rng: np.random.Generator, n: int, classes: Sequence[int], style_mix: Mapping[str, float],
-          size: int, name: str) -> ImageSet:
+          size: int, name: str, renderer: Callable = None, styles: tuple[str, ...] = STYLES,
+          class_names: tuple[str, ...] = CLASSES) -> ImageSet:
+    """``n`` labelled images of ``classes`` in ``style_mix`` (``renderer``: a version's ``render``, default v1's)."""
     names = list(style_mix)
     probs = np.array([style_mix[s] for s in names], dtype=np.float64)
-    style_idx = np.array([STYLES.index(s) for s in names])
+    style_idx = np.array([styles.index(s) for s in names])
     labels = rng.choice(np.asarray(classes), size=n)
-    styles = style_idx[rng.choice(len(names), size=n, p=probs / probs.sum())]
-    return ImageSet(render(labels, styles, rng, size), labels.astype(np.int64), styles.astype(np.int64), name)
+    drawn = style_idx[rng.choice(len(names), size=n, p=probs / probs.sum())]
+    return ImageSet((renderer or render)(labels, drawn, rng, size), labels.astype(np.int64), drawn.astype(np.int64),
+                    name, class_names)
 
 
-def _check_specs(devices: Sequence[DeviceSpec]) -> None:
+def _check_specs(devices: Sequence[DeviceSpec], classes: tuple[str, ...] = CLASSES,
+                 styles: tuple[str, ...] = STYLES) -> None:
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise ValueError(f"device names must be unique, got {names}")
     for d in devices:
-        bad_c = [c for c in d.classes if not 0 <= c < len(CLASSES)]
-        bad_s = [s for s in d.style_mix if s not in STYLES]
+        bad_c = [c for c in d.classes if not 0 <= c < len(classes)]
+        bad_s = [s for s in d.style_mix if s not in styles]
         if not d.classes or bad_c:
-            raise ValueError(f"device {d.name!r}: classes must be a non-empty subset of 0..{len(CLASSES) - 1}, got {d.classes}")
+            raise ValueError(f"device {d.name!r}: classes must be a non-empty subset of 0..{len(classes) - 1}, got {d.classes}")
         if not d.style_mix or bad_s or min(d.style_mix.values()) < 0:
-            raise ValueError(f"device {d.name!r}: style_mix must map some of {STYLES} to probabilities >= 0, got {dict(d.style_mix)}")
+            raise ValueError(f"device {d.name!r}: style_mix must map some of {styles} to probabilities >= 0, got {dict(d.style_mix)}")
         if d.n_train < 1 or d.n_test < 1:
             raise ValueError(f"device {d.name!r}: n_train and n_test must be >= 1")
 

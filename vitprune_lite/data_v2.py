@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .data import Benchmark, DeviceSpec, ImageSet, _device_key, _fingerprint, _stream, cached
+from .data import Benchmark, DeviceSpec, ImageSet, _check_specs, _device_key, _draw, _fingerprint, _stream, cached
 
 #: Bumped whenever the rendered bytes for a given seed change; recorded with every checkpoint.
 GENERATOR_VERSION = "2"
@@ -292,32 +292,6 @@ def _paint(out: np.ndarray, idx: np.ndarray, mask: np.ndarray, color: np.ndarray
     out[idx[b], y, x] = color[b]
 
 
-def _draw(rng: np.random.Generator, n: int, classes: Sequence[int], style_mix: Mapping[str, float],
-          size: int, name: str) -> ImageSet:
-    names = list(style_mix)
-    probs = np.array([style_mix[s] for s in names], dtype=np.float64)
-    style_idx = np.array([STYLES.index(s) for s in names])
-    labels = rng.choice(np.asarray(classes), size=n)
-    styles = style_idx[rng.choice(len(names), size=n, p=probs / probs.sum())]
-    return ImageSet(render(labels, styles, rng, size), labels.astype(np.int64), styles.astype(np.int64),
-                    name, CLASSES)
-
-
-def _check_specs(devices: Sequence[DeviceSpec]) -> None:
-    names = [d.name for d in devices]
-    if len(set(names)) != len(names):
-        raise ValueError(f"device names must be unique, got {names}")
-    for d in devices:
-        if not d.classes or any(not 0 <= c < len(CLASSES) for c in d.classes):
-            raise ValueError(f"device {d.name!r}: classes must be a non-empty subset of 0..{len(CLASSES) - 1}, "
-                             f"got {d.classes}")
-        if not d.style_mix or any(s not in STYLES for s in d.style_mix) or min(d.style_mix.values()) < 0:
-            raise ValueError(f"device {d.name!r}: style_mix must map some of {STYLES} to probabilities >= 0, "
-                             f"got {dict(d.style_mix)}")
-        if d.n_train < 1 or d.n_test < 1:
-            raise ValueError(f"device {d.name!r}: n_train and n_test must be >= 1")
-
-
 def make_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
                    devices: Sequence[DeviceSpec] = DEVICES, size: int = IMAGE_SIZE,
                    chunk: int = 4096) -> Benchmark:
@@ -335,11 +309,12 @@ def make_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
         raise ValueError(f"size must be >= 16 pixels, got {size}")
     if not public or min(public.values()) < 1:
         raise ValueError(f"public split sizes must be >= 1, got {public}")
-    _check_specs(devices)
+    _check_specs(devices, CLASSES, STYLES)
 
     def split(name: str, n: int, classes, mix) -> ImageSet:
         rng = _stream(seed, f"v2/{name}")
-        parts = [_draw(rng, min(chunk, n - i), classes, mix, size, name) for i in range(0, n, chunk)]
+        parts = [_draw(rng, min(chunk, n - i), classes, mix, size, name, render, STYLES, CLASSES)
+                 for i in range(0, n, chunk)]
         return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
                         np.concatenate([p.styles for p in parts]), name, CLASSES)
 

@@ -297,14 +297,6 @@ MAX_MODEL_PARAMS = 1_000_000_000
 CHECKPOINT_SUFFIX = ".safetensors"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _meta_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
@@ -422,7 +414,7 @@ def load_checkpoint(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]
         raise InputTooLargeError(f"checkpoint metadata {mpath} asks for a model of {n:,} parameters, but the "
                                  f"weights file {path} holds {size:,} bytes (cap {MAX_MODEL_PARAMS:,} parameters); "
                                  f"the metadata does not belong to these weights")
-    digest = _sha256(path)
+    digest = paths.sha256_file(path)
     if digest != meta.get("sha256"):
         raise ChecksumError(f"checkpoint {path} has sha256 {digest[:12]}..., but its metadata records "
                             f"{str(meta.get('sha256'))[:12]}...: the file is corrupted or does not belong to "

@@ -216,9 +216,9 @@ def recover_pair(first: Path) -> str:
     try:
         record = json.loads(manifest.read_text())
         files = record["files"]
-        ok = all((manifest.parent / t).exists() or _sha256_file(manifest.parent / target) == digest
+        ok = all((manifest.parent / t).exists() or sha256_file(manifest.parent / target) == digest
                  for t, target, digest in files)
-        ok = ok and all(_sha256_file(manifest.parent / t) == digest
+        ok = ok and all(sha256_file(manifest.parent / t) == digest
                         for t, target, digest in files if (manifest.parent / t).exists())
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
@@ -230,7 +230,8 @@ def recover_pair(first: Path) -> str:
     return "completed"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     import hashlib
 
     h = hashlib.sha256()
