@@ -198,7 +198,8 @@ def _apply_style(img: np.ndarray, style: str, rng: np.random.Generator) -> np.nd
     raise ValueError(f"unknown style {style!r}; styles are {STYLES}")
 
 
-def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, size: int = IMAGE_SIZE,
+           clutter: bool = True) -> np.ndarray:
     """Render one scene per (label, style) pair.
 
     Args:
@@ -206,6 +207,9 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
         styles: int ``[n]`` style indices into :data:`STYLES`.
         rng: the random stream; the same stream state gives the same bytes.
         size: image side in pixels.
+        clutter: False leaves out the background texture, the distractors and the occluding bar
+            (the same random draws are made, so the objects and styles are unchanged); for
+            measuring how much of the task's difficulty the clutter makes.
 
     Returns:
         uint8 ``[n, size, size, 3]``.
@@ -225,13 +229,13 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
     phase = rng.uniform(0, 2 * np.pi, size=n).astype(f32)
     bg = rng.uniform(0.0, 0.35, size=(n, 3)).astype(f32)
     fg = rng.uniform(0.6, 1.0, size=(n, 3)).astype(f32)
-    bg_texture = rng.uniform(0.03, 0.15, size=(n, 1, 1, 1)).astype(f32)
-    n_distract = rng.integers(0, 4, size=n)
+    bg_texture = rng.uniform(0.03, 0.15, size=(n, 1, 1, 1)).astype(f32) * clutter
+    n_distract = rng.integers(0, 4, size=n) * clutter
     d_family = rng.integers(0, 3, size=(3, n))  # disk, square, triangle
     d_pos = rng.uniform(-0.75, 0.75, size=(3, 2, n)).astype(f32)
     d_scale = rng.uniform(0.12, 0.2, size=(3, n)).astype(f32)
     d_color = rng.uniform(0.3, 0.8, size=(3, n, 3)).astype(f32)
-    occlude = rng.random(n) < 0.5
+    occlude = (rng.random(n) < 0.5) & clutter
     occ_angle = rng.uniform(0, np.pi, size=n).astype(f32)
     occ_offset = rng.uniform(-0.45, 0.45, size=n).astype(f32)
     occ_width = rng.uniform(0.06, 0.12, size=n).astype(f32)

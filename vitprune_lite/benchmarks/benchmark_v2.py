@@ -12,7 +12,11 @@ Measured side by side, on an otherwise idle machine:
 - **fixed-cost share** ``L(2) / L(N)`` at batch 1 and 1 thread (``latency.fixed_cost_share``):
   the part of a forward pass that token pruning cannot remove (target for v2: <= 0.30);
 - optionally a **training probe**: the v2 candidate trained for a few minutes on the public
-  pool, validation accuracy per checkpoint, to see how hard the task is.
+  pool, validation accuracy per checkpoint, to see how hard the task is;
+- optionally a **difficulty probe** (``--difficulty-steps``): a small, fast proxy ViT (48 px,
+  6 px patches, width 128, 4 blocks) trained for the same number of steps on variants of the
+  task - all 48 classes, the same without clutter, the 12 shape families alone and the 4 fills
+  alone (same scenes, coarser labels) - to see which part of the task makes it hard.
 
 Writes ``data/benchmarks/benchmark_v2.json``.
 """
@@ -65,13 +69,47 @@ def probe(minutes: float, bf16: bool) -> dict:
             "seconds": hist["seconds"], "val_acc": hist["val_acc"], "bf16": bf16}
 
 
+PROXY = models.ViTConfig(img_size=48, patch_size=6, embed_dim=128, depth=4, num_heads=4, num_classes=48)
+
+
+def difficulty(steps: int, n_train: int = 20_000, n_val: int = 2_000) -> dict:
+    """Validation accuracy of the proxy ViT after ``steps`` AdamW steps on each task variant."""
+    import dataclasses
+
+    rng_labels = np.random.default_rng(0)
+    out = {}
+    for name, clutter, coarse in (("48 classes", True, None), ("48 classes, no clutter", False, None),
+                                  ("12 families", True, "family"), ("4 fills", True, "fill")):
+        sets = []
+        for split, n in (("train", n_train), ("val", n_val)):
+            labels = rng_labels.integers(0, len(data_v2.CLASSES), n)
+            styles = rng_labels.integers(0, len(data_v2.STYLES), n)
+            imgs = data_v2.render(labels, styles, np.random.default_rng(1 if split == "train" else 2), clutter=clutter)
+            y = labels // len(data_v2.FILLS) if coarse == "family" else labels % len(data_v2.FILLS) if coarse == "fill" else labels
+            sets.append((data_v2.ImageSet(imgs, y, styles, split).tensors()))
+        classes = {"family": len(data_v2.FAMILIES), "fill": len(data_v2.FILLS)}.get(coarse, len(data_v2.CLASSES))
+        model = models.create_base_model(dataclasses.replace(PROXY, num_classes=classes))
+        hist = models.fit(model, *sets[0], steps=steps, lr=1e-3, warmup_steps=steps // 10, label_smoothing=0.1,
+                          val=sets[1], eval_every=max(1, steps // 4), desc=name)
+        out[name] = {"classes": classes, "chance": 1 / classes, "val_acc": hist["val_acc"], "seconds": hist["seconds"]}
+        print(f"{name:24s} val accuracy after {steps} steps: {hist['val_acc'][-1][1]:.3f} (chance {1 / classes:.3f})")
+    return {"proxy": asdict(PROXY), "steps": steps, "batch": 128, "n_train": n_train, "variants": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--probe-minutes", type=float, default=0.0, help="also train the v2 candidate this long")
     p.add_argument("--epochs", type=float, default=6.0, help="epochs of 40,000 images for the projection")
+    p.add_argument("--difficulty-steps", type=int, default=0, help="also run the difficulty probe for this many steps")
+    p.add_argument("--only-difficulty", action="store_true", help="run only the difficulty probe")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     res: dict = {"environment_start": measure.environment(), "configs": {k: asdict(v) for k, v in CONFIGS.items()}}
+    if args.only_difficulty:
+        res["difficulty"] = difficulty(args.difficulty_steps)
+        res["environment_end"] = measure.environment()
+        save(res, "benchmark_v2_difficulty")
+        return 0
 
     t0 = time.perf_counter()
     bench = data_v2.make_benchmark(0)
@@ -101,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fixed-cost share {name}: L(2)/L({fc['tokens']}) = {fc['L2_ms']:.2f} / {fc['LN_ms']:.2f} ms "
               f"= {fc['share']:.3f} ({fc['params']:,} parameters)")
 
+    if args.difficulty_steps > 0:
+        res["difficulty"] = difficulty(args.difficulty_steps)
     if args.probe_minutes > 0:
         res["probe"] = probe(args.probe_minutes, bf16=True)
         print("probe:", res["probe"]["val_acc"])
