@@ -199,7 +199,7 @@ def _apply_style(img: np.ndarray, style: str, rng: np.random.Generator) -> np.nd
 
 
 def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, size: int = IMAGE_SIZE,
-           clutter: bool = True) -> np.ndarray:
+           clutter: bool = True, max_rotation: float = np.pi) -> np.ndarray:
     """Render one scene per (label, style) pair.
 
     Args:
@@ -210,6 +210,8 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
         clutter: False leaves out the background texture, the distractors and the occluding bar
             (the same random draws are made, so the objects and styles are unchanged); for
             measuring how much of the task's difficulty the clutter makes.
+        max_rotation: objects turn by a uniform angle in [-max_rotation, max_rotation] radians
+            (the same draw scaled, so other draws are unchanged).
 
     Returns:
         uint8 ``[n, size, size, 3]``.
@@ -223,7 +225,7 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
     # how the others are grouped below.
     cx, cy = rng.uniform(-0.2, 0.2, size=(2, n)).astype(f32)
     scale = rng.uniform(0.5, 0.75, size=n).astype(f32)
-    theta = rng.uniform(-np.pi, np.pi, size=n).astype(f32)
+    theta = (rng.uniform(-1, 1, size=n) * max_rotation).astype(f32)
     period = rng.uniform(4.0, 6.0, size=n).astype(f32) / (size / 2)  # in grid units
     stripe_angle = rng.uniform(0, np.pi, size=n).astype(f32)
     phase = rng.uniform(0, 2 * np.pi, size=n).astype(f32)

@@ -16,7 +16,8 @@ Measured side by side, on an otherwise idle machine:
 - optionally a **difficulty probe** (``--difficulty-steps``): a small, fast proxy ViT (48 px,
   6 px patches, width 128, 4 blocks) trained for the same number of steps on variants of the
   task - all 48 classes, the same without clutter, the 12 shape families alone and the 4 fills
-  alone (same scenes, coarser labels) - to see which part of the task makes it hard.
+  alone (same scenes, coarser labels), and all 48 with rotations limited to +-15 degrees (v1's
+  range) - to see which part of the task makes it hard.
 
 Writes ``data/benchmarks/benchmark_v2.json``.
 """
@@ -72,19 +73,23 @@ def probe(minutes: float, bf16: bool) -> dict:
 PROXY = models.ViTConfig(img_size=48, patch_size=6, embed_dim=128, depth=4, num_heads=4, num_classes=48)
 
 
-def difficulty(steps: int, n_train: int = 20_000, n_val: int = 2_000) -> dict:
-    """Validation accuracy of the proxy ViT after ``steps`` AdamW steps on each task variant."""
+def difficulty(steps: int, n_train: int = 20_000, n_val: int = 2_000, only: tuple[str, ...] = ()) -> dict:
+    """Validation accuracy of the proxy ViT after ``steps`` AdamW steps on each task variant (``only``: these)."""
     import dataclasses
 
     rng_labels = np.random.default_rng(0)
     out = {}
-    for name, clutter, coarse in (("48 classes", True, None), ("48 classes, no clutter", False, None),
-                                  ("12 families", True, "family"), ("4 fills", True, "fill")):
+    for name, clutter, coarse, rot in (("48 classes", True, None, np.pi), ("48 classes, no clutter", False, None, np.pi),
+                                       ("12 families", True, "family", np.pi), ("4 fills", True, "fill", np.pi),
+                                       ("48 classes, +-15 deg", True, None, 0.26)):
+        if only and name not in only:
+            continue
         sets = []
         for split, n in (("train", n_train), ("val", n_val)):
             labels = rng_labels.integers(0, len(data_v2.CLASSES), n)
             styles = rng_labels.integers(0, len(data_v2.STYLES), n)
-            imgs = data_v2.render(labels, styles, np.random.default_rng(1 if split == "train" else 2), clutter=clutter)
+            imgs = data_v2.render(labels, styles, np.random.default_rng(1 if split == "train" else 2), clutter=clutter,
+                                  max_rotation=rot)
             y = labels // len(data_v2.FILLS) if coarse == "family" else labels % len(data_v2.FILLS) if coarse == "fill" else labels
             sets.append((data_v2.ImageSet(imgs, y, styles, split).tensors()))
         classes = {"family": len(data_v2.FAMILIES), "fill": len(data_v2.FILLS)}.get(coarse, len(data_v2.CLASSES))
@@ -102,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, default=6.0, help="epochs of 40,000 images for the projection")
     p.add_argument("--difficulty-steps", type=int, default=0, help="also run the difficulty probe for this many steps")
     p.add_argument("--only-difficulty", action="store_true", help="run only the difficulty probe")
+    p.add_argument("--variants", nargs="+", default=(), help="difficulty variants to run (default all)")
+    p.add_argument("--out", default=None, help="JSON path (default data/benchmarks/benchmark_v2[_difficulty].json)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     res: dict = {"environment_start": measure.environment(), "configs": {k: asdict(v) for k, v in CONFIGS.items()}}
     if args.only_difficulty:
-        res["difficulty"] = difficulty(args.difficulty_steps)
+        res["difficulty"] = difficulty(args.difficulty_steps, only=tuple(args.variants))
         res["environment_end"] = measure.environment()
-        save(res, "benchmark_v2_difficulty")
+        save(res, "benchmark_v2_difficulty", args.out)
         return 0
 
     t0 = time.perf_counter()
@@ -140,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
               f"= {fc['share']:.3f} ({fc['params']:,} parameters)")
 
     if args.difficulty_steps > 0:
-        res["difficulty"] = difficulty(args.difficulty_steps)
+        res["difficulty"] = difficulty(args.difficulty_steps, only=tuple(args.variants))
     if args.probe_minutes > 0:
         res["probe"] = probe(args.probe_minutes, bf16=True)
         print("probe:", res["probe"]["val_acc"])
     res["environment_end"] = measure.environment()
-    save(res, "benchmark_v2")
+    save(res, "benchmark_v2", args.out)
     return 0
 
 
