@@ -199,7 +199,7 @@ def _apply_style(img: np.ndarray, style: str, rng: np.random.Generator) -> np.nd
 
 
 def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, size: int = IMAGE_SIZE,
-           clutter: bool = True, max_rotation: float = np.pi) -> np.ndarray:
+           clutter: bool = True, max_rotation: float = np.pi, rim: bool = False) -> np.ndarray:
     """Render one scene per (label, style) pair.
 
     Args:
@@ -212,6 +212,8 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
             measuring how much of the task's difficulty the clutter makes.
         max_rotation: objects turn by a uniform angle in [-max_rotation, max_rotation] radians
             (the same draw scaled, so other draws are unchanged).
+        rim: draw a lit rim around striped and checkered fills, so their silhouette stays whole
+            (a candidate fix for how slowly the shape family is learned; not the default yet).
 
     Returns:
         uint8 ``[n, size, size, 3]``.
@@ -271,6 +273,8 @@ def render(labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator, siz
                 along = np.sin(freq[j] * (ca[j] * u[j] + sa[j] * v[j]) + phase[i][j, None, None]) > 0
                 if kind == 2:
                     along ^= np.sin(freq[j] * (ca[j] * v[j] - sa[j] * u[j])) > 0
+                if rim:
+                    along |= ~_family_mask(int(fam), u[j] / 0.8, v[j] / 0.8)
                 lit[j] &= along
         j = f == 3  # hollow: the same shape, shrunk, cut out
         if j.any():

@@ -16,8 +16,10 @@ Measured side by side, on an otherwise idle machine:
 - optionally a **difficulty probe** (``--difficulty-steps``): a small, fast proxy ViT (48 px,
   6 px patches, width 128, 4 blocks) trained for the same number of steps on variants of the
   task - all 48 classes, the same without clutter, the 12 shape families alone and the 4 fills
-  alone (same scenes, coarser labels), and all 48 with rotations limited to +-15 degrees (v1's
-  range) - to see which part of the task makes it hard.
+  alone (same scenes, coarser labels), all 48 with rotations limited to +-15 degrees (v1's
+  range), with a lit rim around textured fills, the 12 families all solid, and v1's 12 classes rendered at 48 px (to
+  calibrate what the proxy learns in that many steps on an easy task) - to see which part of the
+  task makes it hard.
 
 Writes ``data/benchmarks/benchmark_v2.json``.
 """
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitprune_lite import data_v2, latency, measure, models
+from vitprune_lite import data, data_v2, latency, measure, models
 from vitprune_lite.benchmarks import save
 
 V2 = models.V2_CONFIG
@@ -79,20 +81,31 @@ def difficulty(steps: int, n_train: int = 20_000, n_val: int = 2_000, only: tupl
 
     rng_labels = np.random.default_rng(0)
     out = {}
-    for name, clutter, coarse, rot in (("48 classes", True, None, np.pi), ("48 classes, no clutter", False, None, np.pi),
-                                       ("12 families", True, "family", np.pi), ("4 fills", True, "fill", np.pi),
-                                       ("48 classes, +-15 deg", True, None, 0.26)):
+    for name, clutter, coarse, rot, rim in (
+            ("48 classes", True, None, np.pi, False), ("48 classes, no clutter", False, None, np.pi, False),
+            ("12 families", True, "family", np.pi, False), ("4 fills", True, "fill", np.pi, False),
+            ("48 classes, +-15 deg", True, None, 0.26, False), ("12 families, rim", True, "family", np.pi, True),
+            ("48 classes, rim", True, None, np.pi, True), ("v1's 12 classes at 48 px", None, "v1", None, None),
+            ("12 families, solid fill only", True, "solid", np.pi, False)):
         if only and name not in only:
             continue
         sets = []
         for split, n in (("train", n_train), ("val", n_val)):
             labels = rng_labels.integers(0, len(data_v2.CLASSES), n)
             styles = rng_labels.integers(0, len(data_v2.STYLES), n)
-            imgs = data_v2.render(labels, styles, np.random.default_rng(1 if split == "train" else 2), clutter=clutter,
-                                  max_rotation=rot)
-            y = labels // len(data_v2.FILLS) if coarse == "family" else labels % len(data_v2.FILLS) if coarse == "fill" else labels
+            rng = np.random.default_rng(1 if split == "train" else 2)
+            if coarse == "solid":  # every object solid: is it the fills that hide the shape?
+                labels = labels - labels % len(data_v2.FILLS)
+            if coarse == "v1":  # calibration: the same proxy and steps on v1's easy task
+                labels, styles = labels % len(data.CLASSES), styles % len(data.STYLES)
+                imgs = data.render(labels, styles, rng, size=data_v2.IMAGE_SIZE)
+            else:
+                imgs = data_v2.render(labels, styles, rng, clutter=clutter, max_rotation=rot, rim=rim)
+            y = labels // len(data_v2.FILLS) if coarse in ("family", "solid") else labels % len(data_v2.FILLS) if coarse == "fill" else labels
             sets.append((data_v2.ImageSet(imgs, y, styles, split).tensors()))
-        classes = {"family": len(data_v2.FAMILIES), "fill": len(data_v2.FILLS)}.get(coarse, len(data_v2.CLASSES))
+        classes = {"family": len(data_v2.FAMILIES), "solid": len(data_v2.FAMILIES), "fill": len(data_v2.FILLS),
+                   "v1": len(data.CLASSES)}.get(
+            coarse, len(data_v2.CLASSES))
         model = models.create_base_model(dataclasses.replace(PROXY, num_classes=classes))
         hist = models.fit(model, *sets[0], steps=steps, lr=1e-3, warmup_steps=steps // 10, label_smoothing=0.1,
                           val=sets[1], eval_every=max(1, steps // 4), desc=name)
