@@ -52,6 +52,7 @@ bench: setup
 	$(PY) -m vitprune_lite.benchmarks.tome_bench
 	$(PY) -m vitprune_lite.benchmarks.latency_predictor
 	$(PY) -m vitprune_lite.benchmarks.reference_modes
+	$(PY) -m vitprune_lite.benchmarks.benchmark_v2
 
 clean-build:
 	rm -rf build/
