@@ -75,37 +75,53 @@ def probe(minutes: float, bf16: bool) -> dict:
 PROXY = models.ViTConfig(img_size=48, patch_size=6, embed_dim=128, depth=4, num_heads=4, num_classes=48)
 
 
+#: Difficulty-probe variants: labels ("all" 48 classes, "family", "fill", "solid" = families drawn
+#: solid, "v1" = v1's renderer), styles ("all" 8, or "v1": v1's five) and render options.
+VARIANTS: dict[str, dict] = {
+    "48 classes": {},
+    "48 classes, no clutter": {"clutter": False},
+    "48 classes, +-15 deg": {"max_rotation": 0.26},
+    "48 classes, rim": {"rim": True},
+    "12 families": {"labels": "family"},
+    "12 families, rim": {"labels": "family", "rim": True},
+    "12 families, solid fill only": {"labels": "solid"},
+    "12 families, solid, v1's styles": {"labels": "solid", "styles": "v1"},
+    "12 families, solid, v1's styles, no clutter, +-15 deg": {"labels": "solid", "styles": "v1", "clutter": False,
+                                                              "max_rotation": 0.26},
+    "4 fills": {"labels": "fill"},
+    "v1's 12 classes at 48 px": {"labels": "v1", "styles": "v1"},
+}
+
+
 def difficulty(steps: int, n_train: int = 20_000, n_val: int = 2_000, only: tuple[str, ...] = ()) -> dict:
-    """Validation accuracy of the proxy ViT after ``steps`` AdamW steps on each task variant (``only``: these)."""
+    """Validation accuracy of the proxy ViT after ``steps`` AdamW steps on each of :data:`VARIANTS` (``only``: these)."""
     import dataclasses
 
     rng_labels = np.random.default_rng(0)
+    n_classes = {"all": len(data_v2.CLASSES), "family": len(data_v2.FAMILIES), "solid": len(data_v2.FAMILIES),
+                 "fill": len(data_v2.FILLS), "v1": len(data.CLASSES)}
     out = {}
-    for name, clutter, coarse, rot, rim in (
-            ("48 classes", True, None, np.pi, False), ("48 classes, no clutter", False, None, np.pi, False),
-            ("12 families", True, "family", np.pi, False), ("4 fills", True, "fill", np.pi, False),
-            ("48 classes, +-15 deg", True, None, 0.26, False), ("12 families, rim", True, "family", np.pi, True),
-            ("48 classes, rim", True, None, np.pi, True), ("v1's 12 classes at 48 px", None, "v1", None, None),
-            ("12 families, solid fill only", True, "solid", np.pi, False)):
+    for name, spec in VARIANTS.items():
         if only and name not in only:
             continue
+        kind, opts = spec.get("labels", "all"), {k: v for k, v in spec.items() if k not in ("labels", "styles")}
+        n_styles = len(data.STYLES) if spec.get("styles") == "v1" else len(data_v2.STYLES)  # v1's are v2's first five
         sets = []
         for split, n in (("train", n_train), ("val", n_val)):
             labels = rng_labels.integers(0, len(data_v2.CLASSES), n)
-            styles = rng_labels.integers(0, len(data_v2.STYLES), n)
+            styles = rng_labels.integers(0, len(data_v2.STYLES), n) % n_styles
             rng = np.random.default_rng(1 if split == "train" else 2)
-            if coarse == "solid":  # every object solid: is it the fills that hide the shape?
-                labels = labels - labels % len(data_v2.FILLS)
-            if coarse == "v1":  # calibration: the same proxy and steps on v1's easy task
-                labels, styles = labels % len(data.CLASSES), styles % len(data.STYLES)
+            if kind == "v1":  # calibration: the same proxy and steps on v1's easy task
+                labels = labels % len(data.CLASSES)
                 imgs = data.render(labels, styles, rng, size=data_v2.IMAGE_SIZE)
             else:
-                imgs = data_v2.render(labels, styles, rng, clutter=clutter, max_rotation=rot, rim=rim)
-            y = labels // len(data_v2.FILLS) if coarse in ("family", "solid") else labels % len(data_v2.FILLS) if coarse == "fill" else labels
+                if kind == "solid":  # every object solid: is it the fills that hide the shape?
+                    labels = labels - labels % len(data_v2.FILLS)
+                imgs = data_v2.render(labels, styles, rng, **opts)
+            y = {"family": labels // len(data_v2.FILLS), "solid": labels // len(data_v2.FILLS),
+                 "fill": labels % len(data_v2.FILLS)}.get(kind, labels)
             sets.append((data_v2.ImageSet(imgs, y, styles, split).tensors()))
-        classes = {"family": len(data_v2.FAMILIES), "solid": len(data_v2.FAMILIES), "fill": len(data_v2.FILLS),
-                   "v1": len(data.CLASSES)}.get(
-            coarse, len(data_v2.CLASSES))
+        classes = n_classes[kind]
         model = models.create_base_model(dataclasses.replace(PROXY, num_classes=classes))
         hist = models.fit(model, *sets[0], steps=steps, lr=1e-3, warmup_steps=steps // 10, label_smoothing=0.1,
                           val=sets[1], eval_every=max(1, steps // 4), desc=name)
