@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from vitprune_lite import data, data_v2, latency, measure, models
 from vitprune_lite.benchmarks import save
 
-V2 = models.V2_CONFIG
-CONFIGS = {"v1": models.ViTConfig(), "v2": V2}
+CONFIGS = {"v1": models.ViTConfig(), "v2": models.V2_CONFIG}
 
 
 def train_rate(cfg: models.ViTConfig, bf16: bool, steps: int = 5, batch: int = 128) -> float:
@@ -63,8 +62,8 @@ def probe(minutes: float, bf16: bool) -> dict:
     bench = data_v2.load_benchmark(0)
     x, y = bench.public["train"].tensors()
     xv, yv = bench.public["val"].tensors()
-    model = models.create_base_model(V2)
-    rate = train_rate(V2, bf16)
+    model = models.create_base_model(models.V2_CONFIG)
+    rate = train_rate(models.V2_CONFIG, bf16)
     steps = max(1, int(minutes * 60 * rate / 128))
     hist = models.fit(model, x, y, steps=steps, lr=1e-3, warmup_steps=steps // 10, label_smoothing=0.1,
                       val=(xv, yv), eval_every=max(1, steps // 6), bf16=bf16, desc="v2 probe")
