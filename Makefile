@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vitprune-installed
 KERNEL := vitprune-lite
 
-.PHONY: setup reproduce test lab train bench clean-build report
+.PHONY: setup reproduce test lab train train-v2 bench clean-build report
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ lab: setup
 # Rebuild the shipped base-model checkpoint (data/base_vit.safetensors) from scratch.
 train: setup
 	$(PY) -m vitprune_lite train --overwrite-shipped
+
+# Rebuild benchmark v2's base-model checkpoint (data/base_vit_v2.safetensors): about an hour on 2 cores.
+train-v2: setup
+	$(PY) -m vitprune_lite train --benchmark v2 --overwrite-shipped
 
 # Speed and memory benchmarks (not tests; tens of minutes on 2 cores); each writes data/benchmarks/<name>.json.
 bench: setup

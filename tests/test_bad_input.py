@@ -371,6 +371,27 @@ def _(c):
         models.save_checkpoint(c.tiny(), root / "data" / "base_vit.safetensors", {"model_config": {}})
 
 
+@case("ckpt/save over the shipped v2 checkpoint", "OverwriteRefusedError", "base_vit_v2.safetensors")
+def _(c):
+    root = c.shipped_root()
+    with env(VITPRUNE_ROOT=str(root)):
+        models.save_checkpoint(c.tiny(), root / "data" / "base_vit_v2.safetensors", {"model_config": {}})
+
+
+@case("ckpt/load_base_model of an unknown benchmark", "InvalidValueError", "'v9'")
+def _(c):
+    models.load_base_model("v9")
+
+
+@case("ckpt/shipped checkpoint trained on another generator version", "InvalidFileError", "base_vit_v2.safetensors")
+def _(c):
+    root = c.shipped_root()
+    models.save_checkpoint(c.tiny(), root / "data" / "base_vit_v2.safetensors",
+                           {"model_config": dict(models.ViTConfig(**c.CFG).__dict__), "data": {"generator_version": "0"}})
+    with env(VITPRUNE_ROOT=str(root)):
+        models.load_base_model("v2")
+
+
 @case("ckpt/metadata not JSON", "InvalidFileError", "m.json")
 def _(c):
     p = c.ckpt()

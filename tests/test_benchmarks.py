@@ -31,9 +31,9 @@ def test_save_writes_json_where_asked(tmp_path):
 def test_benchmark_v2_difficulty_probe_records_each_variant(one_thread):
     from vitprune_lite.benchmarks import benchmark_v2
 
-    only = ("v1's 12 classes at 48 px", "12 families, solid fill only", "4 fills")
+    only = ("v1's 12 classes at 48 px", "6 families, solid fill only", "8 fills")
     res = benchmark_v2.difficulty(1, n_train=32, n_val=16, only=only)
     assert set(res["variants"]) == set(only)
-    assert [res["variants"][k]["classes"] for k in only] == [12, 12, 4]
+    assert [res["variants"][k]["classes"] for k in only] == [12, 6, 8]
     for v in res["variants"].values():
         assert v["chance"] == 1 / v["classes"] and 0 <= v["val_acc"][-1][1] <= 1

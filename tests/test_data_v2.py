@@ -95,11 +95,11 @@ def test_cache_round_trip_and_rebuild(tmp_path, monkeypatch):
     monkeypatch.setenv("VITPRUNE_ROOT", str(tmp_path))
     devices = [data.DeviceSpec("a", (0, 5), {"haze": 1.0}, 10, 10)]
     first = data_v2.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
-    (cached,) = (tmp_path / "data" / "cache").glob("benchmark-v2-*.npz")
+    (cached,) = (tmp_path / "data" / "cache").glob(f"benchmark-v{data_v2.GENERATOR_VERSION}-*.npz")
     second = data_v2.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
     assert second.fingerprint == first.fingerprint and second.classes == data_v2.CLASSES
     cached.write_bytes(b"damaged")
-    with pytest.warns(data.CacheWarning, match="benchmark-v2-"):
+    with pytest.warns(data.CacheWarning, match=f"benchmark-v{data_v2.GENERATOR_VERSION}-"):
         third = data_v2.load_benchmark(seed=1, public={"train": 20, "test": 10}, devices=devices)
     assert third.fingerprint == first.fingerprint
 

@@ -247,6 +247,11 @@ def test_choose_plan_filters_and_falls_back_to_the_fastest():
     assert not met and c is cands[1]  # nothing fits: the fastest of the allowed
     with pytest.raises(ValueError, match="latency budget must be > 0"):
         pipelines.choose_plan(cands, 0)
+    # A 10 % margin: 8.0 ms no longer fits a budget of 8.5 ms (8.5 * 0.9 = 7.65); 7.0 and 6.0 do.
+    c, met = pipelines.choose_plan(cands, 8.5, margin=0.1)
+    assert met and c is cands[3]
+    with pytest.raises(ValueError, match="margin"):
+        pipelines.choose_plan(cands, 8.5, margin=1.0)
 
 
 def test_score_cache_tells_different_images_apart(setup, tiny_vit, small_bench):

@@ -159,6 +159,25 @@ def test_validate_hit_rate_arithmetic():
     assert P.validate(pred, _synthetic(plans))["within_5"] == 1.0
 
 
+def test_validate_relative_to_dense_removes_a_uniform_drift():
+    # Held-out plans timed in a session that runs uniformly 8 % faster than the profiling one:
+    # every absolute prediction is 8.7 % high, but ratios to the dense model (timed in the same
+    # rounds, equally faster) are exact.
+    pred = P.fit(_synthetic(P.calibration_plans(GEO)))
+    plans = P.random_plans(GEO, 6, seed=4)
+    held = [{"plan": p.to_dict(), "median_ms": pred.predict(p) * 0.92} for p in plans]
+    dense_now = pred.predict(GEO.dense_plan()) * 0.92
+    v = P.validate(pred, held, reference_ms=dense_now)
+    assert v["within_5"] == 0.0 and v["rel_err_median"] == pytest.approx(1 / 0.92 - 1)
+    assert v["ratio"]["within_5"] == 1.0 and v["ratio"]["rel_err_max"] < 1e-9
+    assert v["rows"][0]["predicted_ratio"] == pytest.approx(v["rows"][0]["measured_ratio"])
+    # A plan-specific error stays visible in the ratio.
+    held[0]["median_ms"] *= 1.2
+    assert P.validate(pred, held, reference_ms=dense_now)["ratio"]["within_10"] == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="reference_ms"):
+        P.validate(pred, held, reference_ms=0.0)
+
+
 def test_predictor_json_round_trip(tmp_path):
     pred = P.fit(_synthetic(P.calibration_plans(GEO)))
     back = P.Predictor.from_json(pred.to_json())

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import warnings
 import zipfile
 import zlib
@@ -50,6 +51,8 @@ CLASSES: tuple[str, ...] = (
     "h_stripes", "v_stripes", "checker", "diamond", "two_dots", "half_disk",
 )
 STYLES: tuple[str, ...] = ("clean", "lowlight", "noise", "blur", "colorshift")
+#: Image side in pixels.
+IMAGE_SIZE = 32
 
 #: Normalisation used by the models: pixel/255 mapped to [-1, 1].
 MEAN, STD = 0.5, 0.5
@@ -379,6 +382,25 @@ def load_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
     _check_args(seed, public, devices, size)
     return cached(GENERATOR_VERSION, (seed, sorted((public or PUBLIC_SPLITS).items()), _device_key(devices), size),
                   lambda: make_benchmark(seed, public, devices, size), devices, seed, CLASSES, STYLES, cache)
+
+
+#: The embedded benchmarks by name: ``"v1"`` (this module) and ``"v2"`` (:mod:`vitprune_lite.data_v2`).
+BENCHMARK_NAMES = ("v1", "v2")
+
+
+def benchmark_module(name: str):
+    """The module that generates benchmark ``name`` (``"v1"``: this one, ``"v2"``: :mod:`~vitprune_lite.data_v2`).
+
+    Both offer the same interface: ``load_benchmark``, ``make_benchmark``, ``render``, ``CLASSES``,
+    ``STYLES``, ``DEVICES``, ``PUBLIC_SPLITS``, ``GENERATOR_VERSION`` and ``IMAGE_SIZE``.
+    """
+    if name == "v1":
+        return sys.modules[__name__]
+    if name == "v2":
+        from . import data_v2
+
+        return data_v2
+    raise InvalidValueError(f"benchmark {name!r}: accepted {BENCHMARK_NAMES}")
 
 
 def _device_key(devices: Sequence[DeviceSpec]) -> list:

@@ -311,7 +311,8 @@ def check_checkpoint_path(path: str | Path, overwrite_shipped: bool = False) -> 
 
     Raises:
         InvalidValueError: another suffix (e.g. ``.json``, the metadata's own name) or a directory.
-        OverwriteRefusedError: ``path`` is the shipped checkpoint and ``overwrite_shipped`` is False.
+        OverwriteRefusedError: ``path`` is a shipped checkpoint (v1's or v2's) and ``overwrite_shipped``
+            is False.
     """
     path = Path(path)
     if path.suffix != CHECKPOINT_SUFFIX:
@@ -319,8 +320,9 @@ def check_checkpoint_path(path: str | Path, overwrite_shipped: bool = False) -> 
                                 f"written beside it as {path.with_suffix('.json').name})")
     if path.is_dir():
         raise InvalidValueError(f"checkpoint path {path} is a directory; give a file name ending in {CHECKPOINT_SUFFIX}")
-    if not overwrite_shipped and path.resolve() == shipped_checkpoint().resolve():
-        raise OverwriteRefusedError(f"{path} is the shipped base-model checkpoint; refusing to overwrite it. Write "
+    shipped = {(paths.data_dir() / name).resolve() for name in (BASE_CHECKPOINT, V2_CHECKPOINT)}
+    if not overwrite_shipped and path.resolve() in shipped:
+        raise OverwriteRefusedError(f"{path} is a shipped base-model checkpoint; refusing to overwrite it. Write "
                                     f"elsewhere (--out other{CHECKPOINT_SUFFIX}) or pass --overwrite-shipped "
                                     f"(overwrite_shipped=True) to replace it on purpose")
     return path
@@ -436,9 +438,27 @@ def load_checkpoint(path: str | Path) -> tuple[VisionTransformer, dict[str, Any]
     return model.eval(), meta
 
 
-def load_base_model() -> tuple[VisionTransformer, dict[str, Any]]:
-    """The shipped base model (``data/base_vit.safetensors``) and its metadata."""
-    return load_checkpoint(shipped_checkpoint())
+def load_base_model(benchmark: str = "v1") -> tuple[VisionTransformer, dict[str, Any]]:
+    """The shipped base model of ``benchmark`` and its metadata.
+
+    ``"v1"``: ``data/base_vit.safetensors``; ``"v2"``: ``data/base_vit_v2.safetensors``. The
+    checkpoint must have been trained on that benchmark's current generator version.
+
+    Raises:
+        InvalidValueError: an unknown benchmark name.
+        InvalidFileError: the checkpoint was trained on another generator version (retrain it).
+    """
+    from . import data
+
+    module = data.benchmark_module(benchmark)
+    path = paths.data_dir() / (V2_CHECKPOINT if benchmark == "v2" else BASE_CHECKPOINT)
+    model, meta = load_checkpoint(path)
+    version = meta.get("data", {}).get("generator_version") if isinstance(meta.get("data"), dict) else None
+    if version != module.GENERATOR_VERSION:
+        raise InvalidFileError(f"{path}: trained on benchmark generator version {version!r}, but benchmark "
+                               f"{benchmark} is now version {module.GENERATOR_VERSION!r}; retrain it "
+                               f"({'make train-v2' if benchmark == 'v2' else 'make train'})")
+    return model, meta
 
 
 # ----------------------------------------------------------------------------- timm names

@@ -533,23 +533,30 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
 
 
 def choose_plan(candidates: Sequence[Mapping[str, Any]], latency_ms: float,
-                where: Optional[Callable[[Mapping[str, Any]], bool]] = None) -> tuple[Mapping[str, Any], bool]:
+                where: Optional[Callable[[Mapping[str, Any]], bool]] = None,
+                margin: float = 0.0) -> tuple[Mapping[str, Any], bool]:
     """The best validation accuracy among candidates predicted within ``latency_ms`` (ties: the faster).
 
     Args:
         candidates: from :func:`plan_candidates`.
         latency_ms: the budget, > 0.
         where: optional filter (e.g. structure only: ``lambda c: c["tokens"] == "none"``).
+        margin: safety margin in [0, 1): a candidate must be predicted within
+            ``latency_ms * (1 - margin)``. An unbiased predictor puts a plan chosen right at the
+            budget over it about half the time; a margin taken from the predictor's held-out
+            error (e.g. its 90th percentile) makes a met budget the rule.
 
     Returns:
         ``(candidate, met)``; if none is predicted within budget, the fastest predicted one and False.
     """
     if not latency_ms > 0:
         raise ValueError(f"latency budget must be > 0 ms, got {latency_ms!r}")
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin must be in [0, 1), got {margin!r}")
     pool = [c for c in candidates if where is None or where(c)]
     if not pool:
         raise ValueError("no candidate passes the filter")
-    fits = [c for c in pool if c["predicted_ms"] <= latency_ms]
+    fits = [c for c in pool if c["predicted_ms"] <= latency_ms * (1 - margin)]
     if fits:
         return max(fits, key=lambda c: (c["val_acc"], -c["predicted_ms"])), True
     return min(pool, key=lambda c: c["predicted_ms"]), False

@@ -12,7 +12,9 @@ this machine (ONNX Runtime's ``intra_op_num_threads`` = torch's thread count = `
    one export, seconds each, which can exceed the timing itself).
 2. **Fit** (:func:`vitprune_lite.predictor.fit`) and **validate** on ``--holdout`` random plans
    (random uneven widths x a random token method and setting) that the fit never saw, measured
-   interleaved in their own rounds: the share predicted within +-10 % and +-5 %.
+   interleaved in their own rounds together with the dense model: the share predicted within
+   +-10 % and +-5 %, in milliseconds and as a ratio to the dense model timed in those rounds
+   (what the planner's budgets are expressed in).
 3. **Backends compared**: the fixed-cost share of each curve (``L(2) / L(N)`` and frame / ``L(N)``)
    and the token methods' latency relative to dense at the calibration settings, ranked.
 
@@ -127,10 +129,12 @@ def profile_fit_validate(model, name: str, backend: str, batch: int, threads: in
     pred = predictor.fit(meas)
     geo = pred.geometry
     held_plans = predictor.random_plans(geo, args.holdout, seed=1000 + args.seed)
-    held, _, held_s = predictor.measure_plans(model, held_plans, backend=backend, batch_size=batch,
-                                              threads=threads, time_budget_s=args.holdout_budget,
-                                              seed=args.seed + 1, min_run_time=args.min_run_time)
-    val = predictor.validate(pred, held)
+    # The dense model is timed in the same rounds: the planner's budgets are shares of it.
+    held, ref, held_s = predictor.measure_plans(model, held_plans, backend=backend, batch_size=batch,
+                                                threads=threads, time_budget_s=args.holdout_budget,
+                                                seed=args.seed + 1, min_run_time=args.min_run_time,
+                                                extra={"dense": predictor.build_model(model, geo.dense_plan())})
+    val = predictor.validate(pred, held, reference_ms=ref["dense"])
     run = {"model": name, "backend": backend, "batch": batch, "threads": threads,
            "profiling_seconds": {**meas["seconds"], "wall": t1 - t0}, "holdout_seconds": held_s,
            "load_avg": meas["load_avg"], "fit": pred.report, "validation": val,
@@ -141,12 +145,17 @@ def profile_fit_validate(model, name: str, backend: str, batch: int, threads: in
           f"(+{sec['curve_build'] + sec['plans_build']:.0f} s building/exporting): "
           f"within 10 % {100 * val['within_10']:.0f} %, "
           f"within 5 % {100 * val['within_5']:.0f} % of {val['n']} held-out plans; "
-          f"median |err| {100 * val['rel_err_median']:.1f} %", flush=True)
+          f"median |err| {100 * val['rel_err_median']:.1f} %; relative to dense: within 10 % "
+          f"{100 * val['ratio']['within_10']:.0f} %, within 5 % {100 * val['ratio']['within_5']:.0f} %", flush=True)
     return run, pred
 
 
-def planner_cases(base, preds: dict[str, Any], args) -> dict[str, Any]:
-    """The combined planner with each backend's batch-1 predictor, checked by measurement."""
+def planner_cases(base, preds: dict[str, Any], args, margins: dict[str, float] | None = None) -> dict[str, Any]:
+    """The combined planner with each backend's batch-1 predictor, checked by measurement.
+
+    ``margins``: per predictor key, the safety margin of :func:`vitprune_lite.pipelines.choose_plan`
+    (the ``--margin-quantile`` of the predictor's held-out ratio errors; 0 if absent)."""
+    margins = margins or {}
     from vitprune_lite import data, gmm
 
     bench = data.load_benchmark(0)
@@ -175,8 +184,11 @@ def planner_cases(base, preds: dict[str, Any], args) -> dict[str, Any]:
                 val = (public.x[val_idx], public.y[val_idx])
                 cands = pipelines.plan_candidates(base, structures, val, predictor=pred,
                                                   token_grid=[tuple(t) for t in TOKEN_GRID])
-                dense_ms_profiled = pred.curve_ms[-1]  # the dense model's measured L(N) on this device
-                picks = {(share, kind): pipelines.choose_plan(cands, share * dense_ms_profiled, where)
+                # Budgets are shares of the dense model; predictions are compared as ratios to the
+                # predicted dense latency, with the margin the held-out validation calls for.
+                dense_ms_profiled = pred.predict(pred.geometry.dense_plan())
+                margin = margins.get(key, 0.0)
+                picks = {(share, kind): pipelines.choose_plan(cands, share * dense_ms_profiled, where, margin=margin)
                          for share in args.budgets for kind, where in KINDS.items()}
                 timed = {"dense": base} | {f"{s}|{k}": c["model"] for (s, k), (c, _) in picks.items()}
                 if backend == "onnxruntime":
@@ -233,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", nargs="+", default=["exactness", "predictor", "planner"],
                    choices=["exactness", "predictor", "planner"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.9, 0.8])
+    p.add_argument("--margin-quantile", type=float, default=0.9,
+                   help="the planner's safety margin: this quantile of the predictor's held-out |ratio error| "
+                        "(0: no margin)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--devices", nargs="+", default=["night_cam", "drone", "factory", "phone"])
     p.add_argument("--structures", nargs="+", type=lambda s: tuple(float(v) for v in s.split("/")),
@@ -255,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(args.threads))
     out: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "versions": runtime.versions(), "runs": []}
     preds_b1: dict[str, Any] = {}
+    margins: dict[str, float] = {}
     base = None
     for name in args.models:
         model = load_model(name)
@@ -268,11 +284,18 @@ def main(argv: list[str] | None = None) -> int:
                     run, pred = profile_fit_validate(model, name, backend, b, threads, args)
                     out["runs"].append(run)
                     if name == "base_vit" and b == 1:
-                        preds_b1[f"{backend}/{threads}t"], base = pred, model
+                        key = f"{backend}/{threads}t"
+                        preds_b1[key], base = pred, model
+                        errs = [abs(r["ratio_err"]) for r in run["validation"]["rows"]]
+                        margins[key] = float(np.quantile(errs, args.margin_quantile)) if args.margin_quantile else 0.0
     if "planner" in args.parts and base is not None:
-        out["planner"] = planner_cases(base, preds_b1, args)
+        out["planner"] = planner_cases(base, preds_b1, args, margins)
+        for key, m in margins.items():
+            out["planner"][key]["margin"] = m
     out["summary"] = [{"model": r["model"], "backend": r["backend"], "batch": r["batch"], "threads": r["threads"],
                        "within_10": r["validation"]["within_10"], "within_5": r["validation"]["within_5"],
+                       "ratio_within_10": r["validation"]["ratio"]["within_10"],
+                       "ratio_within_5": r["validation"]["ratio"]["within_5"],
                        "profiling_seconds": r["profiling_seconds"]["timing"],
                        "profiling_build_seconds": r["profiling_seconds"]["curve_build"] + r["profiling_seconds"]["plans_build"],
                        "load_avg": r["load_avg"],

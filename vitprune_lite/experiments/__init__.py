@@ -1,0 +1,11 @@
+"""Experiments: what the notebooks run, as functions with typed parameters and results.
+
+Each module holds one experiment: a frozen ``Params`` dataclass whose defaults are the full run
+(with named presets such as ``smoke`` for the tests and ``lab`` for a quick look), one function
+per step that takes the ``Params`` and the previous steps' outputs, and a ``Result`` that writes
+and reads its own JSON file (``to_json`` / ``from_json``, with a schema version). A notebook is
+then the parameters cell, one call per section and the table or figure of its output.
+
+- :mod:`~vitprune_lite.experiments.device_specificity`: does pruning on a device's own data beat
+  one model pruned for every device? (the cross-device matrix; a property of the benchmark).
+"""
