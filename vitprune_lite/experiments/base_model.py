@@ -216,7 +216,8 @@ class Result:
 
         size = bench.public["test"].images.shape[1]
         report = measure.model_report(model, (1, 3, size, size))
-        info = {"params": report["params"], "flops": report["flops"], "tokens": meta.get("tokens"),
+        tokens = int(model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 1))
+        info = {"params": report["params"], "flops": report["flops"], "tokens": tokens,
                 "sha256": meta.get("sha256"), "train_seconds": meta.get("train_seconds"),
                 "fixed_cost": meta.get("fixed_cost"), "config": meta.get("model_config")}
         gap = None if cross_device is None else {"gap": cross_device.gap, "devices": cross_device.devices,
