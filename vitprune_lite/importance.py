@@ -31,7 +31,9 @@ Criteria (:data:`CRITERIA`):
 - ``"random"``: seeded uniform scores, the floor every criterion must beat.
 
 Budgets are TAP-ViTs' (MLP keep, attention keep) pairs, :data:`TAP_BUDGETS`; a pair keeps
-``(8 m + 4 a) / 12`` of every block's parameters (:func:`block_param_fraction`).
+``(8 m + 4 a) / 12`` of every block's parameters (:func:`block_param_fraction`). A budget is
+checked once, by :func:`check_budget`, which returns a :class:`Budget` that later functions
+accept without checking it again.
 """
 from __future__ import annotations
 
