@@ -44,8 +44,8 @@ def pruned_vit() -> VisionTransformer:
 CONFIGS = {
     "class token": lambda: make_vit(),
     "average pool, no class token": lambda: make_vit(class_token=False, global_pool="avg"),
-    "register tokens, layer scale, fc_norm": lambda: make_vit(reg_tokens=2, init_values=0.1, fc_norm=True,
-                                                              global_pool="avg"),
+    "register tokens, pre-norm, layer scale, fc_norm": lambda: make_vit(reg_tokens=2, pre_norm=True, init_values=0.1,
+                                                                        fc_norm=True, global_pool="avg"),
     "unfused attention": lambda: _unfused(make_vit()),
     "pruned by surgery": pruned_vit,
 }
