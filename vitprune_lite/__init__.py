@@ -19,6 +19,8 @@ Modules, one concept each:
 - ``data_v2``     benchmark v2 (48 fine-grained classes at 48 px, cluttered scenes, 8 styles, 8
                   devices): built and tested; the default switches to it with its trained model.
 - ``models``      the base ViT: config, the one training loop, safetensors checkpoints, timm names.
+- ``vit``         the ViT's structure, known once: head geometry, the supported-model check, the
+                  forward stages (embed, blocks, head) and eval mode; every module below reads it.
 - ``surgery``     the one mechanism that physically removes heads, head dimensions and channels.
 - ``measure``     FLOPs, parameters, memory, latency and accuracy, used by every notebook.
 - ``features``    frozen feature extractors a device or the cloud embeds images with.

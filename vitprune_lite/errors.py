@@ -10,7 +10,7 @@ Every message names the offending value or file, says what was wrong and what is
 from __future__ import annotations
 
 __all__ = ["VitpruneError", "InvalidValueError", "InvalidFileError", "InputTooLargeError",
-           "ParameterError", "OverwriteRefusedError"]
+           "ParameterError", "OverwriteRefusedError", "UnsupportedModelError"]
 
 
 class VitpruneError(Exception):
@@ -35,3 +35,8 @@ class ParameterError(InvalidValueError):
 
 class OverwriteRefusedError(VitpruneError, FileExistsError):
     """Writing would replace a file that must not be replaced without an explicit request."""
+
+
+class UnsupportedModelError(InvalidValueError, TypeError):
+    """A model is not a ViT this package supports, or lacks a part a method needs (a plain
+    ``Mlp``, a class token, ...). Also a ``TypeError``: the model is the wrong kind of object."""

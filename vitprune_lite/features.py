@@ -281,9 +281,14 @@ class ViTCls(_Extractor):
 
     def __init__(self, model, dim: int = 16, batch_size: int = 256) -> None:
         super().__init__(dim)
-        if not hasattr(model, "forward_features") or getattr(model, "cls_token", None) is None:
-            raise ValueError("model must be a timm VisionTransformer with a class token "
-                             "(e.g. models.load_base_model()[0])")
+        from . import vit  # torch only where a model is used: the device side may not need it
+        from .errors import UnsupportedModelError
+
+        if getattr(model, "cls_token", None) is None:
+            raise UnsupportedModelError(f"features.ViTCls: model {type(model).__name__} has no class token; "
+                                        "accepted: a timm VisionTransformer with a class token "
+                                        "(e.g. models.load_base_model()[0])")
+        vit.require_vit(model, "features.ViTCls")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model = model.eval()

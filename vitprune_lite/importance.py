@@ -31,7 +31,9 @@ Criteria (:data:`CRITERIA`):
 - ``"random"``: seeded uniform scores, the floor every criterion must beat.
 
 Budgets are TAP-ViTs' (MLP keep, attention keep) pairs, :data:`TAP_BUDGETS`; a pair keeps
-``(8 m + 4 a) / 12`` of every block's parameters (:func:`block_param_fraction`).
+``(8 m + 4 a) / 12`` of every block's parameters (:func:`block_param_fraction`). A budget is
+checked once, by :func:`check_budget`, which returns a :class:`Budget` that later functions
+accept without checking it again.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import surgery, variants
+from . import surgery, variants, vit
+from .errors import InvalidValueError
 
 from timm.layers import Mlp  # noqa: E402  (after the package's torchvision shim)
 from timm.layers.attention import Attention
@@ -57,7 +60,7 @@ __all__ = [
     "tap_importance", "hsic_rbf", "centred_gram", "magnitude_scores", "taylor_scores", "random_scores",
     "toast_scores", "layer_sensitivity", "keep_ratios", "adaptive_ratios", "allocate_counts",
     "make_plan", "PLAN_DEFAULTS", "prune_copy", "block_param_fraction", "rank_correlation",
-    "rbf_gram", "probe_sparsity", "VARIANT_CRITERIA",
+    "rbf_gram", "probe_sparsity", "VARIANT_CRITERIA", "Budget", "check_budget",
 ]
 
 CRITERIA = ("tap", "taylor", "magnitude_l1", "magnitude_l2", "random", "toast", "toast_heads")
@@ -77,9 +80,6 @@ PROBE_SPARSITIES = (0.9, 0.8, 0.7, 0.6, 0.5)
 TAP_TOKENS = 32
 #: Criteria whose authors' code has a ``variant="reference"`` here.
 VARIANT_CRITERIA = ("tap", "toast", "toast_heads")
-
-_VIT = ("a timm VisionTransformer (patch_embed, _pos_embed, blocks of timm Attention or "
-        "surgery.SlimAttention + timm Mlp, norm, forward_head)")
 
 
 # ----------------------------------------------------------------------------- containers
@@ -118,27 +118,9 @@ class UnitScores:
 
 # ----------------------------------------------------------------------------- validation
 
-def _geometry(attn: nn.Module) -> tuple[int, int, int]:
-    """(heads, q/k dims per head, v dims per head) of a timm or surgery attention."""
-    if isinstance(attn, surgery.SlimAttention):
-        return attn.num_heads, attn.qk_dim, attn.v_dim
-    return attn.num_heads, attn.head_dim, attn.head_dim
-
-
-def _check_model(model: Any) -> Sequence[nn.Module]:
-    """The model's blocks, or a ValueError saying what is supported."""
-    blocks = getattr(model, "blocks", None)
-    ok = (isinstance(model, nn.Module) and isinstance(blocks, (nn.Sequential, nn.ModuleList))
-          and len(blocks) > 0 and all(hasattr(model, a) for a in
-                                      ("patch_embed", "_pos_embed", "norm", "forward_head")))
-    if ok:
-        for b in blocks:
-            if type(getattr(b, "attn", None)) not in (Attention, surgery.SlimAttention) \
-                    or type(getattr(b, "mlp", None)) is not Mlp:
-                ok = False
-    if not ok:
-        raise ValueError(f"unsupported model {type(model).__name__}: expected {_VIT}")
-    return blocks
+def _check_model(model: Any, where: str) -> Sequence[nn.Module]:
+    """The model's blocks: every criterion reads plain timm (or surgery) attention and Mlp."""
+    return vit.require_vit(model, where, attention=(Attention, surgery.SlimAttention), mlp=(Mlp,))
 
 
 def _check_images(x: Any, what: str = "x") -> Tensor:
@@ -152,15 +134,60 @@ def _check_images(x: Any, what: str = "x") -> Tensor:
     return x
 
 
-def _check_budget(budget: Any) -> tuple[float, float]:
+class Budget(tuple):
+    """A checked TAP-ViTs budget ``(mlp_keep, attn_keep)``: two keep ratios, each in (0, 1].
+
+    Built by :func:`check_budget` (or ``Budget(mlp_keep, attn_keep)``), the one place a budget
+    is validated. Every function taking a budget passes it through :func:`check_budget`, which
+    returns a ``Budget`` unchanged, so a budget is checked once however many functions it
+    passes through. It behaves as the plain pair of floats (unpacking, ``list()``, JSON, repr).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, mlp_keep: Any, attn_keep: Any) -> "Budget":
+        try:
+            m, a = float(mlp_keep), float(attn_keep)
+        except (TypeError, ValueError):
+            raise InvalidValueError(f"budget must be a pair of numbers (mlp_keep, attn_keep), got "
+                                    f"({mlp_keep!r}, {attn_keep!r})") from None
+        for name, v in (("mlp_keep", m), ("attn_keep", a)):
+            if not 0 < v <= 1:
+                raise InvalidValueError(f"budget keeps must each be in (0, 1]: {name} = {v} is out of "
+                                        f"range in ({m}, {a})")
+        return super().__new__(cls, (m, a))
+
+    def __getnewargs__(self) -> tuple[float, float]:  # copy and pickle rebuild through __new__
+        return self[0], self[1]
+
+    @property
+    def mlp_keep(self) -> float:
+        return self[0]
+
+    @property
+    def attn_keep(self) -> float:
+        return self[1]
+
+    @property
+    def block_param_fraction(self) -> float:
+        """Fraction of a ViT block's weights kept: MLP holds 8 C^2, attention 4 C^2 (ratio 4)."""
+        return (8 * self[0] + 4 * self[1]) / 12
+
+
+def check_budget(budget: Any) -> Budget:
+    """``budget`` as a :class:`Budget`: a ``Budget`` as it is, a pair ``(mlp_keep, attn_keep)``
+    checked.
+
+    Raises:
+        InvalidValueError: not a pair of numbers, or a keep ratio outside (0, 1].
+    """
+    if isinstance(budget, Budget):
+        return budget
     try:
-        m, a = (float(v) for v in budget)
+        m, a = budget
     except (TypeError, ValueError):
-        raise ValueError(f"budget must be a pair (mlp_keep, attn_keep), got {budget!r}") from None
-    for name, v in (("mlp_keep", m), ("attn_keep", a)):
-        if not 0 < v <= 1:
-            raise ValueError(f"{name} = {v} out of range; keep ratios are accepted in (0, 1]")
-    return m, a
+        raise InvalidValueError(f"budget must be a pair (mlp_keep, attn_keep), got {budget!r}") from None
+    return Budget(m, a)
 
 
 def _check_int(value: Any, name: str, lo: int = 1) -> int:
@@ -171,24 +198,10 @@ def _check_int(value: Any, name: str, lo: int = 1) -> int:
 
 def block_param_fraction(mlp_keep: float, attn_keep: float) -> float:
     """Fraction of a ViT block's weights kept: MLP holds 8 C^2, attention 4 C^2 (ratio 4)."""
-    m, a = _check_budget((mlp_keep, attn_keep))
-    return (8 * m + 4 * a) / 12
+    return Budget(mlp_keep, attn_keep).block_param_fraction
 
 
 # ----------------------------------------------------------------------------- forward helpers
-
-def _embed(model: nn.Module, x: Tensor) -> Tensor:
-    """Tokens entering block 0: ``[B, N, C]``."""
-    h = model.patch_embed(x)
-    h = model._pos_embed(h)
-    h = model.patch_drop(h) if hasattr(model, "patch_drop") else h
-    return model.norm_pre(h) if hasattr(model, "norm_pre") else h
-
-
-def _finish(model: nn.Module, h: Tensor) -> Tensor:
-    """Logits from the tokens leaving the last block."""
-    return model.forward_head(model.norm(h))
-
 
 @contextlib.contextmanager
 def _unit_inputs(model: nn.Module, fn: Callable[[int, str, Tensor], None]) -> Iterator[None]:
@@ -205,18 +218,6 @@ def _unit_inputs(model: nn.Module, fn: Callable[[int, str, Tensor], None]) -> It
     finally:
         for h in handles:
             h.remove()
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode inside the context; every submodule's own flag restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, t in modes:
-            m.training = t
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -368,7 +369,7 @@ def tap_importance(
         scores) and the normalised components ``rel``/``red``/``act`` (reference: each the mean
         over batches of its per-batch normalised values).
     """
-    blocks = _check_model(model)
+    blocks = _check_model(model, "importance.tap_importance")
     x = _check_images(x)
     reference = variants.check(variant) == "reference"
     if reference:
@@ -386,8 +387,8 @@ def tap_importance(
     dev = _device(model)
     L = len(blocks)
     t0 = time.perf_counter()
-    with _eval(model):
-        n_tok = _embed(model, x[:1].to(dev)).shape[1]
+    with vit.eval_mode(model):
+        n_tok = vit.embed(model, x[:1].to(dev)).shape[1]
     pos = _token_positions(n_tok, tokens, seed)
     act: dict[tuple[int, str], Tensor] = {}
     rel: dict[tuple[int, str], Tensor] = {}
@@ -407,14 +408,14 @@ def tap_importance(
     # Equal-sized sample sets (no tiny last batch with a noisy HSIC estimate).
     batches = torch.tensor_split(torch.arange(len(x)), max(1, len(x) // batch_size))
     t_fwd = 0.0
-    with _eval(model), _unit_inputs(model, record):
+    with vit.eval_mode(model), _unit_inputs(model, record):
         for idx in batches:
             t1 = time.perf_counter()
             y = model(x[idx].to(dev)).float().softmax(-1).cpu()  # [n, classes]
             t_fwd += time.perf_counter() - t1
             g_out = centred_gram(y)
             for i, block in enumerate(blocks):
-                H, _, dv = _geometry(block.attn)
+                H, _, dv = vit.head_geometry(block.attn)
                 for kind in ("mlp", "attn"):
                     a = cur.pop((i, kind))  # [n, t, C]
                     C = a.shape[-1]
@@ -445,7 +446,7 @@ def tap_importance(
                         red[(i, kind)] = red.get((i, kind), 0) + r / len(batches)
     out_blocks, comps = [], []
     for i, block in enumerate(blocks):
-        H, _, dv = _geometry(block.attn)
+        H, _, dv = vit.head_geometry(block.attn)
         scores, comp = {}, {}
         for kind in ("mlp", "attn"):
             if reference:
@@ -473,7 +474,7 @@ def _attn_parts(attn: nn.Module, bias: bool = True
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int, int]:
     """q, k, v weights ``[H, D, C]`` (``bias``: the qkv bias appended as a column, ``[H, D, C + 1]``)
     and proj columns ``[H, Dv, C']``."""
-    H, dq, dv = _geometry(attn)
+    H, dq, dv = vit.head_geometry(attn)
     w = attn.qkv.weight.detach()
     if bias and attn.qkv.bias is not None:
         w = torch.cat([w, attn.qkv.bias.detach()[:, None]], 1)
@@ -498,7 +499,7 @@ def magnitude_scores(model: nn.Module, p: int = 2) -> UnitScores:
         model: timm ViT.
         p: 1 or 2.
     """
-    blocks = _check_model(model)
+    blocks = _check_model(model, "importance.magnitude_scores")
     if p not in (1, 2):
         raise ValueError(f"p must be 1 or 2, got {p!r}")
     out = []
@@ -549,7 +550,7 @@ def toast_scores(model: nn.Module, variant: str = "project") -> UnitScores:
     without bias columns (``[D, 2C]``) and the lower middle value as the median for an even
     count (``torch.median``); the ``"heads"`` and ``"mlp"`` extensions use the same rules.
     """
-    blocks = _check_model(model)
+    blocks = _check_model(model, "importance.toast_scores")
     reference = variants.check(variant) == "reference"
     out = []
     for block in blocks:
@@ -570,11 +571,11 @@ def toast_scores(model: nn.Module, variant: str = "project") -> UnitScores:
 
 def random_scores(model: nn.Module, seed: int = 0) -> UnitScores:
     """Uniform random scores for every unit, reproducible for ``seed``."""
-    blocks = _check_model(model)
+    blocks = _check_model(model, "importance.random_scores")
     g = torch.Generator().manual_seed(seed)
     out = []
     for block in blocks:
-        H, dq, dv = _geometry(block.attn)
+        H, dq, dv = vit.head_geometry(block.attn)
         out.append({"mlp": torch.rand(block.mlp.fc1.out_features, generator=g),
                     "attn": torch.rand(H, dv, generator=g), "heads": torch.rand(H, generator=g)})
     return UnitScores("random", out, info={"seed": seed})
@@ -588,7 +589,7 @@ def taylor_scores(model: nn.Module, x: Tensor, y: Optional[Tensor] = None,
     own top-1 prediction (label-free, like TAP-ViTs). Heads: the same with ``a * dL/da`` summed
     over the head's channels before the absolute value.
     """
-    blocks = _check_model(model)
+    blocks = _check_model(model, "importance.taylor_scores")
     x = _check_images(x)
     batch_size = _check_int(batch_size, "batch_size")
     if y is not None and (not isinstance(y, Tensor) or y.shape != (len(x),)):
@@ -602,7 +603,7 @@ def taylor_scores(model: nn.Module, x: Tensor, y: Optional[Tensor] = None,
     def keep(i: int, kind: str, a: Tensor) -> None:
         store[(i, kind)] = a
 
-    with _eval(model), _unit_inputs(model, keep):
+    with vit.eval_mode(model), _unit_inputs(model, keep):
         for s in range(0, len(x), batch_size):
             store.clear()
             logits = model(x[s:s + batch_size].to(dev))
@@ -616,12 +617,12 @@ def taylor_scores(model: nn.Module, x: Tensor, y: Optional[Tensor] = None,
                 val = prod.abs().sum(0).float().cpu()
                 acc[key] = acc.get(key, 0) + val
                 if key[1] == "attn":
-                    H = _geometry(blocks[key[0]].attn)[0]
+                    H = vit.head_geometry(blocks[key[0]].attn)[0]
                     ph = prod.reshape(len(prod), H, -1).sum(-1).abs().sum(0).float().cpu()
                     acc_heads[key[0]] = acc_heads.get(key[0], 0) + ph
     out = []
     for i, block in enumerate(blocks):
-        H, _, dv = _geometry(block.attn)
+        H, _, dv = vit.head_geometry(block.attn)
         out.append({"mlp": acc[(i, "mlp")] / len(x), "attn": (acc[(i, "attn")] / len(x)).reshape(H, dv),
                     "heads": acc_heads[i] / len(x)})
     return UnitScores("taylor", out, info={"images": len(x), "labels": y is not None})
@@ -640,11 +641,8 @@ def score(model: nn.Module, criterion: str, x: Optional[Tensor] = None,
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; accepted: {', '.join(CRITERIA)}")
-    _check_model(model)
-    if criterion in DATA_CRITERIA:
-        if x is None:
-            raise ValueError(f"criterion {criterion!r} needs images x [N, 3, H, W]")
-        _check_images(x)
+    if criterion in DATA_CRITERIA and x is None:  # the criterion checks the model and images
+        raise ValueError(f"criterion {criterion!r} needs images x [N, 3, H, W]")
     if criterion == "tap":
         return tap_importance(model, x, **options)
     if criterion == "taylor":
@@ -684,7 +682,7 @@ def probe_sparsity(budget: tuple[float, float]) -> float:
     Raises:
         ValueError: ``budget`` is not one of :data:`TAP_BUDGETS` (the code defines no other pair).
     """
-    m, a = _check_budget(budget)
+    m, a = check_budget(budget)
     for b, s in zip(TAP_BUDGETS, PROBE_SPARSITIES):
         if abs(b[0] - m) < 1e-9 and abs(b[1] - a) < 1e-9:
             return s
@@ -697,7 +695,7 @@ def _masked_attn_probe(block: nn.Module, scores: Mapping[str, Tensor], sparsity:
     of the whole layer (heads may keep different numbers), the others' q, k and v rows zeroed:
     exactly the authors' 0/1 gate on q, k and v."""
     probe = copy.deepcopy(block)
-    H, dq, dv = _geometry(probe.attn)
+    H, dq, dv = vit.head_geometry(probe.attn)
     flat = scores.get("attn", scores.get("qk")).flatten()
     keep = max(1, int(H * dv * (1 - sparsity)))
     drop = torch.ones(H * dv, dtype=torch.bool)
@@ -750,7 +748,7 @@ def layer_sensitivity(
     Returns:
         ``{"mlp": [L], "attn": [L]}`` summed KL (nats), plus ``"seconds"``.
     """
-    blocks = _check_model(model)
+    blocks = _check_model(model, "importance.layer_sensitivity")
     x = _check_images(x)
     reference = variants.check(variant) == "reference"
     batch_size = _check_int(batch_size, "batch_size")
@@ -758,7 +756,7 @@ def layer_sensitivity(
         raise ValueError(f"scores hold {len(scores)} blocks, the model has {len(blocks)}")
     if not sparsities or any(not 0 < s < 1 for s in sparsities):
         raise ValueError(f"probe sparsities must be fractions in (0, 1), got {sparsities!r}")
-    if any(_geometry(b.attn)[1] != _geometry(b.attn)[2] for b in blocks):
+    if any(vit.head_geometry(b.attn)[1] != vit.head_geometry(b.attn)[2] for b in blocks):
         raise ValueError("layer_sensitivity probes attention dims in q, k and v together; it needs "
                          "equal q/k and v widths per head (an unpruned model)")
     if max_images is not None:
@@ -766,15 +764,11 @@ def layer_sensitivity(
     dev = _device(model)
     t0 = time.perf_counter()
     kl = {"mlp": torch.zeros(len(blocks)), "attn": torch.zeros(len(blocks))}
-    with _eval(model):
-        hs = [_embed(model, x[s:s + batch_size].to(dev)) for s in range(0, len(x), batch_size)]
-        logp = []
-        for h in hs:
-            for b in blocks:
-                h = b(h)
-            logp.append(_finish(model, h).float().log_softmax(-1))
+    with vit.eval_mode(model):
+        hs = [vit.embed(model, x[s:s + batch_size].to(dev)) for s in range(0, len(x), batch_size)]
+        logp = [vit.head(model, vit.run_blocks(model, h)).float().log_softmax(-1) for h in hs]
         for i, block in enumerate(blocks):
-            H, dq, dv = _geometry(block.attn)
+            H, dq, dv = vit.head_geometry(block.attn)
             M = block.mlp.fc1.out_features
             for kind in ("mlp", "attn"):
                 for s in sparsities:
@@ -789,10 +783,7 @@ def layer_sensitivity(
                         probe = surgery.apply_plan(_Blocks(copy.deepcopy(block)), {0: entry}).blocks[0]
                     total = 0.0
                     for h, lp in zip(hs, logp):
-                        h = probe(h)
-                        for b in blocks[i + 1:]:
-                            h = b(h)
-                        lq = _finish(model, h).float().log_softmax(-1)
+                        lq = vit.head(model, vit.run_blocks(model, probe(h), i + 1)).float().log_softmax(-1)
                         if reference:  # KL(pruned || dense) of batch-normalised outputs
                             n = len(lq)
                             total += F.kl_div(lp, lq, log_target=True, reduction="sum").item() / n ** 2
@@ -873,7 +864,7 @@ def adaptive_ratios(sensitivity: Mapping[str, Tensor], budget: tuple[float, floa
         alpha: softmax temperature factor (the paper: 1.1).
         variant: ``"project"`` or ``"reference"``.
     """
-    m, a = _check_budget(budget)
+    m, a = check_budget(budget)
     reference = variants.check(variant) == "reference"
     out = {}
     for kind, target in (("mlp", m), ("attn", a)):
@@ -994,8 +985,8 @@ def make_plan(
     Returns:
         ``{block: {"mlp": [k_i], "qk": [H, d_i], "vo": [H, d_i]}}`` or with ``"heads"``.
     """
-    blocks = _check_model(model)
-    m, a = _check_budget(budget)
+    blocks = _check_model(model, "importance.make_plan")
+    m, a = check_budget(budget)
     reference = variants.check(variant) == "reference"
     L = len(blocks)
     defaults = PLAN_DEFAULTS.get(scores.criterion, {})
@@ -1018,7 +1009,7 @@ def make_plan(
     else:
         r_mlp = keep_ratios(torch.ones(L), m)
         r_attn = keep_ratios(torch.ones(L), a, fixed={i: 1.0 for i in dense})
-    geo = [_geometry(b.attn) for b in blocks]
+    geo = [vit.head_geometry(b.attn) for b in blocks]
     if attn_unit == "dims" and any(dq != dv for _, dq, dv in geo):
         raise ValueError("attn_unit='dims' needs equal q/k and v widths per head; the model was "
                          "already pruned unevenly")

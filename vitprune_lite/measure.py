@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from . import vit
 from .errors import InvalidValueError
 
 # Fused attention kernels that torch's FLOP registry does not know (it covers the CUDA flash,
@@ -58,18 +59,6 @@ def flop_counter() -> FlopCounterMode:
         if op is not None and op not in flop_registry:
             mapping[op] = _sdpa_flops
     return FlopCounterMode(display=False, custom_mapping=mapping)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    # Restore each submodule's own flag: model.train(prev) would overwrite deliberate mixes.
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _as_args(inputs: Tensor | tuple | list, what: str = "inputs") -> tuple:
@@ -133,7 +122,7 @@ def _check_module(model: Any, what: str = "model") -> None:
 def _counted(model: nn.Module, inputs: Tensor | tuple) -> FlopCounterMode:
     _check_module(model)
     args = _as_args(inputs)
-    with _eval_mode(model), torch.no_grad(), flop_counter() as counter:
+    with vit.eval_mode(model), torch.no_grad(), flop_counter() as counter:
         model(*args)
     return counter
 
@@ -324,7 +313,7 @@ def measure_latency(
         calls = {name: runtime.timing_callable(m, args[name], used) for name, m in models.items()}
     with contextlib.ExitStack() as stack:
         for model in models.values():
-            stack.enter_context(_eval_mode(model))
+            stack.enter_context(vit.eval_mode(model))
         stack.enter_context(torch.inference_mode())
         stack.callback(torch.set_num_threads, previous)
         torch.set_num_threads(used)
@@ -408,7 +397,7 @@ def _logits_and_labels(
     dev = param.device if param is not None else torch.device("cpu")
     logits, labels = [], []
     _check_images_fit(model, x)
-    with _eval_mode(model), torch.inference_mode():
+    with vit.eval_mode(model), torch.inference_mode():
         for xb, yb in _batches(x, y, batch_size):
             logits.append(model(xb.to(dev)).float().cpu())
             if yb is not None:
@@ -531,11 +520,14 @@ def _block_widths(block: nn.Module) -> dict[str, int | None]:
     attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
     qkv, proj = getattr(attn, "qkv", None), getattr(attn, "proj", None)
     fc1 = getattr(mlp, "fc1", None)
+    if hasattr(attn, "num_heads") and hasattr(attn, "head_dim"):  # timm-style attention
+        heads, qk_dim, v_dim = vit.head_geometry(attn)
+    else:
+        heads, qk_dim, v_dim = (getattr(attn, a, None) for a in ("num_heads", "qk_dim", "v_dim"))
     return {
-        "num_heads": getattr(attn, "num_heads", None),
-        # surgery's SlimAttention keeps separate query/key and value widths per head
-        "qk_dim": getattr(attn, "qk_dim", getattr(attn, "head_dim", None)),
-        "v_dim": getattr(attn, "v_dim", getattr(attn, "head_dim", None)),
+        "num_heads": heads,
+        "qk_dim": qk_dim,
+        "v_dim": v_dim,
         "qkv_out": qkv.out_features if isinstance(qkv, nn.Linear) else None,
         "proj_in": proj.in_features if isinstance(proj, nn.Linear) else None,
         "mlp_hidden": fc1.out_features if isinstance(fc1, nn.Linear) else None,

@@ -29,17 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import importance
+from . import importance, vit
+
+from timm.layers import Mlp  # noqa: E402  (after the package's torchvision shim)
+from timm.layers.attention import Attention
 
 __all__ = ["torch_pruning_prune", "fix_attention_attrs", "IMPORTANCES"]
 
 IMPORTANCES = ("magnitude", "taylor")
 
 
-def _target(budget: tuple[float, float], heads: int) -> tuple[int, float]:
+def _target(budget: importance.Budget, heads: int) -> tuple[int, float]:
     """Kept heads per block and the MLP keep ratio that holds the budget's parameter fraction."""
-    m, a = importance._check_budget(budget)
-    frac = importance.block_param_fraction(m, a)
+    m, a = budget
+    frac = budget.block_param_fraction
     k_heads = max(1, min(heads, int(round(a * heads))))
     m_adj = (12 * frac - 4 * k_heads / heads) / 8
     if not 0 < m_adj <= 1:
@@ -90,16 +93,16 @@ def torch_pruning_prune(
     """
     import torch_pruning as tp
 
-    blocks = importance._check_model(model)
+    blocks = vit.require_vit(model, "peers.torch_pruning_prune", mlp=(Mlp,))
     if importance_kind not in IMPORTANCES:
         raise ValueError(f"importance_kind must be one of {IMPORTANCES}, got {importance_kind!r}")
-    if any(type(b.attn) is not importance.Attention for b in blocks):
+    if any(type(b.attn) is not Attention for b in blocks):
         raise ValueError("torch_pruning_prune needs an unpruned timm model (plain Attention)")
     heads = {b.attn.num_heads for b in blocks}
     if len(heads) != 1:
         raise ValueError(f"blocks have different head counts {sorted(heads)}; need one")
     (H,) = heads
-    k_heads, m_adj = _target(budget, H)
+    k_heads, m_adj = _target(importance.check_budget(budget), H)
     if importance_kind == "taylor":
         if x is None or y is None:
             raise ValueError("importance_kind='taylor' needs images x [N, 3, H, W] and labels y [N]")

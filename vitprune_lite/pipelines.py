@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import gmm, importance, latency, measure, models, peers, surgery, tcs, tokens, variants
+from . import gmm, importance, latency, measure, models, peers, surgery, tcs, tokens, variants, vit
 
 
 @dataclass(frozen=True)
@@ -111,16 +111,6 @@ class PrunedModel:
     device: str
     model: nn.Module
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def _check_budget(budget: Any) -> tuple[float, float]:
-    try:
-        m, a = (float(v) for v in budget)
-    except (TypeError, ValueError):
-        raise ValueError(f"budget must be a pair (mlp_keep, attn_keep), got {budget!r}") from None
-    if not (0 < m <= 1 and 0 < a <= 1):
-        raise ValueError(f"budget keeps must each be in (0, 1], got ({m}, {a})")
-    return m, a
 
 
 def split_validation(idx: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +242,7 @@ def prune_and_recover(
         ``(model, report)``: the pruned (and possibly fine-tuned) model in eval mode and what
         happened, including ``"val_acc_pruned"``, ``"val_acc_finetuned"`` and ``"kept"``.
     """
-    budget = _check_budget(budget)
+    budget = importance.check_budget(budget)  # a Budget from a pipeline passes unchecked
     if recovery.get("ft_steps", 0) < 0:
         raise ValueError(f"ft_steps must be >= 0, got {recovery['ft_steps']}")
     split_validation(finetune_idx, recovery.get("val_fraction", 0.1))  # refuse a bad split before scoring
@@ -291,7 +281,7 @@ def prune_and_recover(
     t2 = time.perf_counter()
     report = {
         "criterion": criterion, "budget": list(budget),
-        "block_params_kept_target": importance.block_param_fraction(*budget),
+        "block_params_kept_target": budget.block_param_fraction,
         "adaptive": adaptive, "variant": variant,
         "layer_keep": {k: v.tolist() for k, v in ratios.items()} if ratios else None,
         "n_metric": int(len(metric_idx)), **rec, **size_report(base, model, public.x[:1]),
@@ -335,9 +325,9 @@ def tap_vits(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_m
     Raises:
         ValueError: no upload and no selection, or public data without features.
     """
-    _check_budget(request.budget)
+    budget = importance.check_budget(request.budget)
     sel = _selection(request, public, selection, n_metric, n_finetune)
-    model, report = prune_and_recover(base, public, sel.metric, sel.finetune, request.budget, **options)
+    model, report = prune_and_recover(base, public, sel.metric, sel.finetune, budget, **options)
     report["selection"] = "gmm"
     return PrunedModel("tap_vits", request.device, model, report)
 
@@ -349,9 +339,9 @@ def one_size_fits_all(base: nn.Module, request: DeviceRequest, public: PublicDat
     The upload, if any, is ignored; the selection is seeded by ``options["seed"]`` (default 0)
     only, so every device gets the same model.
     """
-    _check_budget(request.budget)
+    budget = importance.check_budget(request.budget)
     sel = _random_selection(public, n_metric, n_finetune, options.get("seed", 0))
-    model, report = prune_and_recover(base, public, sel.metric, sel.finetune, request.budget, **options)
+    model, report = prune_and_recover(base, public, sel.metric, sel.finetune, budget, **options)
     report["selection"] = "random"
     return PrunedModel("one_size_fits_all", "*", model, report)
 
@@ -377,8 +367,8 @@ def toast(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_fine
         **options: passed to :func:`prune_and_recover` (``ft_steps``, ``seed``, ``variant``, ...);
             ``variant="reference"`` also installs ToaSt's reference TCS (:func:`vitprune_lite.tcs.patch`).
     """
-    budget = _check_budget(request.budget)
-    depth = len(importance._check_model(base))
+    budget = importance.check_budget(request.budget)
+    depth = len(vit.require_vit(base, "pipelines.toast"))
     fc1, fc2 = tcs._ratio_list(tcs_fc1, depth, "tcs_fc1"), tcs._ratio_list(tcs_fc2, depth, "tcs_fc2")  # refuse early
     sel = _random_selection(public, 2, n_finetune, options.get("seed", 0))
     model, report = prune_and_recover(base, public, sel.metric, sel.finetune, budget, criterion="toast",
@@ -401,7 +391,7 @@ def torch_pruning(base: nn.Module, request: DeviceRequest, public: PublicData, *
             random public metric set's first 640 images).
         **options: passed to :func:`recover`.
     """
-    budget = _check_budget(request.budget)
+    budget = importance.check_budget(request.budget)
     if importance_kind not in peers.IMPORTANCES:
         raise ValueError(f"importance_kind must be one of {peers.IMPORTANCES}, got {importance_kind!r}")
     sel = _random_selection(public, 640, n_finetune, options.get("seed", 0))
@@ -412,7 +402,7 @@ def torch_pruning(base: nn.Module, request: DeviceRequest, public: PublicData, *
     t1 = time.perf_counter()
     model, rec = recover(model, public, sel.finetune, **options)
     report = {"criterion": f"torch_pruning_{importance_kind}", "budget": list(budget),
-              "block_params_kept_target": importance.block_param_fraction(*budget), "selection": "random",
+              "block_params_kept_target": budget.block_param_fraction, "selection": "random",
               "torch_pruning": info, **rec, **size_report(base, model, public.x[:1]),
               "seconds": {"prune": t1 - t0, "recover": time.perf_counter() - t1}}
     return PrunedModel("torch_pruning", "*", model, report)
@@ -452,7 +442,7 @@ def oracle(base: nn.Module, request: DeviceRequest, public: PublicData, *, priva
         n_metric: images scored.
         **options: passed to :func:`prune_and_recover` (``seed`` draws the validation split).
     """
-    budget = _check_budget(request.budget)
+    budget = importance.check_budget(request.budget)
     x, y = private
     pool = PublicData(x, y)
     idx = np.arange(len(x))

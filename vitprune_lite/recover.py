@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from . import folder_data, paths, structure
+from . import folder_data, paths, structure, vit
 
 STATE = "state.pt"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -188,17 +188,15 @@ def evaluate(model: nn.Module, split: folder_data.Split, size: int, mean, std, *
     image counted twice), the counts summed over processes."""
     ds = folder_data.FolderDataset(split, size, mean, std)
     mine = Subset(ds, list(range(rank, len(ds), world)))
-    was = model.training
-    model.eval()
     hits = total = 0
     # Its own generator: evaluating must not advance the global RNG a resumed run restores.
     loader = DataLoader(mine, batch_size=batch_size, num_workers=workers, generator=torch.Generator().manual_seed(0))
-    for x, y in loader:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            pred = model(x.to(device, non_blocking=True)).argmax(-1).cpu()
-        hits += int((pred == y).sum())
-        total += len(y)
-    model.train(was)
+    with vit.eval_mode(model):
+        for x, y in loader:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                pred = model(x.to(device, non_blocking=True)).argmax(-1).cpu()
+            hits += int((pred == y).sum())
+            total += len(y)
     hits, total = _all_sum([hits, total], device)
     return hits / max(total, 1)
 

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import vit
+
 __all__ = [
     "BACKENDS", "check_backend", "OrtModule", "export", "export_checked", "max_abs_diff",
     "IndexedViT", "curve_models", "to_backend", "timing_callable", "versions",
@@ -215,8 +217,6 @@ def export(model: nn.Module, inputs: Tensor | Sequence[Tensor], *,
             blk.attn.fused_attn = False
         meta["notes"].append("ToMe proportional attention exported unfused (explicit softmax): "
                              "the exporter cannot decompose SDPA with an additive float mask")
-    was_training = [(m, m.training) for m in src.modules()]
-    src.eval()
     dyn = None
     if dynamic:
         dyn = [None] * len(args)
@@ -225,17 +225,13 @@ def export(model: nn.Module, inputs: Tensor | Sequence[Tensor], *,
         dyn = tuple(dyn)
         meta["dynamic"] = {str(k): dict(v) for k, v in dynamic.items()}
     names = [f"input{i}" for i in range(len(args))]
-    try:
-        with _quiet():
-            program = torch.onnx.export(src, args, dynamo=True, opset_version=OPSET, verbose=False,
-                                        input_names=names, dynamic_shapes=dyn)
-            with tempfile.TemporaryDirectory() as tmp:  # save() resolves file paths, not buffers
-                path = os.path.join(tmp, "model.onnx")
-                program.save(path)
-                data = Path(path).read_bytes()
-    finally:
-        for m, t in was_training:
-            m.training = t
+    with vit.eval_mode(src), _quiet():
+        program = torch.onnx.export(src, args, dynamo=True, opset_version=OPSET, verbose=False,
+                                    input_names=names, dynamic_shapes=dyn)
+        with tempfile.TemporaryDirectory() as tmp:  # save() resolves file paths, not buffers
+            path = os.path.join(tmp, "model.onnx")
+            program.save(path)
+            data = Path(path).read_bytes()
     return OrtModule(data, names, meta, spinning=spinning)
 
 
@@ -259,14 +255,8 @@ def _quiet() -> Iterator[None]:
 def max_abs_diff(model: nn.Module, ort_module: OrtModule, inputs: Tensor | Sequence[Tensor]) -> float:
     """Largest absolute difference between the PyTorch model's and the session's output."""
     args = _as_args(inputs)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            ref = model(*args)
-    finally:
-        for m, t in modes:
-            m.training = t
+    with vit.eval_mode(model), torch.inference_mode():
+        ref = model(*args)
     got = ort_module.session(max(1, torch.get_num_threads())).run(None, ort_module._feeds(args))[0]
     if tuple(got.shape) != tuple(ref.shape):
         raise ValueError(f"exported output has shape {tuple(got.shape)}, PyTorch's {tuple(ref.shape)}")
@@ -307,8 +297,7 @@ class IndexedViT(nn.Module):
     def forward(self, x: Tensor, index: Tensor) -> Tensor:
         """``x [B, 3, H, W]``, ``index [n]`` (int64) -> logits ``[B, classes]``."""
         m = self.model
-        t = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
-        return m.forward_head(m.norm(m.blocks(t.index_select(1, index))))
+        return vit.head(m, vit.run_blocks(m, vit.embed(m, x).index_select(1, index)))
 
 
 _SHAPES = ("static", "dynamic")

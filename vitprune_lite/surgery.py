@@ -33,6 +33,9 @@ from torch import nn
 from timm.layers import Mlp
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 
+from . import vit
+from .errors import UnsupportedModelError
+
 __all__ = [
     "SlimAttention", "prune_heads", "prune_head_dims", "prune_mlp", "prune_embed",
     "apply_plan", "mask_model", "keep_top", "block_widths",
@@ -40,8 +43,6 @@ __all__ = [
 
 Index = Union[Sequence[int], Sequence[Sequence[int]], np.ndarray, torch.Tensor]
 _PLAN_KEYS = ("heads", "qk", "vo", "mlp")
-_VIT_HINT = ("a timm VisionTransformer: a module with .blocks whose blocks have "
-             ".attn = timm.layers.Attention and .mlp = timm.layers.Mlp")
 
 
 class SlimAttention(Attention):
@@ -130,16 +131,12 @@ def _as_index(keep: Index, n: int, what: str, rows: Optional[int] = None) -> tor
     return t
 
 
-def _blocks(model: nn.Module) -> Sequence[nn.Module]:
-    blocks = getattr(model, "blocks", None)
-    if (not isinstance(model, nn.Module) or not isinstance(blocks, (nn.Sequential, nn.ModuleList))
-            or not all(hasattr(b, "attn") and hasattr(b, "mlp") for b in blocks)):
-        raise TypeError(f"expected {_VIT_HINT}; got {type(model).__name__}")
-    return blocks
+def _blocks(model: nn.Module, where: str, stages: bool = False) -> Sequence[nn.Module]:
+    # A bare stack of blocks is enough for block surgery (importance prunes a lone block copy).
+    return vit.require_vit(model, where, attention=(Attention, SlimAttention), stages=stages)
 
 
-def _block(model: nn.Module, i) -> nn.Module:
-    blocks = _blocks(model)
+def _block(blocks: Sequence[nn.Module], i) -> nn.Module:
     if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
         raise ValueError(f"block index must be an int, got {i!r}")
     if not 0 <= i < len(blocks):
@@ -149,9 +146,6 @@ def _block(model: nn.Module, i) -> nn.Module:
 
 def _attn(block: nn.Module, i: int) -> Attention:
     attn = block.attn
-    if type(attn) not in (Attention, SlimAttention):
-        raise TypeError(f"block {i}: attention is {type(attn).__name__}; surgery supports "
-                        "timm.layers.Attention (and SlimAttention) only")
     if attn.gate is not None:
         raise ValueError(f"block {i}: gated attention (attn.gate) is not supported; "
                          "use an ungated model")
@@ -161,27 +155,20 @@ def _attn(block: nn.Module, i: int) -> Attention:
 def _mlp(block: nn.Module, i: int) -> Mlp:
     mlp = block.mlp
     if type(mlp) is not Mlp or not isinstance(mlp.fc1, nn.Linear):
-        raise TypeError(f"block {i}: MLP is {type(mlp).__name__}; surgery supports plain "
-                        "timm.layers.Mlp with Linear layers (not GLU/SwiGLU/gated or conv MLPs)")
+        raise UnsupportedModelError(f"block {i}: MLP is {type(mlp).__name__}; surgery supports plain "
+                                    "timm.layers.Mlp with Linear layers (not GLU/SwiGLU/gated or conv MLPs)")
     return mlp
 
 
-def _geometry(attn: Attention) -> tuple[int, int, int]:
-    """(heads, q/k width per head, v width per head)."""
-    if isinstance(attn, SlimAttention):
-        return attn.num_heads, attn.qk_dim, attn.v_dim
-    return attn.num_heads, attn.head_dim, attn.head_dim
-
-
-def _check_entry(model: nn.Module, i, entry: Mapping) -> dict[str, torch.Tensor]:
+def _check_entry(blocks: Sequence[nn.Module], i, entry: Mapping) -> dict[str, torch.Tensor]:
     """Validate one plan entry against block i; returns the normalised keep tensors."""
     if not isinstance(entry, Mapping) or set(entry) - set(_PLAN_KEYS):
         raise ValueError(f"plan entry for block {i} must be a dict with keys among {_PLAN_KEYS}, "
                          f"got {entry!r}")
-    block, out = _block(model, i), {}
+    block, out = _block(blocks, i), {}
     if any(entry.get(key) is not None for key in ("heads", "qk", "vo")):
         attn = _attn(block, i)
-        H, dq, dv = _geometry(attn)
+        H, dq, dv = vit.head_geometry(attn)
         changes_width = entry.get("heads") is not None or entry.get("vo") is not None
         if changes_width and not isinstance(attn.norm, nn.Identity):
             raise ValueError(f"block {i}: attn.norm (scale_attn_norm) normalises over all heads' "
@@ -203,14 +190,14 @@ def _check_entry(model: nn.Module, i, entry: Mapping) -> dict[str, torch.Tensor]
     return out
 
 
-def _check_plan(model: nn.Module, plan: Mapping) -> dict[int, dict[str, torch.Tensor]]:
-    _blocks(model)
+def _check_plan(model: nn.Module, plan: Mapping, where: str) -> dict[int, dict[str, torch.Tensor]]:
+    blocks = _blocks(model, where)
     if not isinstance(plan, Mapping):
         raise TypeError(f"plan must be a dict {{block index: {{'heads'|'qk'|'vo'|'mlp': keep}}}}, "
                         f"got {type(plan).__name__}")
     checked = {}
     for i, entry in plan.items():
-        keep = _check_entry(model, i, entry)  # validates i before it is used as a key
+        keep = _check_entry(blocks, i, entry)  # validates i before it is used as a key
         checked[int(i)] = keep
     return checked
 
@@ -236,7 +223,7 @@ def _slice_linear(lin: nn.Linear, rows: Optional[torch.Tensor] = None,
 def _kept_rows(attn: Attention,
                keep: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat kept rows of qkv [q | k | v] and kept columns of proj for a block's plan."""
-    H, dq, dv = _geometry(attn)
+    H, dq, dv = vit.head_geometry(attn)
     heads = keep.get("heads", torch.arange(H))
     qk = keep.get("qk", torch.arange(dq).expand(len(heads), dq))
     vo = keep.get("vo", torch.arange(dv).expand(len(heads), dv))
@@ -248,7 +235,7 @@ def _kept_rows(attn: Attention,
 def _apply_entry(block: nn.Module, keep: Mapping[str, torch.Tensor]) -> None:
     if any(key in keep for key in ("heads", "qk", "vo")):
         attn = block.attn
-        H, dq, dv = _geometry(attn)
+        H, dq, dv = vit.head_geometry(attn)
         rows, cols = _kept_rows(attn, keep)
         _slice_linear(attn.qkv, rows=rows)
         _slice_linear(attn.proj, cols=cols)
@@ -276,7 +263,7 @@ def apply_plan(model: nn.Module, plan: Mapping[int, Mapping[str, Index]]) -> nn.
     Returns:
         The same model, smaller.
     """
-    for i, keep in _check_plan(model, plan).items():
+    for i, keep in _check_plan(model, plan, "surgery.apply_plan").items():
         _apply_entry(model.blocks[i], keep)
     return model
 
@@ -312,7 +299,7 @@ def mask_model(model: nn.Module, plan: Mapping[int, Mapping[str, Index]]) -> nn.
     either way). Removed MLP channels: fc1 row and bias, fc2 column. ``apply_plan(model, plan)``
     then gives the same outputs as this model (unless ``scale_mlp_norm`` is used).
     """
-    checked = _check_plan(model, plan)
+    checked = _check_plan(model, plan, "surgery.mask_model")
     masked = copy.deepcopy(model)
     for i, keep in checked.items():
         block = masked.blocks[i]
@@ -344,8 +331,8 @@ def _check_norm(norm: Optional[nn.Module], width: int, where: str) -> None:
     if norm is None or isinstance(norm, nn.Identity):
         return
     if tuple(getattr(norm, "normalized_shape", ())) != (width,):
-        raise TypeError(f"{where}: {type(norm).__name__} is not a LayerNorm-like norm over "
-                        f"{width} channels; cannot slice it")
+        raise UnsupportedModelError(f"{where}: {type(norm).__name__} is not a LayerNorm-like norm over "
+                                    f"{width} channels; cannot slice it")
 
 
 @torch.no_grad()
@@ -372,15 +359,16 @@ def prune_embed(model: nn.Module, keep: Index) -> nn.Module:
     variance over the kept channels only, so outputs change even for "unused" channels. Expect
     to fine-tune afterwards.
     """
-    blocks = _blocks(model)
+    blocks = _blocks(model, "surgery.prune_embed", stages=True)
     C = getattr(model, "embed_dim", None)
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    proj = getattr(model.patch_embed, "proj", None)
     if not isinstance(C, int) or not isinstance(proj, nn.Conv2d):
-        raise TypeError(f"prune_embed expects {_VIT_HINT}, with .embed_dim and patch_embed.proj "
-                        f"(Conv2d); got {type(model).__name__}")
+        raise UnsupportedModelError(f"prune_embed: {type(model).__name__} has embed_dim {C!r} and patch_embed.proj "
+                                    f"{type(proj).__name__}; accepted: an int .embed_dim and a Conv2d patch "
+                                    "projection (a timm VisionTransformer)")
     if getattr(model, "attn_pool", None) is not None:
-        raise ValueError("prune_embed: attention pooling heads (global_pool='map'/'prr') are not "
-                         "supported; use a model with token or average pooling")
+        raise UnsupportedModelError("prune_embed: attention pooling heads (global_pool='map'/'prr') are not "
+                                    "supported; use a model with token or average pooling")
     idx = _as_index(keep, C, "embed channels")
     norms = [(getattr(model.patch_embed, "norm", None), "patch_embed.norm")]
     norms += [(getattr(model, n, None), n) for n in ("norm_pre", "norm", "fc_norm")]
@@ -391,12 +379,12 @@ def prune_embed(model: nn.Module, keep: Index) -> nn.Module:
         for ls in ("ls1", "ls2"):
             scale = getattr(block, ls)
             if not isinstance(scale, nn.Identity) and not hasattr(scale, "gamma"):
-                raise TypeError(f"blocks.{i}.{ls}: expected LayerScale or Identity, "
-                                f"got {type(scale).__name__}")
+                raise UnsupportedModelError(f"blocks.{i}.{ls}: expected LayerScale or Identity, "
+                                            f"got {type(scale).__name__}")
     heads = [getattr(model, n, None) for n in ("head", "head_dist")]
     for head in heads:
         if head is not None and not isinstance(head, (nn.Linear, nn.Identity)):
-            raise TypeError(f"prune_embed: head {type(head).__name__} is not Linear or Identity")
+            raise UnsupportedModelError(f"prune_embed: head {type(head).__name__} is not Linear or Identity")
     for norm, where in norms:
         _check_norm(norm, C, where)
 
@@ -461,8 +449,8 @@ def keep_top(scores: torch.Tensor, keep: Union[int, float], dim: int = -1) -> to
 def block_widths(model: nn.Module) -> list[dict[str, Optional[int]]]:
     """Per block: ``heads``, ``qk_dim`` and ``v_dim`` (per head), ``mlp_hidden``."""
     rows = []
-    for i, block in enumerate(_blocks(model)):
-        H, dq, dv = _geometry(_attn(block, i))
+    for i, block in enumerate(_blocks(model, "surgery.block_widths")):
+        H, dq, dv = vit.head_geometry(_attn(block, i))
         fc1 = getattr(block.mlp, "fc1", None)
         rows.append({"heads": H, "qk_dim": dq, "v_dim": dv,
                      "mlp_hidden": getattr(fc1, "out_features", None)})

@@ -51,7 +51,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import surgery, variants
+from . import surgery, variants, vit
+from .errors import UnsupportedModelError
 
 from timm.layers import Mlp  # noqa: E402  (after the package's torchvision shim)
 from timm.layers.attention import Attention
@@ -111,7 +112,7 @@ class TCSMlp(Mlp):
         """Forward hook on the block's ``attn.qkv``: store the class token's attention to the
         patch tokens, mean over heads, ``[B, P]`` (softmax over all N keys, CLS included)."""
         attn = self.__dict__["_tcs_attn"]
-        H, dq, dv = _geometry(attn)
+        H, dq, dv = vit.head_geometry(attn)
         B, N, _ = out.shape
         q = out[:, :1, :H * dq].reshape(B, 1, H, dq).transpose(1, 2)  # [B, H, 1, dq]
         k = out[:, :, H * dq:2 * H * dq].reshape(B, N, H, dq).transpose(1, 2)  # [B, H, N, dq]
@@ -207,12 +208,6 @@ class _TCSReferenceBlock(Block):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-def _geometry(attn: nn.Module) -> tuple[int, int, int]:
-    if isinstance(attn, surgery.SlimAttention):
-        return attn.num_heads, attn.qk_dim, attn.v_dim
-    return attn.num_heads, attn.head_dim, attn.head_dim
-
-
 def _ratio_list(value: Ratios, depth: int, what: str) -> list[float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         vals = [float(value)] * depth
@@ -245,23 +240,17 @@ def _keep(ratio: float, n: int, what: str, floor: bool = False) -> Optional[int]
 
 
 def _blocks(model: Any) -> Sequence[nn.Module]:
-    blocks = getattr(model, "blocks", None)
-    ok = isinstance(model, nn.Module) and isinstance(blocks, (nn.Sequential, nn.ModuleList)) \
-        and len(blocks) > 0
-    if ok:
-        for b in blocks:
-            attn, mlp = getattr(b, "attn", None), getattr(b, "mlp", None)
-            if type(attn) not in (Attention, surgery.SlimAttention) \
-                    or not isinstance(mlp, Mlp) or not isinstance(mlp.fc1, nn.Linear) \
-                    or not isinstance(mlp.norm, nn.Identity):
-                ok = False
-    ok = ok and getattr(model, "num_prefix_tokens", 1) == 1 \
-        and getattr(model, "cls_token", None) is not None
-    if not ok:
-        raise ValueError(f"unsupported model {type(model).__name__}: TCS needs a timm "
-                         "VisionTransformer with one class token (num_prefix_tokens == 1), blocks "
-                         "of timm Attention (or surgery.SlimAttention) and a plain Mlp (no "
-                         "mlp.norm)")
+    """The blocks of a model TCS can patch: a supported ViT with one class token and plain MLPs."""
+    blocks = vit.require_vit(model, "tcs.patch", attention=(Attention, surgery.SlimAttention),
+                             mlp=(Mlp, TCSMlp))
+    for i, b in enumerate(blocks):
+        if not isinstance(b.mlp.fc1, nn.Linear) or not isinstance(b.mlp.norm, nn.Identity):
+            raise UnsupportedModelError(f"tcs.patch: block {i} MLP has fc1 {type(b.mlp.fc1).__name__} and norm "
+                                        f"{type(b.mlp.norm).__name__}; TCS needs a Linear fc1 and no mlp.norm")
+    if getattr(model, "num_prefix_tokens", 1) != 1 or getattr(model, "cls_token", None) is None:
+        raise UnsupportedModelError(f"tcs.patch: unsupported model {type(model).__name__}: TCS needs one class "
+                                    f"token (num_prefix_tokens == 1 and a cls_token), got "
+                                    f"{getattr(model, 'num_prefix_tokens', None)} prefix tokens")
     return blocks
 
 

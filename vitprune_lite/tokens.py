@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import paths, variants  # noqa: F401  (paths: torchvision compat shim before timm)
-from .errors import InvalidValueError
+from . import paths, variants, vit  # noqa: F401  (paths: torchvision compat shim before timm)
+from .errors import InvalidValueError, UnsupportedModelError
 
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -57,28 +57,33 @@ __all__ = [
 
 Schedule = Union[int, Sequence[int]]
 _METHODS = ("tome", "topk", "evit", "pomt")
-_VIT_HINT = ("a timm VisionTransformer (exact class, e.g. timm.create_model('deit_small_patch16_224') "
-             "or models.create_base_model()) whose blocks are timm Blocks with timm Attention")
 
 
 # ----------------------------------------------------------------------------- model checks
 
-def _check_vit(model: Any) -> None:
-    if not isinstance(model, VisionTransformer) or type(model) not in (VisionTransformer, _ReducingViT):
-        raise TypeError(f"token reduction needs {_VIT_HINT}; got {type(model).__name__}")
+def _check_vit(model: Any, where: str) -> None:
+    """A supported ViT whose classes token reduction can swap (it patches ``__class__`` in place)."""
+    vit.require_vit(model, where)
+    if type(model) not in (VisionTransformer, _ReducingViT):
+        raise UnsupportedModelError(f"{where}: token reduction swaps the model's class in place and needs "
+                                    f"timm's VisionTransformer itself, not the subclass {type(model).__name__}")
     for i, blk in enumerate(model.blocks):
-        if type(blk) not in (Block, _ReducingBlock) or not isinstance(blk.attn, Attention):
-            raise TypeError(f"block {i} is {type(blk).__name__} with {type(blk.attn).__name__}; "
-                            f"token reduction needs {_VIT_HINT}")
+        if type(blk) not in (Block, _ReducingBlock):
+            raise UnsupportedModelError(f"{where}: block {i} is {type(blk).__name__}; token reduction needs "
+                                        "timm's own Block (restore any other patch first)")
     if model.attn_pool is not None:
-        raise TypeError("models with attention pooling are not supported: pooling must read "
-                        "the CLS token or average the tokens")
+        raise UnsupportedModelError(f"{where}: models with attention pooling are not supported: pooling "
+                                    "must read the CLS token or average the tokens")
+
+
+def _n_tokens(model: VisionTransformer) -> int:
+    return int(model.num_prefix_tokens + model.patch_embed.num_patches)
 
 
 def token_count(model: nn.Module) -> int:
     """Tokens entering the first block: prefix tokens (CLS, ...) plus patches, e.g. 197 for DeiT-S."""
-    _check_vit(model)
-    return int(model.num_prefix_tokens + model.patch_embed.num_patches)
+    _check_vit(model, "tokens.token_count")
+    return _n_tokens(model)
 
 
 def _prefix(model: VisionTransformer) -> int:
@@ -158,14 +163,14 @@ def keep_rate_schedule(model: nn.Module, keep_rate: float,
     Returns:
         One drop count per block (0 outside the locations), as for :func:`patch_topk`.
     """
-    _check_vit(model)
+    _check_vit(model, "tokens.keep_rate_schedule")
     if isinstance(keep_rate, bool) or not (isinstance(keep_rate, (float, int)) and 0 < keep_rate <= 1):
         raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
     depth = len(model.blocks)
     locs = evit_locations(depth) if locations is None else list(locations)
     if any(not isinstance(i, (int, np.integer)) or not 0 <= i < depth for i in locs):
         raise ValueError(f"locations must be block indices in 0..{depth - 1}, got {locs}")
-    patches = token_count(model) - _prefix(model)
+    patches = _n_tokens(model) - _prefix(model)
     out = [0] * depth
     for i in range(depth):
         if i in locs:
@@ -299,9 +304,7 @@ def _attend(attn: Attention, x: Tensor, bias: Optional[Tensor], need: Optional[s
         (output ``[B, N, C_out]``, extra or None).
     """
     B, N, _ = x.shape
-    H = attn.num_heads
-    dq = getattr(attn, "qk_dim", attn.head_dim)
-    dv = getattr(attn, "v_dim", attn.head_dim)
+    H, dq, dv = vit.head_geometry(attn)
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x)
     if dq == dv:  # timm's layout: one reshape and permute for all three (fewer ops than a split)
@@ -519,12 +522,12 @@ def _patch(model: nn.Module, method: str, schedule: list[int], proportional: boo
 
 
 def _prepare(model: nn.Module, method: str, schedule: Schedule, what: str) -> list[int]:
-    _check_vit(model)
+    """The checked schedule of a model already checked by the public patch function."""
     if _prefix(model) < 1:
-        raise TypeError("token reduction needs a CLS (prefix) token: the class-token-free "
-                        "model has no token that is guaranteed to survive")
+        raise UnsupportedModelError("token reduction needs a CLS (prefix) token: the class-token-free "
+                                    "model has no token that is guaranteed to survive")
     plan = _as_schedule(schedule, len(model.blocks), what)
-    token_flow(token_count(model), _prefix(model), plan, method)
+    token_flow(_n_tokens(model), _prefix(model), plan, method)
     return plan
 
 
@@ -547,18 +550,16 @@ def patch_tome(model: nn.Module, r: Schedule, *, kind: str = "constant",
             ``clip``), or a negative r.
     """
     variants.check(variant)
-    _check_vit(model)
+    _check_vit(model, "tokens.patch_tome")
     if variant == "reference" and _prefix(model) != 1:
         raise ValueError("the reference ToMe partition protects exactly one class token; the model "
                          f"has {_prefix(model)} prefix tokens")
     if isinstance(r, (int, np.integer)) and not isinstance(r, bool):
-        _check_vit(model)
         if r < 0:
             raise ValueError(f"r must be >= 0 (pairs merged per block), got {r}")
         r = tome_schedule(int(r), len(model.blocks), kind)
     if clip:
-        _check_vit(model)
-        plan, n, prefix = _as_schedule(r, len(model.blocks), "r"), token_count(model), _prefix(model)
+        plan, n, prefix = _as_schedule(r, len(model.blocks), "r"), _n_tokens(model), _prefix(model)
         r = []
         for d in plan:
             r.append(min(d, (n - prefix) // 2))
@@ -572,6 +573,7 @@ def patch_topk(model: nn.Module, drop: Schedule) -> nn.Module:
     ``drop`` is an int (every block) or one int per block; see :func:`keep_rate_schedule` for
     EViT-style keep rates at a few blocks. Returns the model.
     """
+    _check_vit(model, "tokens.patch_topk")
     return _patch(model, "topk", _prepare(model, "topk", drop, "drop"), False)
 
 
@@ -581,6 +583,7 @@ def patch_evit(model: nn.Module, drop: Schedule) -> nn.Module:
     The fused token is their average weighted by CLS attention, appended at the end; the block
     hands ``drop[i]`` fewer tokens to its MLP. Returns the model.
     """
+    _check_vit(model, "tokens.patch_evit")
     return _patch(model, "evit", _prepare(model, "evit", drop, "drop"), False)
 
 
@@ -602,12 +605,12 @@ def patch_pomt(model: nn.Module, R: int, *, layer: Optional[int] = None,
     Raises:
         ValueError: R negative or too large (e.g. the published code's ``R=-1``), layer out of range.
     """
-    _check_vit(model)
+    _check_vit(model, "tokens.patch_pomt")
     variants.check(variant)
     depth = len(model.blocks)
     if isinstance(R, bool) or not isinstance(R, (int, np.integer)):
         raise ValueError(f"R must be an int, got {R!r}")
-    n, prefix = token_count(model), _prefix(model)
+    n, prefix = _n_tokens(model), _prefix(model)
     if not 0 <= R <= n - prefix - 1:
         raise ValueError(f"R must be in 0..{n - prefix - 1} for a model with {n} tokens "
                          f"(at least {prefix} prefix + 1 fused token remain), got {R}")
@@ -621,8 +624,8 @@ def patch_pomt(model: nn.Module, R: int, *, layer: Optional[int] = None,
 
 def schedule_of(model: nn.Module) -> dict[str, Any]:
     """The applied patch: ``{"method", "schedule" (removed per block), "tokens" (at each MLP)}``."""
-    _check_vit(model)
-    depth, n = len(model.blocks), token_count(model)
+    _check_vit(model, "tokens.schedule_of")
+    depth, n = len(model.blocks), _n_tokens(model)
     if not is_patched(model):
         return {"method": None, "schedule": [0] * depth, "tokens": [n] * depth}
     plan = [blk._tr_plan.remove for blk in model.blocks]
@@ -632,7 +635,7 @@ def schedule_of(model: nn.Module) -> dict[str, Any]:
 
 def tokens_per_block(model: nn.Module, x: Tensor) -> list[int]:
     """Tokens each block's MLP really receives in one forward of ``x`` (measured with hooks)."""
-    _check_vit(model)
+    _check_vit(model, "tokens.tokens_per_block")
     seen: list[int] = []
     hooks = [blk.norm2.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
              for blk in model.blocks]
@@ -662,10 +665,10 @@ class SubsetViT(nn.Module):
 
     def __init__(self, model: nn.Module, n: int, seed: int = 0) -> None:
         super().__init__()
-        _check_vit(model)
+        _check_vit(model, "tokens.SubsetViT")
         if is_patched(model):
             raise ValueError("SubsetViT needs an unpatched model; call tokens.restore(model) first")
-        total, prefix = token_count(model), _prefix(model)
+        total, prefix = _n_tokens(model), _prefix(model)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not prefix + 1 <= n <= total:
             raise ValueError(f"n must be an int in {prefix + 1}..{total} (tokens incl. {prefix} "
                              f"prefix), got {n!r}")
@@ -678,9 +681,7 @@ class SubsetViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Images ``[B, 3, H, W]`` -> logits ``[B, classes]``."""
         m = self.model
-        t = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
-        t = m.norm(m.blocks(t.index_select(1, self.index)))
-        return m.forward_head(t)
+        return vit.head(m, vit.run_blocks(m, vit.embed(m, x).index_select(1, self.index)))
 
 
 def random_token_accuracy(model: nn.Module, x: Tensor, y: Tensor, n_values: Sequence[int], *,
@@ -701,10 +702,10 @@ def random_token_accuracy(model: nn.Module, x: Tensor, y: Tensor, n_values: Sequ
     Returns:
         Accuracies in [0, 1], one per entry of ``n_values``.
     """
-    _check_vit(model)
+    _check_vit(model, "tokens.random_token_accuracy")
     if is_patched(model):
         raise ValueError("random_token_accuracy needs an unpatched model; call tokens.restore(model)")
-    total, prefix = token_count(model), _prefix(model)
+    total, prefix = _n_tokens(model), _prefix(model)
     ns = [int(n) for n in n_values]
     if not ns or any(not prefix + 1 <= n <= total for n in ns):
         raise ValueError(f"n_values must be non-empty, each in {prefix + 1}..{total}, got {list(n_values)}")
@@ -713,21 +714,16 @@ def random_token_accuracy(model: nn.Module, x: Tensor, y: Tensor, n_values: Sequ
     g = torch.Generator().manual_seed(seed)
     orders = torch.rand(len(x), total - prefix, generator=g).argsort(dim=-1) + prefix  # [S, P]
     hits = np.zeros(len(ns))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(x), batch_size):
-                xb, yb, ob = x[i:i + batch_size], y[i:i + batch_size], orders[i:i + batch_size]
-                t = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(xb))))
-                head = torch.arange(prefix).expand(len(xb), -1)
-                for j, n in enumerate(ns):
-                    idx = torch.cat([head, ob[:, : n - prefix]], dim=1)
-                    sub = t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
-                    logits = model.forward_head(model.norm(model.blocks(sub)))
-                    hits[j] += (logits.argmax(-1) == yb).sum().item()
-    finally:
-        model.train(was_training)
+    with vit.eval_mode(model), torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb, yb, ob = x[i:i + batch_size], y[i:i + batch_size], orders[i:i + batch_size]
+            t = vit.embed(model, xb)
+            head = torch.arange(prefix).expand(len(xb), -1)
+            for j, n in enumerate(ns):
+                idx = torch.cat([head, ob[:, : n - prefix]], dim=1)
+                sub = t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+                logits = vit.head(model, vit.run_blocks(model, sub))
+                hits[j] += (logits.argmax(-1) == yb).sum().item()
     return hits / len(x)
 
 
@@ -804,7 +800,7 @@ def reduced_copy(model: nn.Module, method: str, amount: Any, **kwargs: Any) -> n
         # 1 and 1.0 would mean different things (drop one token per block vs keep them all).
         raise InvalidValueError(f"{method} amount {amount!r} is ambiguous: give a keep rate as a float in (0, 1] "
                                 f"(e.g. 0.7 or 1.0) or a drop schedule as a list with one int per block")
-    _check_vit(model)
+    _check_vit(model, "tokens.reduced_copy")
     m = restore(copy.deepcopy(model)).eval()
     if method == "dense":
         return m

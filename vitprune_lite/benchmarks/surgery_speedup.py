@@ -18,7 +18,7 @@ import copy
 
 import torch
 
-from vitprune_lite import measure, models, surgery
+from vitprune_lite import measure, models, surgery, vit
 from vitprune_lite.benchmarks import save, speedups
 
 
@@ -27,7 +27,7 @@ def half_plan(model: torch.nn.Module) -> dict:
     plan = {}
     for i, blk in enumerate(model.blocks):
         a = blk.attn
-        h, d, c = a.num_heads, a.head_dim, a.qkv.in_features
+        (h, _, d), c = vit.head_geometry(a), a.qkv.in_features  # dense: q/k and v widths equal
         w = a.qkv.weight.detach().abs().reshape(3, h, d, c).sum(dim=(0, 2, 3))
         w += a.proj.weight.detach().abs().reshape(c, h, d).sum(dim=(0, 2))
         m = blk.mlp.fc1.weight.detach().abs().sum(1) + blk.mlp.fc2.weight.detach().abs().sum(0)
