@@ -1,7 +1,7 @@
 """TAP-ViTs as its authors' code runs it and as this project runs it, on four kinds of metric set.
 
-Notebooks 02 and 04 find that TAP-ViTs scored on a device's GMM metric set does no better than
-scored on random public images. Two things could be behind that: the **method** (which public
+Notebook 02 finds TAP-ViTs scored on a device's GMM metric set doing worse than scored on random
+public images. Two things could be behind that: the **method** (which public
 images a GMM upload picks, and how well they cover the device's task) and the
 **implementation** (the project's TAP-ViTs differs from the authors' code in the layer
 sensitivity, the keep ratios, the HSIC details and the rounding; ``docs/deviations.md``). This
