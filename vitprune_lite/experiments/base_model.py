@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InvalidFileError, InvalidValueError
+from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "load_benchmark", "galleries", "load_model",
            "evaluate", "wilson_interval", "plot_accuracy"]
@@ -54,12 +55,8 @@ class Params:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        if self.benchmark not in ("v1", "v2"):
-            raise InvalidValueError(f"Params.benchmark = {self.benchmark!r}: accepted 'v1' or 'v2'")
-        for name in ("seed", "train_epochs", "device_images", "threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name == "threads" else 0):
-                raise InvalidValueError(f"Params.{name} = {v!r}: accepted an integer >= {1 if name == 'threads' else 0}")
+        _params.check_benchmark(self)
+        _params.check_ints(self, (("seed", 0), ("train_epochs", 0), ("device_images", 0), ("threads", 1)))
         if not isinstance(self.retrain, bool):
             raise InvalidValueError(f"Params.retrain = {self.retrain!r}: accepted True or False")
         splits = dict(self.public)
@@ -70,9 +67,7 @@ class Params:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "Params":
         """A named preset (:data:`PRESETS`), with ``overrides`` on top."""
-        if name not in PRESETS:
-            raise InvalidValueError(f"preset {name!r}: accepted {sorted(PRESETS)}")
-        return dataclasses.replace(cls(**PRESETS[name]), **overrides)
+        return _params.preset(cls, PRESETS, name, overrides)
 
 
 #: ``full``: the defaults; ``lab``: the same (loading and evaluating take seconds);

@@ -22,7 +22,6 @@ or call :func:`run`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidFileError, InvalidValueError
+from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "run", "paired_gap", "plot_matrix", "main"]
 
@@ -78,28 +78,16 @@ class Params:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        if self.benchmark not in ("v1", "v2"):
-            raise InvalidValueError(f"Params.benchmark = {self.benchmark!r}: accepted 'v1' or 'v2'")
-        for name, lo in (("data_seed", 0), ("n_metric", 1), ("n_finetune", 1), ("ft_steps", 0), ("ft_batch", 1),
-                         ("score_tokens", 1), ("sens_images", 1), ("test_images", 0), ("n_boot", 10), ("threads", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise InvalidValueError(f"Params.{name} = {v!r}: accepted an integer >= {lo}")
-        if not (isinstance(self.budget_index, int) and 0 <= self.budget_index <= 4):
-            raise InvalidValueError(f"Params.budget_index = {self.budget_index!r}: accepted 0..4 (TAP-ViTs' budgets)")
-        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0
-                                 for s in self.seeds):
-            raise InvalidValueError(f"Params.seeds = {self.seeds!r}: accepted a non-empty tuple of integers >= 0")
-        if not (0 < self.ft_lr < 1) or not (0 <= self.val_fraction < 1):
-            raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}, val_fraction = {self.val_fraction!r}: "
-                                    "accepted ft_lr in (0, 1) and val_fraction in [0, 1)")
+        _params.check_benchmark(self)
+        _params.check_ints(self, (("data_seed", 0), ("n_metric", 1), ("n_finetune", 1), ("ft_steps", 0),
+                                  ("ft_batch", 1), ("score_tokens", 1), ("sens_images", 1), ("test_images", 0),
+                                  ("n_boot", 10), ("threads", 1)))
+        _params.check_pruning(self)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "Params":
         """A named preset (:data:`PRESETS`), with ``overrides`` on top."""
-        if name not in PRESETS:
-            raise InvalidValueError(f"preset {name!r}: accepted {sorted(PRESETS)}")
-        return dataclasses.replace(cls(**PRESETS[name]), **overrides)
+        return _params.preset(cls, PRESETS, name, overrides)
 
 
 #: ``full``: the defaults. ``lab``: one seed, a quick look (the same effect, a wider interval).

@@ -42,7 +42,6 @@ Run it from the command line
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -54,6 +53,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidFileError, InvalidValueError
+from . import _params
 from .device_specificity import _load, paired_gap
 
 __all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "VARIANTS", "STAGES", "FEATURE_SPACES", "MetricSet",
@@ -126,27 +126,12 @@ class Params:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        if self.benchmark not in ("v1", "v2"):
-            raise InvalidValueError(f"Params.benchmark = {self.benchmark!r}: accepted 'v1' or 'v2'")
-        for name, lo in (("data_seed", 0), ("n_metric", 2), ("n_finetune", 2), ("ft_steps", 0), ("ft_batch", 1),
-                         ("score_tokens", 1), ("sens_images", 1), ("feature_dim", 1), ("combined_keep", 1),
-                         ("k_min", 1), ("k_max", 1), ("selection_seed", 0), ("test_images", 0), ("n_boot", 10),
-                         ("threads", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise InvalidValueError(f"Params.{name} = {v!r}: accepted an integer >= {lo}")
-        if isinstance(self.budget_index, bool) or not (isinstance(self.budget_index, int) and 0 <= self.budget_index <= 4):
-            raise InvalidValueError(f"Params.budget_index = {self.budget_index!r}: accepted 0..4 (TAP-ViTs' budgets)")
-        if not isinstance(self.seeds, tuple) or not self.seeds or any(
-                isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in self.seeds):
-            raise InvalidValueError(f"Params.seeds = {self.seeds!r}: accepted a non-empty tuple of integers >= 0")
-        if not isinstance(self.devices, tuple) or any(not isinstance(d, str) or not d for d in self.devices):
-            raise InvalidValueError(f"Params.devices = {self.devices!r}: accepted a tuple of device names "
-                                    "(empty: every device)")
-        if not (0 < self.ft_lr < 1):
-            raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}: accepted a learning rate in (0, 1)")
-        if not (0 <= self.val_fraction < 1):
-            raise InvalidValueError(f"Params.val_fraction = {self.val_fraction!r}: accepted a share in [0, 1)")
+        _params.check_benchmark(self)
+        _params.check_ints(self, (("data_seed", 0), ("n_metric", 2), ("n_finetune", 2), ("ft_steps", 0),
+                                  ("ft_batch", 1), ("score_tokens", 1), ("sens_images", 1), ("feature_dim", 1),
+                                  ("combined_keep", 1), ("k_min", 1), ("k_max", 1), ("selection_seed", 0),
+                                  ("test_images", 0), ("n_boot", 10), ("threads", 1)))
+        _params.check_pruning(self)
         if self.feature_space not in FEATURE_SPACES:
             raise InvalidValueError(f"Params.feature_space = {self.feature_space!r}: accepted {FEATURE_SPACES}")
         if self.combined_keep > self.feature_dim:
@@ -169,9 +154,7 @@ class Params:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "Params":
         """A named preset (:data:`PRESETS`), with ``overrides`` on top."""
-        if name not in PRESETS:
-            raise InvalidValueError(f"preset {name!r}: accepted {sorted(PRESETS)}")
-        return dataclasses.replace(cls(**PRESETS[name]), **overrides)
+        return _params.preset(cls, PRESETS, name, overrides)
 
 
 #: ``full``: the defaults. ``lab``: one recovery seed, a quick look (wider intervals).

@@ -1,0 +1,50 @@
+"""Checks shared by the experiments' ``Params`` (each raises :class:`~vitprune_lite.errors.InvalidValueError`
+naming the field, the value and what is accepted), and the preset lookup."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import InvalidValueError
+
+
+def _is_int(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+
+def check_benchmark(params: Any) -> None:
+    """``params.benchmark`` is ``"v1"`` or ``"v2"``."""
+    if params.benchmark not in ("v1", "v2"):
+        raise InvalidValueError(f"Params.benchmark = {params.benchmark!r}: accepted 'v1' or 'v2'")
+
+
+def check_ints(params: Any, bounds: Iterable[tuple[str, int]]) -> None:
+    """Each named field is an integer (not a bool) at least its bound."""
+    for name, lo in bounds:
+        v = getattr(params, name)
+        if not _is_int(v) or v < lo:
+            raise InvalidValueError(f"Params.{name} = {v!r}: accepted an integer >= {lo}")
+
+
+def check_pruning(params: Any) -> None:
+    """The fields every pruning experiment has: ``budget_index``, ``seeds``, ``devices``, ``ft_lr``, ``val_fraction``."""
+    if not _is_int(params.budget_index) or not 0 <= params.budget_index <= 4:
+        raise InvalidValueError(f"Params.budget_index = {params.budget_index!r}: accepted 0..4 (TAP-ViTs' budgets)")
+    if not isinstance(params.seeds, tuple) or not params.seeds or any(not _is_int(s) or s < 0 for s in params.seeds):
+        raise InvalidValueError(f"Params.seeds = {params.seeds!r}: accepted a non-empty tuple of integers >= 0")
+    if not isinstance(params.devices, tuple) or any(not isinstance(d, str) or not d for d in params.devices):
+        raise InvalidValueError(f"Params.devices = {params.devices!r}: accepted a tuple of device names "
+                                "(empty: every device)")
+    if not (0 < params.ft_lr < 1):
+        raise InvalidValueError(f"Params.ft_lr = {params.ft_lr!r}: accepted a learning rate in (0, 1)")
+    if not (0 <= params.val_fraction < 1):
+        raise InvalidValueError(f"Params.val_fraction = {params.val_fraction!r}: accepted a share in [0, 1)")
+
+
+def preset(cls: type, presets: Mapping[str, Mapping[str, Any]], name: str, overrides: Mapping[str, Any]) -> Any:
+    """``cls`` built from the named preset, with ``overrides`` on top."""
+    if name not in presets:
+        raise InvalidValueError(f"preset {name!r}: accepted {sorted(presets)}")
+    return dataclasses.replace(cls(**presets[name]), **overrides)
