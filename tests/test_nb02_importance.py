@@ -33,6 +33,19 @@ def test_02_head_channel_importance(nb_out):
     assert res["tcs_flops"]["tcs"] < res["tcs_flops"]["dense"]
     assert "tap_gmm" in res["finetune"]["criteria"]
     assert res["environment"]["threads"] >= 1
+    # the faithfulness experiment ran at smoke (nothing to read in a fresh output folder): both variants
+    # on every metric set, accuracies in [0, 1] with intervals around them
+    faith = res["tap_faithfulness"]
+    assert faith["loaded"] is False and faith["params"]["benchmark"] == "v1"
+    rows = faith["table"]
+    assert {(r["set"], r["variant"]) for r in rows} == {(s, v) for s in ("gmm", "gmm_T4", "random", "oracle")
+                                                         for v in ("reference", "project")}
+    for r in rows:
+        for stage in ("zero_shot", "recovered"):
+            assert r[f"{stage}_lo"] <= r[stage] <= r[f"{stage}_hi"] and 0 <= r[stage] <= 1
+            assert r[f"gap_{stage}_lo"] <= r[f"gap_{stage}"] <= r[f"gap_{stage}_hi"]
+        assert r["in_class"] == 1.0 if r["set"] == "oracle" else 0 <= r["in_class"] <= 1
     for fig in ("02_head_importance", "02_mlp_channel_importance", "02_rank_correlation",
-                "02_accuracy_vs_budget", "02_speedup_vs_flops"):
+                "02_accuracy_vs_budget", "02_speedup_vs_flops", "02_tap_faithfulness_ratios",
+                "02_tap_faithfulness_accuracy"):
         assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000

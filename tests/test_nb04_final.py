@@ -54,4 +54,15 @@ def test_04_final_comparisons(nb_out):
         if s["budget"].endswith("latency"):  # the winner met the budget (measured) in most seeds
             assert s["best"] == "none met the budget" or s[f"{s['best']} met"] >= 0.5
     assert set(res["combined_overall"]) == {"combined", "structure only", "tokens only"}
-    assert (nb_out / "figures" / "04_pareto.png").exists()
+    # the planner's predictor: checked on held-out plans (the smoke count), its margin a quantile of their errors
+    pred = res["predictor"]
+    errors = sorted(abs(r["ratio_err"]) for r in pred["validation"]["rows"])
+    assert pred["validation"]["ratio"]["n"] == len(errors) == 4
+    assert errors[0] <= pred["margin"] <= errors[-1]
+    for c in res["combined"]:
+        assert c["measured_ratio"] > 0 and c["predicted_ratio"] > 0
+        assert c["measured_met"] == (c["measured_ratio"] <= c["budget_share"])
+        if c["predicted_met"]:  # chosen with the margin: predicted within the budget less the margin
+            assert c["predicted_ratio"] <= c["budget_share"] * (1 - pred["margin"]) + 1e-9
+    for fig in ("04_pareto", "04_predicted_vs_measured"):
+        assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000

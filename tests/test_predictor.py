@@ -243,8 +243,6 @@ def test_planner_uses_the_predictor(vit):
 
 
 def test_planner_summary_arithmetic():
-    from vitprune_lite.benchmarks.latency_predictor import summarise_planner
-
     def case(seed, kind, met, acc):
         return {"device": "drone", "seed": seed, "budget_share": 0.9, "kind": kind, "measured_met": met, "val_acc": acc}
 
@@ -252,7 +250,55 @@ def test_planner_summary_arithmetic():
              case(1, "combined", True, 0.6), case(1, "structure only", True, 0.7), case(1, "tokens only", True, 0.5),
              case(2, "combined", False, 0.9), case(2, "structure only", False, 0.7), case(2, "tokens only", False, 0.5),
              case(3, "combined", True, 0.5), case(3, "structure only", False, 0.9), case(3, "tokens only", False, 0.9)]
-    s = summarise_planner(cases)
+    s = pipelines.summarise_checks(cases)
     # met: seeds 0, 1, 3; as accurate as the best single ingredient that met: seed 0 (0.8 >= 0.7) and
     # seed 3 (no single ingredient met); not seed 1 (0.6 < 0.7) nor seed 2 (combined missed).
     assert s == {"n_cases": 4, "combined_met_share": 0.75, "combined_at_least_as_accurate_share": 0.5}
+
+
+def test_repredict_and_check_plans(vit, one_thread):
+    geo = P.Geometry.of_model(vit, 1)
+    pred = P.fit(_synthetic(P.calibration_plans(geo), geo=geo))
+    slower = P.fit(_synthetic(P.calibration_plans(geo), geo=geo, coef={**TRUE, "pomt_calls": 5.0}))
+    pruned = P.build_model(vit, P.PlanSpec(((2, 12, 12, 96),) * 3))
+    g = torch.Generator().manual_seed(0)
+    val = (torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))
+    cands = pipelines.plan_candidates(vit, {"dense": vit, "half": pruned}, val, predictor=pred,
+                                      token_grid=[("pomt", 4), ("tome", 2)])
+    again = pipelines.repredict(cands, slower)
+    for a, c in zip(again, cands):  # same models and accuracies, the other predictor's latencies
+        assert a["model"] is c["model"] and a["val_acc"] == c["val_acc"]
+        assert a["predicted_ms"] == slower.predict(c["model"])
+        assert a["structure_ms"] == slower.predict(vit if c["structure"] == "dense" else pruned)
+        if c["tokens"] == "pomt":
+            assert a["predicted_ms"] > c["predicted_ms"] + 1
+        else:
+            assert a["predicted_ms"] == pytest.approx(c["predicted_ms"], rel=1e-6)
+    cases = pipelines.check_plans(vit, cands, [0.9, 0.6], predictor=pred, margin=0.05, rounds=2,
+                                  min_run_time=0.001)
+    assert [(c["budget_share"], c["kind"]) for c in cases] == [(s, k) for s in (0.9, 0.6) for k in pipelines.PLAN_KINDS]
+    dense_pred = pred.predict(geo.dense_plan())
+    for c in cases:
+        assert c["predicted_ratio"] == pytest.approx(c["predicted_ms"] / dense_pred)
+        assert c["predicted_met"] == (c["predicted_ratio"] <= c["budget_share"] * 0.95)
+        assert c["measured_met"] == (c["measured_ratio"] <= c["budget_share"]) and c["measured_ratio"] > 0
+        if c["kind"] == "structure only":
+            assert "+" not in c["plan"]
+        if c["kind"] == "tokens only":
+            assert c["plan"].startswith("dense")
+    with pytest.raises(ValueError, match="shares"):
+        pipelines.check_plans(vit, cands, [1.2], predictor=pred)
+
+
+def test_calibrate_smoke(vit, one_thread):
+    cal = P.calibrate(vit, threads=1, time_budget_s=1.0, curve_points=4, holdout=5, holdout_budget_s=0.2,
+                      margin_quantile=0.5, min_run_time=0.001)
+    errs = sorted(abs(r["ratio_err"]) for r in cal.validation["rows"])
+    assert len(errs) == 5 and cal.validation["ratio"]["n"] == 5
+    assert cal.margin == pytest.approx(float(np.quantile(errs, 0.5)))
+    assert cal.predictor.geometry == P.Geometry.of_model(vit, 1) and cal.seconds["timing"] > 0
+    assert P.calibrate(vit, threads=1, time_budget_s=1.0, curve_points=4, holdout=2, holdout_budget_s=0.1,
+                       margin_quantile=0.0, min_run_time=0.001).margin == 0.0
+    for bad in ({"margin_quantile": 1.0}, {"holdout": 0}, {"holdout": True}):
+        with pytest.raises(ValueError):
+            P.calibrate(vit, **bad)

@@ -186,3 +186,46 @@ def test_figures(smoke):
 def test_cli_refuses_a_non_json_out(tmp_path):
     with pytest.raises(InvalidValueError, match="--out"):
         tf.main(["--preset", "smoke", "--out", str(tmp_path / "r.txt")])
+
+
+def test_load_or_run_reads_only_a_run_of_the_same_parameters_and_checkpoint(smoke, tmp_path):
+    import dataclasses
+
+    from vitprune_lite.experiments import _params
+
+    r, _ = smoke
+    calls = []
+
+    def fake_run(p):
+        calls.append(p)
+        return dataclasses.replace(r, params=p, inputs={})
+
+    path = tmp_path / "cache.json"
+    first, loaded = _params.load_or_run(r.params, path, fake_run, tf.Result.from_json)
+    assert not loaded and len(calls) == 1 and path.exists()
+    assert first.inputs["checkpoint_sha256"] == _params.checkpoint_digest(r.params)
+    again, loaded = _params.load_or_run(r.params, path, fake_run, tf.Result.from_json)
+    assert loaded and len(calls) == 1 and again == first
+    other = dataclasses.replace(r.params, n_boot=r.params.n_boot + 1)  # other parameters: runs
+    _, loaded = _params.load_or_run(other, path, fake_run, tf.Result.from_json)
+    assert not loaded and len(calls) == 2 and tf.Result.from_json(path).params == other
+    raw = json.loads(path.read_text())
+    raw["inputs"]["checkpoint_sha256"] = "0" * 64  # made from another checkpoint: runs
+    path.write_text(json.dumps(raw))
+    _, loaded = _params.load_or_run(other, path, fake_run, tf.Result.from_json)
+    assert not loaded and len(calls) == 3
+    _, loaded = _params.load_or_run(other, path, fake_run, tf.Result.from_json, rerun=True)
+    assert not loaded and len(calls) == 4
+
+
+def test_summary_markdown_follows_the_intervals(smoke):
+    r, _ = smoke
+    text = tf.summary_markdown(r)
+    for n in r.sets:
+        g = r.gap["recovered"][n]
+        line = next(l for l in text.splitlines() if l.startswith(f"- **{n}**"))
+        want = "reference better" if g["lo"] > 0 else "project better" if g["hi"] < 0 else "not resolved"
+        assert line.endswith(want + ".")
+    assert tf._compare({"lo": 0.6, "hi": 0.7}, {"lo": 0.4, "hi": 0.5}) == "above"
+    assert tf._compare({"lo": 0.2, "hi": 0.3}, {"lo": 0.4, "hi": 0.5}) == "below"
+    assert tf._compare({"lo": 0.45, "hi": 0.7}, {"lo": 0.4, "hi": 0.5}).startswith("not resolved")

@@ -552,6 +552,96 @@ def choose_plan(candidates: Sequence[Mapping[str, Any]], latency_ms: float,
     return min(pool, key=lambda c: c["predicted_ms"]), False
 
 
+#: The planner's three kinds of choice: structure and tokens together, and each ingredient alone.
+PLAN_KINDS: dict[str, Optional[Callable[[Mapping[str, Any]], bool]]] = {
+    "combined": None, "structure only": lambda c: c["tokens"] == "none",
+    "tokens only": lambda c: c["structure"] == "dense"}
+
+
+def repredict(candidates: Sequence[Mapping[str, Any]], predictor: Any) -> list[dict[str, Any]]:
+    """The same candidates (models and validation accuracies kept) with another predictor's latencies.
+
+    Validation accuracy does not depend on the backend or the device, so one
+    :func:`plan_candidates` call serves every predictor of the same model.
+    """
+    out = [{**c, "predicted_ms": predictor.predict(c["model"])} for c in candidates]
+    alone = {c["structure"]: c["predicted_ms"] for c in out if c["tokens"] == "none"}
+    return [{**c, "structure_ms": alone[c["structure"]]} for c in out]  # plan_candidates lists every "none"
+
+
+def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares: Sequence[float], *,
+                predictor: Any, margin: float = 0.0, threads: int = 1, rounds: int = 7,
+                min_run_time: float = 0.1, seed: int = 0, backend: str = "eager",
+                exported: Optional[dict[int, Any]] = None) -> list[dict[str, Any]]:
+    """Choose under each latency budget, then time the choices: did the budget hold?
+
+    For every budget share (of the dense model's batch-1 latency) and every kind in
+    :data:`PLAN_KINDS`, :func:`choose_plan` picks from ``candidates`` with the budget
+    ``share * predictor.predict(dense)`` and ``margin`` - budgets and predictions compared as
+    ratios to the predicted dense latency, which cancels the drift of absolute milliseconds
+    between the profiling run and this one. The chosen models and the dense model are then timed
+    in the same interleaved rounds (:func:`vitprune_lite.measure.measure_latency`, batch 1,
+    ``backend``); a budget is met when the measured ratio to dense is at most the share.
+
+    Args:
+        base: the dense model (timed as the reference).
+        candidates: from :func:`plan_candidates` (or :func:`repredict`) with the same predictor.
+        shares: budgets in (0, 1], shares of dense latency.
+        predictor: the device's batch-1 :class:`vitprune_lite.predictor.Predictor`.
+        exported: with ``backend="onnxruntime"``, a cache ``id(model) -> exported model`` shared
+            between calls (each chosen model is exported once).
+
+    Returns:
+        One dict per share x kind: ``budget_share``, ``kind``, ``plan`` (text), ``model``,
+        ``predicted_ms``, ``predicted_ratio``, ``measured_ms``, ``measured_ratio``,
+        ``predicted_met``, ``measured_met``, ``val_acc``.
+    """
+    from . import runtime
+
+    bad = [s for s in shares if not 0 < s <= 1]
+    if bad or not shares:
+        raise ValueError(f"shares must be budgets in (0, 1] (shares of dense latency), got {list(shares)}")
+    dense_pred = predictor.predict(predictor.geometry.dense_plan())
+    picks = {(share, kind): choose_plan(candidates, share * dense_pred, where, margin=margin)
+             for share in shares for kind, where in PLAN_KINDS.items()}
+    timed: dict[str, Any] = {"dense": base} | {f"{s}|{k}": c["model"] for (s, k), (c, _) in picks.items()}
+    x1 = torch.randn(1, 3, *base.patch_embed.img_size, generator=torch.Generator().manual_seed(seed))
+    if backend != "eager":
+        cache = exported if exported is not None else {}
+        for k, m in timed.items():
+            if id(m) not in cache:
+                cache[id(m)] = runtime.export(m, x1)
+            timed[k] = cache[id(m)]
+    check = measure.measure_latency(timed, x1, threads=threads, rounds=rounds, min_run_time=min_run_time,
+                                    seed=seed, backend=backend)
+    dense_ms = check["dense"].median_ms
+    cases = []
+    for (share, kind), (c, predicted_met) in picks.items():
+        ratio = measure.latency_ratio(check, f"{share}|{kind}", "dense")
+        cases.append({"budget_share": share, "kind": kind, "model": c["model"], "val_acc": c["val_acc"],
+                      "plan": c["structure"] + ("" if c["tokens"] == "none" else f" + {c['tokens']} {c['amount']}"),
+                      "predicted_ms": c["predicted_ms"], "predicted_ratio": c["predicted_ms"] / dense_pred,
+                      "measured_ms": ratio * dense_ms, "measured_ratio": ratio, "predicted_met": predicted_met,
+                      "measured_met": bool(ratio <= share)})
+    return cases
+
+
+def summarise_checks(cases: Sequence[Mapping[str, Any]], group: Sequence[str] = ("device", "seed")) -> dict[str, Any]:
+    """Shares over cases (``group`` keys x budget): the combined plan met its measured budget; and
+    it was at least as accurate (validation) as the best single-ingredient plan that also met it."""
+    groups: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    for c in cases:
+        groups.setdefault(tuple(c[k] for k in group) + (c["budget_share"],), {})[c["kind"]] = c
+    met, as_good = [], []
+    for g in groups.values():
+        comb = g["combined"]
+        met.append(comb["measured_met"])
+        singles = [g[k]["val_acc"] for k in ("structure only", "tokens only") if k in g and g[k]["measured_met"]]
+        as_good.append(bool(comb["measured_met"] and (not singles or comb["val_acc"] >= max(singles))))
+    return {"n_cases": len(groups), "combined_met_share": float(np.mean(met)) if met else None,
+            "combined_at_least_as_accurate_share": float(np.mean(as_good)) if as_good else None}
+
+
 def combined_plan(base: nn.Module, request: DeviceRequest, public: PublicData, *,
                   curve: Optional[latency.Curve] = None, structures: Mapping[str, nn.Module],
                   val: tuple[Tensor, Tensor], token_grid: Any = COMBINED_TOKENS, threads: Optional[int] = None,

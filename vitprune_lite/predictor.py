@@ -58,7 +58,8 @@ from . import latency, measure, paths, runtime, surgery, tokens
 
 __all__ = [
     "PlanSpec", "Geometry", "Predictor", "features", "fit", "validate", "build_model",
-    "calibration_plans", "random_plans", "measure_plans", "profile_device", "FEATURES",
+    "calibration_plans", "random_plans", "measure_plans", "profile_device", "Calibration", "calibrate",
+    "FEATURES",
 ]
 
 _METHODS = ("tome", "topk", "evit", "pomt")
@@ -700,3 +701,64 @@ def profile_device(base: nn.Module, *, backend: str = "eager", batch_size: int =
                         "plans": t2 - t1, "plans_build": spent["build"], "plans_timing": spent["timing"],
                         "total": t2 - t0, "timing": sw.seconds + spent["timing"]},
             "load_avg": sw.load_avg, "environment": env}
+
+
+# ----------------------------------------------------------------------------- one call per device
+
+@dataclass
+class Calibration:
+    """A device's predictor with its own held-out check and the planner's safety margin.
+
+    Attributes:
+        predictor: the fitted :class:`Predictor`.
+        measurements: what :func:`profile_device` measured (the fit's input).
+        validation: :func:`validate` on held-out random plans timed with the dense model in the
+            same rounds (``validation["ratio"]`` is the check in ratios to dense).
+        margin: the ``margin_quantile`` of the held-out ``|ratio error|``, for
+            :func:`vitprune_lite.pipelines.choose_plan` (0 when ``margin_quantile`` is 0).
+        seconds: wall time of profiling (``"profile"``, of which ``"timing"``) and of the
+            held-out check (``"holdout"``).
+    """
+
+    predictor: Predictor
+    measurements: dict[str, Any]
+    validation: dict[str, Any]
+    margin: float
+    seconds: dict[str, float]
+
+
+def calibrate(base: nn.Module, *, backend: str = "eager", batch_size: int = 1, threads: int = 1,
+              time_budget_s: float = 60.0, curve_points: int = 33, holdout: int = 30,
+              holdout_budget_s: float = 60.0, margin_quantile: float = 0.9, seed: int = 0,
+              min_run_time: float = 0.01, progress: bool = False) -> Calibration:
+    """Profile a device, fit its predictor, check it on held-out plans and derive the margin.
+
+    The steps every user of the planner needs, in one place: :func:`profile_device` within
+    ``time_budget_s`` of timing, :func:`fit`, then ``holdout`` :func:`random_plans` (seeded
+    ``1000 + seed``, never used to fit) timed interleaved with the dense model
+    (:func:`measure_plans`, ``holdout_budget_s``) and :func:`validate` against it.
+
+    Args:
+        margin_quantile: in [0, 1); the planner's margin is this quantile of the held-out
+            ``|predicted ratio / measured ratio - 1|``; 0 means no margin.
+    """
+    if not 0 <= margin_quantile < 1:
+        raise ValueError(f"margin_quantile must be in [0, 1), got {margin_quantile!r}")
+    if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 1:
+        raise ValueError(f"holdout must be an int >= 1, got {holdout!r}")
+    t0 = time.perf_counter()
+    meas = profile_device(base, backend=backend, batch_size=batch_size, threads=threads,
+                          time_budget_s=time_budget_s, curve_points=curve_points, seed=seed,
+                          min_run_time=min_run_time, progress=progress)
+    t1 = time.perf_counter()
+    pred = fit(meas)
+    geo = pred.geometry
+    held, ref, _ = measure_plans(base, random_plans(geo, holdout, seed=1000 + seed), backend=backend,
+                                 batch_size=batch_size, threads=threads, time_budget_s=holdout_budget_s,
+                                 seed=seed + 1, min_run_time=min_run_time,
+                                 extra={"dense": build_model(base, geo.dense_plan())})
+    val = validate(pred, held, reference_ms=ref["dense"])
+    errs = [abs(r["ratio_err"]) for r in val["rows"]]
+    margin = float(np.quantile(errs, margin_quantile)) if margin_quantile else 0.0
+    return Calibration(pred, meas, val, margin, {"profile": t1 - t0, "timing": meas["seconds"]["timing"],
+                                                 "holdout": time.perf_counter() - t1})

@@ -185,8 +185,11 @@ def section_final(r: Mapping[str, Any]) -> str:
         def cell(s: Mapping[str, Any], kind: str) -> str:
             return f"{pct(s[kind])}, {s[kind + ' ms']:.2f} ms, met {100 * s[kind + ' met']:.0f} %"
 
-        lines += ["", "Combined plan (structure + tokens chosen together from the device's latency curve) against "
-                      "each ingredient alone, under batch-1 latency budgets"
+        check = r["predictor"]["validation"]["ratio"]
+        lines += ["", "Combined plan (structure + tokens chosen together with this machine's latency predictor, "
+                      f"a margin of {100 * r['predictor']['margin']:.1f} %: its held-out plans were predicted within "
+                      f"10 % of their measured latency relative to dense for {100 * check['within_10']:.0f} % of "
+                      f"{check['n']}) against each ingredient alone, under batch-1 latency budgets"
                       + (f" (dense: {dense_ms:.2f} ms here)" if dense_ms else "") + ". Each cell: test accuracy, "
                       "measured latency, share of seeds whose measured latency met the budget; best = the most "
                       "accurate among those that met it in at least half of the seeds.", "",

@@ -51,8 +51,6 @@ from vitprune_lite.benchmarks import save
 
 TOKEN_GRID = [["pomt", 8], ["pomt", 16], ["pomt", 24], ["pomt", 32], ["tome", 2], ["tome", 4], ["tome", 6],
               ["topk", 0.9], ["topk", 0.7], ["evit", 0.9], ["evit", 0.7]]
-KINDS = {"combined": None, "structure only": lambda c: c["tokens"] == "none",
-         "tokens only": lambda c: c["structure"] == "dense"}
 
 
 def load_model(name: str) -> torch.nn.Module:
@@ -120,23 +118,16 @@ def backend_comparison(meas: dict[str, Any]) -> dict[str, Any]:
             "L_N_ms": full, "methods_ranked": methods}
 
 
-def profile_fit_validate(model, name: str, backend: str, batch: int, threads: int, args) -> tuple[dict[str, Any], Any]:
-    t0 = time.perf_counter()
-    meas = predictor.profile_device(model, backend=backend, batch_size=batch, threads=threads,
-                                    time_budget_s=args.budget, curve_points=args.curve_points, seed=args.seed,
-                                    min_run_time=args.min_run_time, progress=args.progress)
-    t1 = time.perf_counter()
-    pred = predictor.fit(meas)
-    geo = pred.geometry
-    held_plans = predictor.random_plans(geo, args.holdout, seed=1000 + args.seed)
-    # The dense model is timed in the same rounds: the planner's budgets are shares of it.
-    held, ref, held_s = predictor.measure_plans(model, held_plans, backend=backend, batch_size=batch,
-                                                threads=threads, time_budget_s=args.holdout_budget,
-                                                seed=args.seed + 1, min_run_time=args.min_run_time,
-                                                extra={"dense": predictor.build_model(model, geo.dense_plan())})
-    val = predictor.validate(pred, held, reference_ms=ref["dense"])
+def profile_fit_validate(model, name: str, backend: str, batch: int, threads: int, args):
+    """:func:`vitprune_lite.predictor.calibrate` for one run, with its summary line printed."""
+    cal = predictor.calibrate(model, backend=backend, batch_size=batch, threads=threads, time_budget_s=args.budget,
+                              curve_points=args.curve_points, holdout=args.holdout,
+                              holdout_budget_s=args.holdout_budget, margin_quantile=args.margin_quantile,
+                              seed=args.seed, min_run_time=args.min_run_time, progress=args.progress)
+    meas, pred, val = cal.measurements, cal.predictor, cal.validation
     run = {"model": name, "backend": backend, "batch": batch, "threads": threads,
-           "profiling_seconds": {**meas["seconds"], "wall": t1 - t0}, "holdout_seconds": held_s,
+           "profiling_seconds": {**meas["seconds"], "wall": cal.seconds["profile"]},
+           "holdout_seconds": cal.seconds["holdout"], "margin": cal.margin,
            "load_avg": meas["load_avg"], "fit": pred.report, "validation": val,
            "curve": meas["curve"], "frame_ms": meas["frame_ms"], "calibration": meas["plans"],
            "backends": backend_comparison(meas), "predictor": pred.to_dict()}
@@ -147,15 +138,15 @@ def profile_fit_validate(model, name: str, backend: str, batch: int, threads: in
           f"within 5 % {100 * val['within_5']:.0f} % of {val['n']} held-out plans; "
           f"median |err| {100 * val['rel_err_median']:.1f} %; relative to dense: within 10 % "
           f"{100 * val['ratio']['within_10']:.0f} %, within 5 % {100 * val['ratio']['within_5']:.0f} %", flush=True)
-    return run, pred
+    return run, cal
 
 
-def planner_cases(base, preds: dict[str, Any], args, margins: dict[str, float] | None = None) -> dict[str, Any]:
-    """The combined planner with each backend's batch-1 predictor, checked by measurement.
+def planner_cases(base, cals: dict[str, Any], args) -> dict[str, Any]:
+    """The combined planner with each backend's batch-1 calibration, checked by measurement
+    (:func:`vitprune_lite.pipelines.check_plans`, with the calibration's margin).
 
-    ``margins``: per predictor key, the safety margin of :func:`vitprune_lite.pipelines.choose_plan`
-    (the ``--margin-quantile`` of the predictor's held-out ratio errors; 0 if absent)."""
-    margins = margins or {}
+    Candidates and their validation accuracies are computed once per device x seed and shared by
+    every backend (:func:`vitprune_lite.pipelines.repredict`)."""
     from vitprune_lite import data, gmm
 
     bench = data.load_benchmark(0)
@@ -172,62 +163,33 @@ def planner_cases(base, preds: dict[str, Any], args, margins: dict[str, float] |
     structures = {"dense": base}
     for m, a in args.structures:
         structures[f"magnitude {m:g}/{a:g}"] = importance.prune_copy(base, importance.make_plan(base, scores, (m, a)))
-    x1 = torch.randn(1, 3, *base.patch_embed.img_size, generator=torch.Generator().manual_seed(0))
+    keys = list(cals)
+    cases: dict[str, list] = {k: [] for k in keys}
+    exported: dict[str, dict] = {k: {} for k in keys}  # one export per chosen model and backend
+    for d, idx in finetune.items():
+        for seed in args.seeds:
+            _, val_idx = pipelines.split_validation(np.asarray(idx)[:args.val_pool], 0.1, seed)
+            val = (public.x[val_idx], public.y[val_idx])
+            first = pipelines.plan_candidates(base, structures, val, predictor=cals[keys[0]].predictor,
+                                              token_grid=[tuple(t) for t in TOKEN_GRID])
+            for key in keys:
+                cal = cals[key]
+                cands = first if key == keys[0] else pipelines.repredict(first, cal.predictor)
+                for c in pipelines.check_plans(base, cands, args.budgets, predictor=cal.predictor, margin=cal.margin,
+                                               threads=cal.predictor.threads, rounds=args.check_rounds,
+                                               min_run_time=args.check_min_run_time, seed=seed,
+                                               backend=cal.predictor.backend, exported=exported[key]):
+                    cases[key].append({"device": d, "seed": seed, **{k: v for k, v in c.items() if k != "model"}})
     out: dict[str, Any] = {}
-    for key, pred in preds.items():
-        backend, threads = pred.backend, pred.threads
-        exported: dict[int, torch.nn.Module] = {}  # one export per chosen model, reused across cases
-        cases = []
-        for d, idx in finetune.items():
-            for seed in args.seeds:
-                _, val_idx = pipelines.split_validation(np.asarray(idx)[:args.val_pool], 0.1, seed)
-                val = (public.x[val_idx], public.y[val_idx])
-                cands = pipelines.plan_candidates(base, structures, val, predictor=pred,
-                                                  token_grid=[tuple(t) for t in TOKEN_GRID])
-                # Budgets are shares of the dense model; predictions are compared as ratios to the
-                # predicted dense latency, with the margin the held-out validation calls for.
-                dense_ms_profiled = pred.predict(pred.geometry.dense_plan())
-                margin = margins.get(key, 0.0)
-                picks = {(share, kind): pipelines.choose_plan(cands, share * dense_ms_profiled, where, margin=margin)
-                         for share in args.budgets for kind, where in KINDS.items()}
-                timed = {"dense": base} | {f"{s}|{k}": c["model"] for (s, k), (c, _) in picks.items()}
-                if backend == "onnxruntime":
-                    for k, m in timed.items():
-                        if id(m) not in exported:
-                            exported[id(m)] = runtime.export(m, x1)
-                        timed[k] = exported[id(m)]
-                check = measure.measure_latency(timed, x1, threads=threads, rounds=args.check_rounds,
-                                                min_run_time=args.check_min_run_time, seed=seed, backend=backend)
-                dense_ms = check["dense"].median_ms
-                for (share, kind), (c, predicted_met) in picks.items():
-                    ratio = measure.latency_ratio(check, f"{share}|{kind}", "dense")
-                    cases.append({"device": d, "seed": seed, "budget_share": share, "kind": kind,
-                                  "plan": c["structure"] + ("" if c["tokens"] == "none" else f" + {c['tokens']} {c['amount']}"),
-                                  "predicted_ms": c["predicted_ms"], "predicted_ratio": c["predicted_ms"] / dense_ms_profiled,
-                                  "measured_ms": ratio * dense_ms, "measured_ratio": ratio, "predicted_met": predicted_met,
-                                  "measured_met": bool(ratio <= share), "val_acc": c["val_acc"]})
-        out[key] = {"backend": backend, "threads": threads, **summarise_planner(cases), "cases": cases}
-        print(f"planner ({key}): combined plan met the measured budget in "
+    for key in keys:
+        cal = cals[key]
+        out[key] = {"backend": cal.predictor.backend, "threads": cal.predictor.threads, "margin": cal.margin,
+                    **pipelines.summarise_checks(cases[key]), "cases": cases[key]}
+        print(f"planner ({key}, margin {100 * cal.margin:.1f} %): combined plan met the measured budget in "
               f"{100 * out[key]['combined_met_share']:.0f} % of {out[key]['n_cases']} cases; "
               f"at least as accurate as the best single ingredient that met it in "
               f"{100 * out[key]['combined_at_least_as_accurate_share']:.0f} %", flush=True)
     return out
-
-
-def summarise_planner(cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Shares over device x budget x seed cases: combined met its budget; and was at least as
-    accurate (validation) as the best single-ingredient plan that also met it."""
-    groups: dict[tuple, dict[str, dict]] = {}
-    for c in cases:
-        groups.setdefault((c["device"], c["seed"], c["budget_share"]), {})[c["kind"]] = c
-    met, as_good = [], []
-    for g in groups.values():
-        comb = g["combined"]
-        met.append(comb["measured_met"])
-        singles = [g[k]["val_acc"] for k in ("structure only", "tokens only") if k in g and g[k]["measured_met"]]
-        as_good.append(bool(comb["measured_met"] and (not singles or comb["val_acc"] >= max(singles))))
-    return {"n_cases": len(groups), "combined_met_share": float(np.mean(met)) if met else None,
-            "combined_at_least_as_accurate_share": float(np.mean(as_good)) if as_good else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(args.threads))
     out: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "versions": runtime.versions(), "runs": []}
-    preds_b1: dict[str, Any] = {}
-    margins: dict[str, float] = {}
+    cals_b1: dict[str, Any] = {}
     base = None
     for name in args.models:
         model = load_model(name)
@@ -281,17 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         for threads in args.threads:
             for backend in args.backends:
                 for b in args.batch:
-                    run, pred = profile_fit_validate(model, name, backend, b, threads, args)
+                    run, cal = profile_fit_validate(model, name, backend, b, threads, args)
                     out["runs"].append(run)
                     if name == "base_vit" and b == 1:
-                        key = f"{backend}/{threads}t"
-                        preds_b1[key], base = pred, model
-                        errs = [abs(r["ratio_err"]) for r in run["validation"]["rows"]]
-                        margins[key] = float(np.quantile(errs, args.margin_quantile)) if args.margin_quantile else 0.0
+                        cals_b1[f"{backend}/{threads}t"], base = cal, model
     if "planner" in args.parts and base is not None:
-        out["planner"] = planner_cases(base, preds_b1, args, margins)
-        for key, m in margins.items():
-            out["planner"][key]["margin"] = m
+        out["planner"] = planner_cases(base, cals_b1, args)
     out["summary"] = [{"model": r["model"], "backend": r["backend"], "batch": r["batch"], "threads": r["threads"],
                        "within_10": r["validation"]["within_10"], "within_5": r["validation"]["within_5"],
                        "ratio_within_10": r["validation"]["ratio"]["within_10"],

@@ -31,8 +31,10 @@ import torch
 from vitprune_lite import measure, models, paths, tokens
 from vitprune_lite.benchmarks import save
 
-#: Batch-1 latency / dense of the published ToMe timm patch on this kind of machine (2 threads,
-#: random weights), from the project's notes on the published implementations.
+#: Batch-1 latency / dense of the published ToMe timm patch on this kind of machine (at
+#: ``PUBLISHED_TOME_THREADS`` threads, random weights), from the project's notes on the
+#: published implementations.
+PUBLISHED_TOME_THREADS = 2
 PUBLISHED_TOME_B1 = {
     "deit_tiny_patch16_224": {4: 1.44, 8: 1.25, 13: 1.07, 16: 1.06},
     "deit_small_patch16_224": {4: 0.98, 8: 0.90, 13: 0.70, 16: 0.67},

@@ -3,7 +3,7 @@ naming the field, the value and what is accepted), and the preset lookup."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -48,3 +48,40 @@ def preset(cls: type, presets: Mapping[str, Mapping[str, Any]], name: str, overr
     if name not in presets:
         raise InvalidValueError(f"preset {name!r}: accepted {sorted(presets)}")
     return dataclasses.replace(cls(**presets[name]), **overrides)
+
+
+def checkpoint_digest(params: Any) -> str:
+    """sha256 of the base checkpoint a run of ``params`` reads (``params.checkpoint``, or the benchmark's
+    shipped one): part of what a cached result must match."""
+    import hashlib
+    from pathlib import Path
+
+    from .. import models, paths
+
+    if params.checkpoint:
+        path = Path(params.checkpoint)
+    else:
+        path = paths.data_dir() / (models.V2_CHECKPOINT if params.benchmark == "v2" else models.BASE_CHECKPOINT)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_or_run(params: Any, path: Any, run: Callable[[Any], Any], from_json: Callable[[Any], Any], *,
+                rerun: bool = False) -> tuple[Any, bool]:
+    """A result for ``params``: read from ``path`` when it holds a run of exactly these parameters on
+    the same base checkpoint, otherwise ``run(params)``, written to ``path`` (atomically).
+
+    The result type must carry ``params`` and an ``inputs`` dict; ``inputs["checkpoint_sha256"]``
+    is set here. ``rerun=True`` always runs. Returns ``(result, loaded)``.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    digest = checkpoint_digest(params)
+    if path.exists() and not rerun:
+        cached = from_json(path)
+        if cached.params == params and cached.inputs.get("checkpoint_sha256") == digest:
+            return cached, True
+    result = run(params)
+    result.inputs["checkpoint_sha256"] = digest
+    result.to_json(path)
+    return result, False

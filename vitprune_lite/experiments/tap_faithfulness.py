@@ -48,7 +48,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ from .device_specificity import _load, paired_gap
 
 __all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "VARIANTS", "STAGES", "FEATURE_SPACES", "MetricSet",
            "MetricSets", "LayerRatios", "Accuracy", "Result", "set_names", "coverage", "metric_sets", "ratios",
-           "prune", "run", "plot_ratios", "plot_accuracy", "main"]
+           "prune", "run", "load_or_run", "summary_markdown", "plot_ratios", "plot_accuracy", "main"]
 
 SCHEMA_VERSION = 1
 #: The two implementations compared, in the order tables and figures show them.
@@ -157,12 +157,12 @@ class Params:
         return _params.preset(cls, PRESETS, name, overrides)
 
 
-#: ``full``: the defaults. ``lab``: one recovery seed, a quick look (wider intervals).
+#: ``full``: the defaults. ``lab``: one recovery seed and two temperatures, a quick look (wider intervals).
 #: ``smoke``: seconds, for the tests (tiny sets, one temperature, a smaller feature space so a
 #: mixture fits on a few dozen private images; only the plumbing is meaningful).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"seeds": (0,), "n_boot": 1000},
+    "lab": {"seeds": (0,), "n_boot": 1000, "temperatures": (4.0, 16.0)},
     "smoke": {"seeds": (0,), "n_metric": 32, "n_finetune": 160, "ft_steps": 2, "ft_batch": 16, "score_tokens": 8,
               "sens_images": 8, "feature_dim": 8, "combined_keep": 4, "k_max": 3, "temperatures": (4.0,),
               "test_images": 64, "n_boot": 100, "threads": 1},
@@ -513,6 +513,8 @@ class Result:
         dense, acc, interval, gap, sizes, kept: step 3 (:class:`Accuracy`).
         seconds: wall time of the run.
         environment: what it ran on (:func:`vitprune_lite.measure.environment`).
+        inputs: identities of the inputs besides ``params`` (``checkpoint_sha256``, set by
+            :func:`load_or_run`).
         schema: :data:`SCHEMA_VERSION`.
     """
 
@@ -531,6 +533,7 @@ class Result:
     kept: dict[str, dict[str, dict[str, list[str]]]]
     seconds: float
     environment: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     def table(self) -> list[dict[str, Any]]:
@@ -633,6 +636,12 @@ def run(params: Params = Params(), bench=None, model=None, progress: bool = True
                   measure.environment())
 
 
+def load_or_run(params: Params, path: str | Path, rerun: bool = False) -> tuple[Result, bool]:
+    """:func:`run` with a cache: the result in ``path`` if it is a run of exactly ``params`` on the same
+    base checkpoint, otherwise a fresh run written there. Returns ``(result, loaded from path)``."""
+    return _params.load_or_run(params, path, run, Result.from_json, rerun=rerun)
+
+
 # ----------------------------------------------------------------------------- figures
 
 def plot_ratios(result: Result, device: Optional[str] = None):
@@ -721,6 +730,53 @@ def plot_accuracy(result: Result):
     return fig
 
 
+def _pct(i: Mapping[str, float]) -> str:
+    return f"{100 * i['mean']:.1f} % [{100 * i['lo']:.1f}, {100 * i['hi']:.1f}]"
+
+
+def _compare(a: Mapping[str, float], b: Mapping[str, float]) -> str:
+    """How interval ``a`` stands against interval ``b``: above, below, or not resolved (they overlap)."""
+    if a["lo"] > b["hi"]:
+        return "above"
+    if a["hi"] < b["lo"]:
+        return "below"
+    return "not resolved (the intervals overlap)"
+
+
+def summary_markdown(result: Result) -> str:
+    """What the result says, in sentences written from its numbers (for notebook 02's "what we found").
+
+    Accuracies are means over devices and seeds with their 95 % intervals; reference - project is
+    the paired difference. Two metric sets are compared by their separate intervals: "not
+    resolved" when they overlap (a conservative reading: a paired interval could be narrower).
+    """
+    stage = "recovered"
+    iv, gap = result.interval, result.gap
+    lines = [f"TAP-ViTs at {result.budget['block_param_share']:.0%} of block parameters on {len(result.devices)} "
+             f"devices x {len(result.params.seeds)} recovery seed(s), private test accuracy after recovery:", ""]
+    for n in result.sets:
+        g = gap[stage][n]
+        verdict = ("reference better" if g["lo"] > 0 else "project better" if g["hi"] < 0 else "not resolved")
+        lines.append(f"- **{n}**: project {_pct(iv[stage][n]['project'])}, reference {_pct(iv[stage][n]['reference'])}; "
+                     f"reference - project {100 * g['mean']:+.1f} points [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]: "
+                     f"{verdict}.")
+    if "gmm" in result.sets and "random" in result.sets:
+        lines += ["", "GMM top-ranked set against random public images, after recovery: " + "; ".join(
+            f"{v} {_compare(iv[stage]['gmm'][v], iv[stage]['random'][v])}" for v in VARIANTS)
+            + ". Zero-shot: " + "; ".join(
+            f"{v} {_compare(iv['zero_shot']['gmm'][v], iv['zero_shot']['random'][v])}" for v in VARIANTS) + "."]
+    ratios = result.ratios
+    spread = {v: max(max(ratios[d][n][v][k]) - min(ratios[d][n][v][k])
+                     for d in result.devices for n in result.sets for k in ("mlp", "attn")) for v in VARIANTS}
+    lines += ["", "Layer keep ratios: the largest spread between one layer and another (any device, set, MLP or "
+                  f"attention) is {spread['reference']:.2f} in the reference variant and {spread['project']:.2f} in "
+                  "the project's."]
+    cov = {n: min((result.coverage[d][n]["metric"]["min_count"], d) for d in result.devices) for n in result.sets}
+    lines += ["", "Class coverage (fewest images of any one device class in a metric set, over devices): "
+              + ", ".join(f"{n} {c} ({d})" for n, (c, d) in cov.items()) + "."]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: run a preset, write the result JSON and both figures beside it."""
     from .. import paths
@@ -734,8 +790,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out) if args.out else paths.data_dir() / "benchmarks" / "tap_faithfulness.json"
     if out.suffix != ".json":
         raise InvalidValueError(f"--out {out}: accepted a path ending in .json")
-    result = run(params)
-    result.to_json(out)
+    result, _ = load_or_run(params, out, rerun=True)
     for suffix, fig in (("ratios", plot_ratios(result)), ("accuracy", plot_accuracy(result))):
         fig.savefig(out.with_name(f"{out.stem}_{suffix}.png"), dpi=120)
     print(f"wrote {out} in {result.seconds:.0f} s")
