@@ -302,3 +302,16 @@ def test_calibrate_smoke(vit, one_thread):
     for bad in ({"margin_quantile": 1.0}, {"holdout": 0}, {"holdout": True}):
         with pytest.raises(ValueError):
             P.calibrate(vit, **bad)
+
+
+def test_align_curve_puts_the_curve_on_the_plans_level():
+    n, L, F = _curve()
+    meas = _synthetic(P.calibration_plans(GEO))
+    meas["curve"]["median_ms"] = (np.asarray(L) * 1.2).tolist()  # the curve's phase ran 20 % slow
+    plain, aligned = P.fit(meas), P.fit(meas, align_curve=True)
+    assert plain.report["curve_scale"] == 1.0
+    assert aligned.report["curve_scale"] == pytest.approx(1 / 1.2)
+    assert aligned.curve_ms[-1] == pytest.approx(L[-1])
+    dense = GEO.dense_plan()
+    truth = next(p["median_ms"] for p in meas["plans"] if P.PlanSpec.from_dict(p["plan"]) == dense)
+    assert abs(aligned.predict(dense) / truth - 1) < 1e-6  # the generating formula again

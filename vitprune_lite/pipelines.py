@@ -572,7 +572,7 @@ def repredict(candidates: Sequence[Mapping[str, Any]], predictor: Any) -> list[d
 def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares: Sequence[float], *,
                 predictor: Any, margin: float = 0.0, threads: int = 1, rounds: int = 7,
                 min_run_time: float = 0.1, seed: int = 0, backend: str = "eager",
-                exported: Optional[dict[int, Any]] = None) -> list[dict[str, Any]]:
+                exported: Optional[dict[Any, Any]] = None) -> list[dict[str, Any]]:
     """Choose under each latency budget, then time the choices: did the budget hold?
 
     For every budget share (of the dense model's batch-1 latency) and every kind in
@@ -588,8 +588,9 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
         candidates: from :func:`plan_candidates` (or :func:`repredict`) with the same predictor.
         shares: budgets in (0, 1], shares of dense latency.
         predictor: the device's batch-1 :class:`vitprune_lite.predictor.Predictor`.
-        exported: with ``backend="onnxruntime"``, a cache ``id(model) -> exported model`` shared
-            between calls (each chosen model is exported once).
+        exported: with ``backend="onnxruntime"``, a cache shared between calls, keyed by the
+            model's :class:`~vitprune_lite.predictor.PlanSpec` (latency does not depend on the
+            weights, so each distinct plan is exported once; an export takes seconds).
 
     Returns:
         One dict per share x kind: ``budget_share``, ``kind``, ``plan`` (text), ``model``,
@@ -607,11 +608,14 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
     timed: dict[str, Any] = {"dense": base} | {f"{s}|{k}": c["model"] for (s, k), (c, _) in picks.items()}
     x1 = torch.randn(1, 3, *base.patch_embed.img_size, generator=torch.Generator().manual_seed(seed))
     if backend != "eager":
+        from .predictor import PlanSpec
+
         cache = exported if exported is not None else {}
         for k, m in timed.items():
-            if id(m) not in cache:
-                cache[id(m)] = runtime.export(m, x1)
-            timed[k] = cache[id(m)]
+            plan = PlanSpec.of_model(m)
+            if plan not in cache:
+                cache[plan] = runtime.export(m, x1)
+            timed[k] = cache[plan]
     check = measure.measure_latency(timed, x1, threads=threads, rounds=rounds, min_run_time=min_run_time,
                                     seed=seed, backend=backend)
     dense_ms = check["dense"].median_ms

@@ -165,7 +165,7 @@ def planner_cases(base, cals: dict[str, Any], args) -> dict[str, Any]:
         structures[f"magnitude {m:g}/{a:g}"] = importance.prune_copy(base, importance.make_plan(base, scores, (m, a)))
     keys = list(cals)
     cases: dict[str, list] = {k: [] for k in keys}
-    exported: dict[str, dict] = {k: {} for k in keys}  # one export per chosen model and backend
+    exported: dict[str, dict] = {k: {} for k in keys}  # one export per distinct plan and backend
     for d, idx in finetune.items():
         for seed in args.seeds:
             _, val_idx = pipelines.split_validation(np.asarray(idx)[:args.val_pool], 0.1, seed)

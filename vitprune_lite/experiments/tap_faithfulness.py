@@ -695,7 +695,7 @@ def plot_accuracy(result: Result):
     import matplotlib.pyplot as plt
 
     names, x = result.sets, np.arange(len(result.sets))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(max(9.0, 1.6 * len(names) + 5), 3.8))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(max(9.0, 1.6 * len(names) + 5), 4.6))
     width = 0.38
     colors = {"reference": "tab:orange", "project": "tab:blue"}
     for k, v in enumerate(VARIANTS):
@@ -709,10 +709,12 @@ def plot_accuracy(result: Result):
         zerr = np.array([[r["mean"] - r["lo"], r["hi"] - r["mean"]] for r in zs]).T * 100
         ax.errorbar(xs, zmean, yerr=zerr, fmt="o", mfc="white", color=colors[v], capsize=2, label=f"{v}, zero-shot")
     ax.axhline(100 * float(np.mean(list(result.dense.values()))), color="k", lw=1, ls="--", label="dense")
+    lowest = min(result.interval[s][n][v]["lo"] for s in STAGES for n in names for v in VARIANTS)
+    ax.set_ylim(max(0.0, 100 * lowest - 3), 100.5)  # the differences, not the distance from 0
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("private test accuracy (%)")
     ax.set_title("accuracy (mean over devices, 95 % interval)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     for k, s in enumerate(STAGES):
         g = [result.gap[s][n] for n in names]
         mean = np.array([e["mean"] for e in g]) * 100
@@ -723,7 +725,7 @@ def plot_accuracy(result: Result):
     bx.set_xticks(x, names, rotation=20)
     bx.set_ylabel("reference - project (points)")
     bx.set_title("paired difference, 95 % interval", fontsize=9)
-    bx.legend(fontsize=7)
+    bx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.suptitle(f"TAP-ViTs at {result.budget['block_param_share']:.0%} of block parameters, "
                  f"{len(result.devices)} devices x {len(result.params.seeds)} recovery seeds", fontsize=10)
     fig.tight_layout()
