@@ -720,6 +720,7 @@ def plot_accuracy(result: Result):
         mean = np.array([e["mean"] for e in g]) * 100
         err = np.array([[e["mean"] - e["lo"], e["hi"] - e["mean"]] for e in g]).T * 100
         bx.errorbar(x + (k - 0.5) * 0.25, mean, yerr=err, fmt="o" if s == "recovered" else "s", capsize=3,
+                    color="k" if s == "recovered" else "0.5",  # not the variants' colours of the left panel
                     mfc="white" if s == "zero_shot" else None, label=s.replace("_", "-"))
     bx.axhline(0, color="0.4", lw=0.8)
     bx.set_xticks(x, names, rotation=20)
@@ -754,14 +755,17 @@ def summary_markdown(result: Result) -> str:
     """
     stage = "recovered"
     iv, gap = result.interval, result.gap
+
+    def diff(g: Mapping[str, float]) -> str:
+        verdict = "reference better" if g["lo"] > 0 else "project better" if g["hi"] < 0 else "not resolved"
+        return f"{100 * g['mean']:+.1f} points [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}], {verdict}"
+
     lines = [f"TAP-ViTs at {result.budget['block_param_share']:.0%} of block parameters on {len(result.devices)} "
-             f"devices x {len(result.params.seeds)} recovery seed(s), private test accuracy after recovery:", ""]
+             f"devices x {len(result.params.seeds)} recovery seed(s), private test accuracy after recovery, and "
+             "reference - project zero-shot and after recovery:", ""]
     for n in result.sets:
-        g = gap[stage][n]
-        verdict = ("reference better" if g["lo"] > 0 else "project better" if g["hi"] < 0 else "not resolved")
         lines.append(f"- **{n}**: project {_pct(iv[stage][n]['project'])}, reference {_pct(iv[stage][n]['reference'])}; "
-                     f"reference - project {100 * g['mean']:+.1f} points [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]: "
-                     f"{verdict}.")
+                     f"reference - project zero-shot {diff(gap['zero_shot'][n])}; after recovery {diff(gap[stage][n])}.")
     if "gmm" in result.sets and "random" in result.sets:
         lines += ["", "GMM top-ranked set against random public images, after recovery: " + "; ".join(
             f"{v} {_compare(iv[stage]['gmm'][v], iv[stage]['random'][v])}" for v in VARIANTS)
