@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
                 tcfg = dataclasses.replace(tcfg, epochs=args.epochs)
             except InvalidValueError as err:
                 raise InvalidValueError(f"--epochs {args.epochs}: {err}") from None
-        default_out = paths.data_dir() / models.V2_CHECKPOINT if v2 else models.shipped_checkpoint()
+        default_out = models.shipped_checkpoint("v2" if v2 else "v1")
         target = models.check_checkpoint_path(args.out or default_out, args.overwrite_shipped)
         if v2:
             from . import data_v2

@@ -301,9 +301,10 @@ def _meta_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def shipped_checkpoint() -> Path:
-    """The shipped base-model checkpoint, ``data/base_vit.safetensors``."""
-    return paths.data_dir() / BASE_CHECKPOINT
+def shipped_checkpoint(benchmark: str = "v1") -> Path:
+    """The shipped base-model checkpoint of ``benchmark``: ``data/base_vit.safetensors`` (v1) or
+    ``data/base_vit_v2.safetensors`` (v2)."""
+    return paths.data_dir() / (V2_CHECKPOINT if benchmark == "v2" else BASE_CHECKPOINT)
 
 
 def check_checkpoint_path(path: str | Path, overwrite_shipped: bool = False) -> Path:
@@ -451,7 +452,7 @@ def load_base_model(benchmark: str = "v1") -> tuple[VisionTransformer, dict[str,
     from . import data
 
     module = data.benchmark_module(benchmark)
-    path = paths.data_dir() / (V2_CHECKPOINT if benchmark == "v2" else BASE_CHECKPOINT)
+    path = shipped_checkpoint(benchmark)
     model, meta = load_checkpoint(path)
     version = meta.get("data", {}).get("generator_version") if isinstance(meta.get("data"), dict) else None
     if version != module.GENERATOR_VERSION:

@@ -56,12 +56,9 @@ def checkpoint_digest(params: Any) -> str:
     import hashlib
     from pathlib import Path
 
-    from .. import models, paths
+    from .. import models
 
-    if params.checkpoint:
-        path = Path(params.checkpoint)
-    else:
-        path = paths.data_dir() / (models.V2_CHECKPOINT if params.benchmark == "v2" else models.BASE_CHECKPOINT)
+    path = Path(params.checkpoint) if params.checkpoint else models.shipped_checkpoint(params.benchmark)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
