@@ -57,12 +57,13 @@ def nb_out(tmp_path_factory):
 
 
 def run_smoke(prefix: str, out, cwd=None, **params):
-    """Execute notebook ``prefix*`` with ``SMOKE=True`` (plus ``params``); return its results JSON."""
+    """Execute notebook ``prefix*`` at its smoke preset (plus ``params``); return its results JSON."""
     import json
 
     from vitprune_lite import reproduce
 
     (nb,) = [p for p in reproduce.notebooks() if p.name.startswith(prefix)]
-    executed = reproduce.run_notebook(nb, {"SMOKE": True, **params}, cwd=cwd)
+    own = reproduce.check_parameters([nb], {**reproduce.smoke_parameters([nb]), **params})[nb]
+    executed = reproduce.run_notebook(nb, own, cwd=cwd)
     assert executed.exists() and executed.parent == out / "build" / "notebooks"
     return json.loads((out / "data" / "results" / f"{nb.stem}.json").read_text())

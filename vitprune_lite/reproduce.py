@@ -85,6 +85,13 @@ def _accepts(default: Any, value: Any) -> bool:
     return True
 
 
+def smoke_parameters(todo: Sequence[Path]) -> dict[str, Any]:
+    """The overrides that put the notebooks ``todo`` at their smoke sizes: ``PRESET="smoke"`` and,
+    for a notebook that declares it, ``SMOKE=True``."""
+    names = {k for nb in todo for k in notebook_parameters(nb)}
+    return {k: v for k, v in (("PRESET", "smoke"), ("SMOKE", True)) if k in names}
+
+
 def check_parameters(todo: Sequence[Path], parameters: Mapping[str, Any]) -> dict[Path, dict[str, Any]]:
     """Check overrides against the notebooks' parameters cells; return each notebook's own share.
 
@@ -171,7 +178,8 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
 
     Args:
         only: notebook numbers to run, e.g. ``["00", "03"]``; empty runs all.
-        smoke: pass ``SMOKE=True`` to every notebook (small sizes, for tests).
+        smoke: run every notebook at its ``smoke`` preset (small sizes, for tests): ``PRESET="smoke"``
+            (``SMOKE=True`` for a notebook that still declares that name).
         parameters: further overrides; each notebook gets those its parameters cell declares.
 
     Raises:
@@ -188,7 +196,7 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
         todo = [p for p in todo if p.name[:2] in wanted]
     params = dict(parameters or {})
     if smoke:
-        params["SMOKE"] = True
+        params.update(smoke_parameters(todo))
     own = check_parameters(todo, params)
     done, t_all = [], time.perf_counter()
     for i, nb in enumerate(todo, 1):
