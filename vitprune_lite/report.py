@@ -87,16 +87,31 @@ def _provenance(res: Mapping[str, Any], name: str) -> str:
 
 # --------------------------------------------------------------------------- sections
 def section_base(r: Mapping[str, Any]) -> str:
-    """Notebook 00: the dense base model's size and accuracies (public test, per style, per device)."""
-    acc, model = r["accuracy"], r.get("model", {})
-    lines = ["### 00 Base model", ""]
-    if model:
-        lines += [f"{model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs per image "
-                  "(2 x MACs, batch 1).", ""]
-    rows = [["public test", pct(acc["public_test"])]]
-    rows += [[f"public test, {s}", pct(v)] for s, v in acc.get("public_test_by_style", {}).items()]
-    rows += [[f"device {d}, private test", pct(v)] for d, v in acc.get("device_test", {}).items()]
-    lines += [md_table(["split", "accuracy"], rows)]
+    """Notebook 00: the benchmark, the dense base model's size and accuracies (95 % intervals), and
+    the cross-device gap when it was measured."""
+    from .experiments import base_model
+
+    res = base_model.Result.from_dict(dict(r), "data/results/00_base_model.json")
+    m, acc = res.model, res.accuracy
+    lines = ["### 00 Base model", "",
+             f"Benchmark {res.params.benchmark} (generator {res.benchmark['generator_version']}): "
+             f"{m['params']:,} parameters, {m['tokens']} tokens, {m['flops'] / 1e6:.1f} MFLOPs per image "
+             "(2 x MACs, batch 1).", ""]
+
+    def cell(a: Mapping[str, Any]) -> str:
+        return f"{pct(a['acc'])} [{pct(a['lo'])}, {pct(a['hi'])}] (n = {a['n']:,})"
+
+    rows = [["public test", cell(acc["public_test"])]]
+    rows += [[f"public test, {s}", cell(v)] for s, v in acc["by_style"].items()]
+    rows += [[f"device {d}, private test", cell(v)] for d, v in acc["devices"].items()]
+    lines += [md_table(["split", "accuracy [95 % interval]"], rows)]
+    if res.cross_device:
+        g = res.cross_device["gap"]
+        lines += ["", f"Cross-device check ({len(res.cross_device['devices'])} devices, "
+                  f"{len(res.cross_device['seeds'])} recovery seed(s), "
+                  f"{pct(res.cross_device['block_param_share'], 0)} of block parameters, after recovery): pruning "
+                  f"on a device's own data minus one model pruned for every device: {100 * g['mean']:+.1f} "
+                  f"points [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]."]
     return "\n".join(lines)
 
 
