@@ -516,6 +516,7 @@ class Comparison:
         lat: :func:`~vitprune_lite.measure.measure_latency`'s output.
         seconds: wall time of the latency measurement.
         layer, R: POMT's block and chosen R.
+        load_avg: 1-minute load average right after the latency measurement.
     """
 
     variants: dict[str, Any]
@@ -524,6 +525,7 @@ class Comparison:
     seconds: float
     layer: int
     R: int
+    load_avg: Optional[float] = None
 
     @property
     def pomt_key(self) -> str:
@@ -567,7 +569,7 @@ def compare_methods(params: Params, st: Setup, R: int, layer: int, progress: boo
         r["ratio_iqr"] = np.percentile(per_round, [25, 75]).tolist()
         r["flops_ratio"] = r["flops"] / dense_flops
         r["mean_tokens"] = float(np.mean(r["tokens"]))
-    return Comparison(variants, rows, lat, seconds, int(layer), int(R))
+    return Comparison(variants, rows, lat, seconds, int(layer), int(R), measure.environment()["load_avg_1min"])
 
 
 # ----------------------------------------------------------------------------- 8. matched comparisons
