@@ -161,3 +161,12 @@ def test_saved_curves_are_per_benchmark(results, out_root):
     latency.save_curve(dataclasses.replace(v2, model="base_vit"))
     with pytest.raises(InvalidFileError, match="benchmark 'v2'.*asked for benchmark 'v1'"):
         lc.load_base_curve("v1", device=path.name.split("__")[0])
+
+
+def test_result_files_checked_for_their_benchmark(tmp_path):
+    # a file from before the benchmark was recorded holds a v1 run; a v2 file is refused for v1 readers
+    lc.check_result_benchmark({"final_rows": []}, tmp_path / "old.json", "v1")
+    with pytest.raises(InvalidFileError, match="old.json.*benchmark 'v1'; asked for 'v2'"):
+        lc.check_result_benchmark({"final_rows": []}, tmp_path / "old.json", "v2")
+    with pytest.raises(InvalidFileError, match="new.json.*benchmark 'v2'; asked for 'v1'"):
+        lc.check_result_benchmark({"benchmark": "v2"}, tmp_path / "new.json", "v1")

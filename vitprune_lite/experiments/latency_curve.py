@@ -45,7 +45,7 @@ from . import _params
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "RESULT_FILE", "base_model_name", "load_base_curve",
            "check_token_grids", "setup", "naive_vs_interleaved", "profile_base", "gather_curves", "curve_row",
            "choose_r", "choose_layer", "compare_methods", "matched", "slower_than_dense", "zero_overhead",
-           "timm_tome", "read_result", "summary_markdown", "plot_naive_vs_interleaved", "plot_curves",
+           "timm_tome", "check_result_benchmark", "read_result", "summary_markdown", "plot_naive_vs_interleaved", "plot_curves",
            "plot_utility", "plot_methods", "run"]
 
 SCHEMA_VERSION = 1
@@ -796,6 +796,20 @@ class Result:
             raise InvalidFileError(f"{path}: malformed notebook 03 result ({err})") from None
 
 
+def check_result_benchmark(raw: Any, path: str | Path, benchmark: str) -> None:
+    """Refuse notebook 03's results (a :class:`Result` or the file's dict) of another benchmark than ``benchmark``.
+
+    A file written before the benchmark was recorded holds a v1 run.
+
+    Raises:
+        InvalidFileError: naming the file, the benchmark it holds and the one asked for.
+    """
+    held = raw.benchmark if isinstance(raw, Result) else (raw.get("benchmark", "v1") if isinstance(raw, dict) else None)
+    if held != benchmark:
+        raise InvalidFileError(f"{path}: holds notebook 03's result on benchmark {held!r}; asked for "
+                               f"{benchmark!r} (rerun notebook 03 with BENCHMARK = {benchmark!r})")
+
+
 def read_result(path: str | Path, benchmark: str) -> Result:
     """:meth:`Result.from_json`, refusing a result of another benchmark than ``benchmark``.
 
@@ -803,9 +817,10 @@ def read_result(path: str | Path, benchmark: str) -> Result:
         InvalidFileError: another schema, a malformed file, or a run on another benchmark.
     """
     res = Result.from_json(path)
-    if res.benchmark != benchmark or res.params.benchmark != benchmark:
-        raise InvalidFileError(f"{path}: holds notebook 03's result on benchmark {res.benchmark!r}; asked for "
-                               f"{benchmark!r} (rerun notebook 03 with BENCHMARK = {benchmark!r})")
+    check_result_benchmark(res, path, benchmark)
+    if res.params.benchmark != res.benchmark:
+        raise InvalidFileError(f"{path}: malformed notebook 03 result (benchmark {res.benchmark!r} but parameters "
+                               f"of {res.params.benchmark!r})")
     return res
 
 
