@@ -45,7 +45,8 @@ from . import _params
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "RESULT_FILE", "base_model_name", "load_base_curve",
            "check_token_grids", "setup", "naive_vs_interleaved", "profile_base", "gather_curves", "curve_row",
            "choose_r", "choose_layer", "compare_methods", "matched", "slower_than_dense", "zero_overhead",
-           "timm_tome", "check_result_benchmark", "read_result", "summary_markdown", "plot_naive_vs_interleaved", "plot_curves",
+           "timm_tome", "check_result_benchmark", "read_result", "summary_markdown", "plot_naive_vs_interleaved",
+           "plot_curves",
            "plot_utility", "plot_methods", "run"]
 
 SCHEMA_VERSION = 1
@@ -147,13 +148,16 @@ class Params:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise InvalidValueError(f"Params.{name} = {v!r}: accepted seconds > 0")
         self._check_int_tuple("batch_sizes", 1, nonempty=True)
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise InvalidValueError(f"Params.batch_sizes = {self.batch_sizes!r}: accepted distinct batch sizes")
         self._check_int_tuple("pomt_layers", 0, nonempty=True)
         self._check_int_tuple("pomt_r_grid", 1, nonempty=False)
         self._check_int_tuple("tome_r", 1, nonempty=False)
         self._check_int_tuple("timm_tome_r", 0, nonempty=False)
         if not isinstance(self.keep_rates, tuple) or any(
                 isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1 for k in self.keep_rates):
-            raise InvalidValueError(f"Params.keep_rates = {self.keep_rates!r}: accepted a tuple of keep rates in (0, 1]")
+            raise InvalidValueError(f"Params.keep_rates = {self.keep_rates!r}: accepted a tuple of keep rates "
+                                    "in (0, 1]")
         if not isinstance(self.timm_models, tuple) or any(not isinstance(m, str) or not m for m in self.timm_models):
             raise InvalidValueError(f"Params.timm_models = {self.timm_models!r}: accepted a tuple of timm model names")
         if self.timm_curves not in _TIMM_CURVES:
@@ -226,8 +230,6 @@ def check_token_grids(params: Params, model) -> None:
         except ValueError as err:
             raise InvalidValueError(f"Params.tome_r holds r = {r}: too many merges for the {params.benchmark} base "
                                     f"model's {n} tokens over {depth} blocks ({err})") from None
-    if len(set(params.batch_sizes)) != len(params.batch_sizes):
-        raise InvalidValueError(f"Params.batch_sizes = {params.batch_sizes!r}: accepted distinct batch sizes")
 
 
 # ----------------------------------------------------------------------------- 1. setup
@@ -297,7 +299,7 @@ def setup(params: Params) -> Setup:
                  measure.environment()["load_avg_1min"])
 
 
-def _profile(params: Params, st: Setup, model, name: str, **kw: Any):
+def _profile(params: Params, model, name: str, **kw: Any):
     """``latency.profile`` with the benchmark recorded in the curve's environment."""
     from .. import latency
 
@@ -329,14 +331,25 @@ _COMPARE_ROWS = ("seconds (2 sweeps)", "median |sweep1 - sweep2| / mean", "max |
                  "correlation of detrended sweeps", "candidate steps (both sweeps)")
 
 
-def naive_vs_interleaved(params: Params, st: Setup) -> Protocols:
+def _bar(total: int, what: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, disable=not progress)
+
+
+def naive_vs_interleaved(params: Params, st: Setup, progress: bool = True) -> Protocols:
     """Two naive sweeps (each point's rounds back to back) and the interleaved batch-1 profile."""
     from .. import latency
 
     kw = _sweep_kw(params, st)
-    naive = [latency.sweep(st.base, order="sequential", threads=params.threads, seed=params.seed + 10 + i, **kw)
-             for i in range(2)]
-    curve = _profile(params, st, st.base, st.name, batch_size=1, time_budget_s=params.sweep_budget_s, **kw)
+    naive = []
+    with _bar(3, "naive sweeps, then the interleaved profile", progress) as bar:
+        for i in range(2):
+            naive.append(latency.sweep(st.base, order="sequential", threads=params.threads,
+                                       seed=params.seed + 10 + i, **kw))
+            bar.update()
+        curve = _profile(params, st.base, st.name, batch_size=1, time_budget_s=params.sweep_budget_s, **kw)
+        bar.update()
     nrt, irt = latency.test_retest(*naive), curve.analysis["retest"]
     cols = {"naive (sequential)": [sum(s.seconds for s in naive), nrt["rel_diff_median"], nrt["rel_diff_max"],
                                    nrt["residual_corr"], len(nrt["steps_a"]) + len(nrt["steps_b"])],
@@ -358,18 +371,21 @@ class BaseCurves:
     saved: list[Path]
 
 
-def profile_base(params: Params, st: Setup, proto: Protocols) -> BaseCurves:
+def profile_base(params: Params, st: Setup, proto: Protocols, progress: bool = True) -> BaseCurves:
     """Profile the other batch sizes and block 0 alone; save every base-model curve under ``data/latency/``."""
     from .. import latency
 
     kw = _sweep_kw(params, st)
     by_batch = {1: proto.curve_b1}
-    for b in params.batch_sizes:
-        if b not in by_batch:
-            by_batch[b] = _profile(params, st, st.base, st.name, batch_size=b, time_budget_s=params.sweep_budget_s,
+    todo = [b for b in params.batch_sizes if b != 1]
+    with _bar(len(todo) + 1, "profiles", progress) as bar:
+        for b in todo:
+            by_batch[b] = _profile(params, st.base, st.name, batch_size=b, time_budget_s=params.sweep_budget_s,
                                    **kw)
-    block = _profile(params, st, st.base, st.name, batch_size=1, part="block0",
-                     time_budget_s=params.sweep_budget_s, **kw)
+            bar.update()
+        block = _profile(params, st.base, st.name, batch_size=1, part="block0",
+                         time_budget_s=params.sweep_budget_s, **kw)
+        bar.update()
     saved = [latency.save_curve(c) for c in [*by_batch.values(), block]]
     return BaseCurves(by_batch, block, saved)
 
@@ -851,7 +867,8 @@ def summary_markdown(res: Result) -> str:
               + ", ".join(f"{g['pomt']} {g['pomt/dense']:.2f}x dense"
                           + ("" if g["pomt/tome"] is None else f", {g['pomt/tome']:.2f}x {g['tome match']}")
                           for g in res.pomt_grid_matched) + ".",
-              f"**Slower than dense at batch 1:** {', '.join(s['config'] for s in res.slower_than_dense_batch1) or 'none'}.",
+              "**Slower than dense at batch 1:** "
+              f"{', '.join(s['config'] for s in res.slower_than_dense_batch1) or 'none'}.",
               "**r=0 / R=0:** " + ", ".join(f"{k} exact={v['exact']}, latency {v['ratio_vs_dense']:.3f}x"
                                            for k, v in res.zero_overhead.items())]
     return "\n".join(lines)
@@ -867,9 +884,11 @@ def plot_naive_vs_interleaved(params: Params, proto: Protocols):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)  # log scale: a burst is off by 10x
     for i, s in enumerate(proto.naive):
-        latency.plot_sweep(axes[0], s, f"naive sweep {i + 1}", steps=proto.naive_retest["steps_a" if i == 0 else "steps_b"])
+        steps = proto.naive_retest["steps_a" if i == 0 else "steps_b"]
+        latency.plot_sweep(axes[0], s, f"naive sweep {i + 1}", steps=steps)
     for i, s in enumerate(proto.curve_b1.sweeps):
-        latency.plot_sweep(axes[1], s, f"interleaved sweep {i + 1}", steps=proto.curve_b1.analysis["steps_per_sweep"][i])
+        latency.plot_sweep(axes[1], s, f"interleaved sweep {i + 1}",
+                           steps=proto.curve_b1.analysis["steps_per_sweep"][i])
     axes[0].set_title("naive: each point's repetitions back to back")
     axes[1].set_title("interleaved: shuffled rounds, median + bootstrap CI")
     for ax in axes:
@@ -911,7 +930,8 @@ def plot_utility(params: Params, choice: Choice):
     ax.plot(p["n"], p["median_ms"] / p["median_ms"].max(), label="L(n) / max L (pooled)")
     ax.plot(p["n"], choice.acc_n / choice.acc_n.max(), label="A(n) / max A (random tokens, val)")
     ax.plot(p["n"], choice.choice["utility"], label=f"U, alpha = {params.alpha}", lw=2)
-    ax.axvline(choice.choice["n_star"], color="k", ls="--", lw=1, label=f"n* = {choice.choice['n_star']} (R = {choice.R})")
+    n_star = choice.choice["n_star"]
+    ax.axvline(n_star, color="k", ls="--", lw=1, label=f"n* = {n_star} (R = {choice.R})")
     for n_s in choice.per_sweep:
         ax.axvline(n_s, color="0.5", ls=":", lw=1)
     ax.set(xlabel="tokens n", title="POMT's choice on the base model (dotted: n* from each sweep alone)")
@@ -947,8 +967,8 @@ def run(params: Params = Params(), progress: bool = False) -> Result:
     """Every step in order (the notebook calls them one by one, with their tables and figures)."""
     t0 = time.perf_counter()
     st = setup(params)
-    proto = naive_vs_interleaved(params, st)
-    base_curves = profile_base(params, st, proto)
+    proto = naive_vs_interleaved(params, st, progress)
+    base_curves = profile_base(params, st, proto, progress)
     curves = gather_curves(params, st, base_curves)
     choice = choose_r(params, st, proto.curve_b1)
     layer = choose_layer(params, st, choice.R)
