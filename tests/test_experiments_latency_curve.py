@@ -170,3 +170,8 @@ def test_result_files_checked_for_their_benchmark(tmp_path):
         lc.check_result_benchmark({"final_rows": []}, tmp_path / "old.json", "v2")
     with pytest.raises(InvalidFileError, match="new.json.*benchmark 'v2'; asked for 'v1'"):
         lc.check_result_benchmark({"benchmark": "v2"}, tmp_path / "new.json", "v1")
+
+
+def test_setup_refuses_a_grid_that_does_not_fit_before_any_work():
+    with pytest.raises(InvalidValueError, match=r"Params.pomt_r_grid holds R = 100: .*65 tokens"):
+        lc.setup(lc.Params.preset("smoke", pomt_r_grid=(100,)))

@@ -274,15 +274,15 @@ def setup(params: Params) -> Setup:
     """Load the benchmark and base model of ``params.benchmark``, check the grids, cut the subsets."""
     from .. import data, measure, models, tokens
 
+    base, meta = models.load_base_model(params.benchmark)
+    base.eval()
+    check_token_grids(params, base)  # before generating anything
     module = data.benchmark_module(params.benchmark)
     devices = module.DEVICES
     if params.device_images:
         devices = [data.DeviceSpec(d.name, d.classes, d.style_mix, n_train=params.device_images,
                                    n_test=params.device_images) for d in devices]
     bench = module.load_benchmark(params.seed, public=dict(params.public) or None, devices=devices)
-    base, meta = models.load_base_model(params.benchmark)
-    base.eval()
-    check_token_grids(params, base)
     n = tokens.token_count(base)
     prefix = int(base.num_prefix_tokens)
     n_values = sorted(set(range(prefix + 1, n + 1, params.n_step)) | {n})
