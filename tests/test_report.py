@@ -111,6 +111,13 @@ def test_render_02_and_03_sections():
     assert "| dense | 20 | 1.00 | 90.0 % |" in out
     assert "| POMT (chosen R) | R=8 | 88.0 % | 87.0 % | 0.80 | 0.800 |" in out
     assert "+2.0 points" in out
+    assert "benchmark's base model" not in out  # a v1 run (or a file from before the field) says nothing
+
+
+def test_03_section_names_a_v2_run():
+    out = report.section_latency({**_r03(0.8), "benchmark": "v2", "n_tokens": 145})
+    assert "On the v2 benchmark's base model (145 tokens)." in out
+    assert "| POMT (chosen R) | R=8 | 88.0 % | 87.0 % | 0.80 | 0.800 |" in out
 
 
 # --------------------------------------------------------------------------- claims
