@@ -202,6 +202,11 @@ def test_presets():
     assert len(p.criteria) == 13 and dataclasses.replace(p, devices=("drone",)).devices == ("drone",)
 
 
+def test_token_count_must_fit_the_model():
+    with pytest.raises(InvalidValueError, match="Params.tokens = 66: accepted at most the model's 65 tokens"):
+        hci.load(hci.Params.preset("smoke", tokens=66), sets=_committed_sets())
+
+
 def test_devices_must_belong_to_the_benchmark():
     with pytest.raises(InvalidValueError, match="not devices of benchmark v1"):
         hci.load(hci.Params.preset("smoke", devices=("toaster",)), sets=_committed_sets())

@@ -111,6 +111,8 @@ def test_render_02_and_03_sections():
     assert "| dense | 20 | 1.00 | 90.0 % |" in out
     assert "| POMT (chosen R) | R=8 | 88.0 % | 87.0 % | 0.80 | 0.800 |" in out
     assert "+2.0 points" in out
+    assert "benchmark" not in report.section_importance(R02)  # files from before the benchmark was recorded
+    assert "mean over 2 devices of benchmark v2." in report.section_importance({**R02, "benchmark": "v2"})
 
 
 # --------------------------------------------------------------------------- claims

@@ -165,13 +165,15 @@ def _number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
 
 
-#: ``full``: the defaults (about 9 minutes on v1, two cores, measured before the recovery became the
-#: standard one). ``lab``: two devices, half the metric images, one latency round - every section and
-#: every criterion, a quick qualitative look (not yet measured). ``smoke``: the tests' sizes.
+#: ``full``: the defaults (about 9 minutes on v1 on two cores, the faithfulness section read from its
+#: file). ``lab``: two devices, half the metric images, a quarter of the public test images in the TCS
+#: audit, one short latency round - every section and every criterion, a quick qualitative look
+#: (about 4 minutes on v1 estimated from the full run's parts; not yet measured). ``smoke``: the
+#: tests' sizes (about 3 minutes on v1, most of it the faithfulness experiment at its smoke preset).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"devices": ("night_cam", "drone"), "metric_images": 320, "sens_images": 32, "lat_rounds": 1,
-            "lat_min_run": 0.02},
+    "lab": {"devices": ("night_cam", "drone"), "metric_images": 320, "sens_images": 32, "audit_public": 500,
+            "lat_rounds": 1, "lat_min_run": 0.02},
     "smoke": {"devices": ("night_cam",), "metric_images": 32, "sens_images": 8, "tokens": 8, "hsic_batch": 16,
               "probes": (0.5,), "criteria": ("tap_gmm", "tap_random", "tap_oracle", "magnitude_l2", "toast",
                                              "toast_tcs", "tp_magnitude"),
@@ -279,6 +281,10 @@ def load(params: Params, sets: Optional[Mapping[str, Any]] = None, sets_path: An
     if not devices:
         raise InvalidFileError(f"notebook 01's sets hold none of {wanted} (feature space {space!r}); "
                                "run notebook 01 for these devices first")
+    n_tokens = int(model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 1))
+    if params.tokens > n_tokens:
+        raise InvalidValueError(f"Params.tokens = {params.tokens}: accepted at most the model's {n_tokens} tokens "
+                                f"(benchmark {params.benchmark})")
     depth = len(model.blocks)
     for name in ("tcs_fc1", "tcs_fc2"):
         if len(getattr(params, name)) > depth:
