@@ -210,3 +210,22 @@ def test_token_count_must_fit_the_model():
 def test_devices_must_belong_to_the_benchmark():
     with pytest.raises(InvalidValueError, match="not devices of benchmark v1"):
         hci.load(hci.Params.preset("smoke", devices=("toaster",)), sets=_committed_sets())
+
+
+def test_faithfulness_cli_default_keeps_v1_file(monkeypatch):
+    """The command line's default output follows the benchmark, so a v2 run never overwrites v1's file."""
+    from vitprune_lite.experiments import tap_faithfulness as tf
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(params, out, rerun):
+        seen["out"] = out
+        raise Stop  # nothing is run or written
+
+    monkeypatch.setattr(tf, "load_or_run", record)
+    with pytest.raises(Stop):
+        tf.main(["--preset", "smoke", "--benchmark", "v2"])
+    assert seen["out"] == tf.stored_path("v2") and seen["out"].name == "tap_faithfulness_v2.json"

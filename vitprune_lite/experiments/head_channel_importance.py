@@ -40,7 +40,7 @@ from . import _params
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DATA_FREE", "SOURCES", "Inputs",
            "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
            "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing", "faithfulness",
-           "faithfulness_file", "summary_50", "plot_head_importance", "plot_mlp_channels",
+           "faithfulness_file", "speed_summary", "summary_50", "plot_head_importance", "plot_mlp_channels",
            "plot_rank_correlation", "plot_accuracy_vs_budget", "plot_speedup"]
 
 SCHEMA_VERSION = 1
@@ -760,10 +760,10 @@ def faithfulness_file(params: Params) -> Path:
     """Where the faithfulness result is read and written: ``data/benchmarks/tap_faithfulness.json`` (v1)
     or ``tap_faithfulness_<benchmark>.json``; a ``smoke`` run's goes to the results folder."""
     from .. import paths
+    from . import tap_faithfulness as tf
 
-    name = "tap_faithfulness.json" if params.benchmark == "v1" else f"tap_faithfulness_{params.benchmark}.json"
-    folder = paths.results_dir() if params.faithfulness == "smoke" else paths.data_dir() / "benchmarks"
-    return folder / name
+    path = tf.stored_path(params.benchmark)
+    return paths.results_dir() / path.name if params.faithfulness == "smoke" else path
 
 
 def faithfulness(params: Params, inp: Inputs):
