@@ -112,6 +112,8 @@ def test_render_02_and_03_sections():
     assert "| POMT (chosen R) | R=8 | 88.0 % | 87.0 % | 0.80 | 0.800 |" in out
     assert "+2.0 points" in out
     assert "benchmark's base model" not in out  # a v1 run (or a file from before the field) says nothing
+    assert "benchmark" not in report.section_importance(R02)  # files from before the benchmark was recorded
+    assert "mean over 2 devices of benchmark v2." in report.section_importance({**R02, "benchmark": "v2"})
 
 
 def test_03_section_names_a_v2_run():

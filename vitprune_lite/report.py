@@ -153,9 +153,11 @@ def section_importance(r: Mapping[str, Any]) -> str:
         rows.append([c, f"{round(mean(x['params'] for x in cells)):,}",
                      f"{mean(x['flops'] for x in cells) / dense['flops']:.2f}",
                      pct(mean(x["acc"] for x in cells))])
+    bench = f" of benchmark {r['benchmark']}" if r.get("benchmark") else ""
     lines = ["### 02 Head and channel importance", "",
              f"Structured pruning to {lab} % of the block parameters, no recovery fine-tune; accuracy "
-             f"on the devices' private test splits, mean over {len(devices)} device{'' if len(devices) == 1 else 's'}.", "",
+             f"on the devices' private test splits, mean over {len(devices)} device{'' if len(devices) == 1 else 's'}"
+             f"{bench}.", "",
              md_table(["criterion", "params", "FLOPs / dense", "accuracy"], rows)]
     gap = r.get("summary_50", {})
     if "gmm_minus_random_mean" in gap:

@@ -6,6 +6,9 @@ per step that takes the ``Params`` and the previous steps' outputs, and a ``Resu
 and reads its own JSON file (``to_json`` / ``from_json``, with a schema version). A notebook is
 then the parameters cell, one call per section and the table or figure of its output.
 
+- :mod:`~vitprune_lite.experiments.head_channel_importance`: notebook 02 - thirteen ways to score
+  heads and channels, each pruned to TAP-ViTs' five budgets; recovery, the TCS audit, speed-up
+  against FLOPs, and the TAP-ViTs faithfulness check.
 - :mod:`~vitprune_lite.experiments.device_specificity`: does pruning on a device's own data beat
   one model pruned for every device? (the cross-device matrix; a property of the benchmark).
 - :mod:`~vitprune_lite.experiments.latency_curve`: notebook 03, latency-workload curves, POMT's
