@@ -224,6 +224,7 @@ class Result:
         accuracy: :func:`evaluate`'s output.
         val_curve: ``[[step, public val accuracy], ...]`` from training.
         cross_device: the cross-device summary (gap and its interval; the full result is its own file).
+        smoke: the parameters differ from the ``full`` preset's (the README then flags the run).
         environment: what it ran on.
         schema: :data:`SCHEMA_VERSION`.
     """
@@ -235,6 +236,7 @@ class Result:
     val_curve: list
     cross_device: Optional[dict[str, Any]] = None
     seconds: float = 0.0
+    smoke: bool = False
     environment: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
@@ -260,7 +262,8 @@ class Result:
                     "devices": {n: {"classes": [bench.classes[c] for c in s.classes], "style_mix": dict(s.style_mix),
                                     "n_train": len(bench.devices[n]["train"]), "n_test": len(bench.devices[n]["test"])}
                                 for n, s in bench.specs.items()}},
-                   info, accuracy, list(meta.get("val_curve", [])), gap, round(seconds, 1), measure.environment())
+                   info, accuracy, list(meta.get("val_curve", [])), gap, round(seconds, 1),
+                   params != Params.preset("full", benchmark=params.benchmark), measure.environment())
 
     def to_json(self, path: str | Path) -> Path:
         """Write atomically."""
