@@ -218,3 +218,14 @@ def test_figures(v1_result):
     fig = fc.plot_pareto(r.aggregate, r.parameters["devices"], len(r.seeds), r.parameters["lat_threads"])
     assert len(fig.axes) == 3
     plt.close(fig)
+
+
+def test_differences_table(v1_result):
+    rows = fc.differences_table(v1_result.differences)
+    others = set(v1_result.differences["50%"])
+    assert {r["tap_vits minus"] for r in rows} == others == {"one_size_fits_all", "toast", "torch_pruning", "oracle"}
+    assert len(rows) == len(others) * 2  # one device and the mean
+    for r in rows:
+        g = v1_result.differences[r["budget"]][r["tap_vits minus"]]
+        want = g if r["device"] == "mean" else g["by_device"][r["device"]]
+        assert (r["mean"], r["lo"], r["hi"]) == (want["mean"], want["lo"], want["hi"])

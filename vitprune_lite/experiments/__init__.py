@@ -8,4 +8,6 @@ then the parameters cell, one call per section and the table or figure of its ou
 
 - :mod:`~vitprune_lite.experiments.device_specificity`: does pruning on a device's own data beat
   one model pruned for every device? (the cross-device matrix; a property of the benchmark).
+- :mod:`~vitprune_lite.experiments.final_comparisons`: notebook 04, every method through the same
+  pipeline per device, seed and budget, and the combined planner on the latency predictor.
 """

@@ -46,7 +46,7 @@ from .device_specificity import paired_gap
 
 __all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "STRUCTURED", "RESULT_FILE", "Inputs", "Evaluation",
            "Result", "check_token_settings", "load_inputs", "build_models", "evaluate", "measure_latencies",
-           "calibrate_planner", "combined_plans", "combined_means", "summarise", "plot_predicted_vs_measured",
+           "calibrate_planner", "combined_plans", "combined_means", "summarise", "differences_table", "plot_predicted_vs_measured",
            "plot_pareto", "run", "main"]
 
 SCHEMA_VERSION = 1
@@ -55,7 +55,10 @@ RESULT_FILE = "04_final_comparisons.json"
 #: The structured (parameter-budget) methods, in the order tables show them; the oracle is their
 #: upper bound and never a deployable winner.
 STRUCTURED = ("tap_vits", "one_size_fits_all", "toast", "torch_pruning")
-_TOKEN_METHODS = ("pomt", "tome", "topk")
+#: The largest margin the planner applies (:func:`vitprune_lite.pipelines.choose_plan` needs one
+#: below 1); a calibrated margin of 100 % or more is used as this, so no plan counts as predicted
+#: within budget.
+MAX_MARGIN = 0.999
 
 
 def _int_tuple(params: Any, name: str, lo: int) -> None:
@@ -497,7 +500,10 @@ def combined_plans(params: Params, inp: Inputs, built: Mapping[tuple, Any], eval
     The candidates are every TAP-ViTs structure built for the device (and the dense model), each
     with no token reduction or one of ``params.combined_tokens``, scored on a validation split of
     the device's fine-tune set; :func:`vitprune_lite.pipelines.check_plans` chooses with the
-    calibrated predictor and its margin, then times the choices against the dense model.
+    calibrated predictor and its margin, then times the choices against the dense model. A
+    margin of 100 % or more (a predictor whose held-out error is that large, e.g. profiled for
+    seconds on a loaded machine) promises nothing: it is applied as :data:`MAX_MARGIN`, with a
+    warning, and every choice is the fastest predicted plan.
 
     Args:
         dense_ms: the dense model's batch-1 latency (milliseconds, median) measured by
@@ -508,11 +514,20 @@ def combined_plans(params: Params, inp: Inputs, built: Mapping[tuple, Any], eval
         ``val_acc``, ``predicted_ms``, ``predicted_ratio``, ``measured_ms``, ``measured_ratio``,
         ``predicted_met``, ``measured_met``, ``budget_ms``, ``acc`` (private test).
     """
+    import warnings
+
     import torch
 
     from .. import measure, pipelines
 
     public, out = inp.public, []
+    margin = cal.margin
+    if margin >= 1:  # the held-out error reaches 100 %: no prediction can promise a budget
+        warnings.warn(f"the latency predictor's margin is {100 * margin:.0f} % (the {params.planner_margin_q} quantile "
+                      f"of its held-out error): no plan can be predicted within a budget, so every choice is the "
+                      f"fastest predicted plan (predicted_met False); profile longer (planner_profile_s) on a quieter "
+                      f"machine", stacklevel=2)
+        margin = MAX_MARGIN
     threads = torch.get_num_threads()
     torch.set_num_threads(params.threads)
     try:
@@ -526,7 +541,7 @@ def combined_plans(params: Params, inp: Inputs, built: Mapping[tuple, Any], eval
                                               predictor=cal.predictor,
                                               token_grid=[list(t) for t in params.combined_tokens])
             for c in pipelines.check_plans(inp.model, cands, list(params.latency_budgets), predictor=cal.predictor,
-                                           margin=cal.margin, threads=params.lat_threads, rounds=params.lat_rounds,
+                                           margin=margin, threads=params.lat_threads, rounds=params.lat_rounds,
                                            min_run_time=params.lat_min_run, seed=seed, reference_ms=dense_ms):
                 out.append({"device": d, "seed": seed, **{k: v for k, v in c.items() if k != "model"},
                             "budget_ms": c["budget_share"] * dense_ms,
@@ -569,6 +584,19 @@ def _differences(params: Params, inp: Inputs, evaluation: Evaluation) -> dict[st
         out[setting] = {m: paired_gap(tap, {d: stack(m, d) for d in inp.devices}, n_boot=params.n_boot)
                         for m in (*STRUCTURED[1:], "oracle")}
     return out
+
+
+def differences_table(differences: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`summarise`'s ``differences`` as rows: ``budget``, ``tap_vits minus`` (the other method),
+    ``device`` (a device, or ``"mean"`` over devices), ``mean``, ``lo``, ``hi`` (accuracy units)."""
+    rows = []
+    for setting, per in differences.items():
+        for method, g in per.items():
+            rows += [{"budget": setting, "tap_vits minus": method, "device": d, "mean": v["mean"], "lo": v["lo"],
+                      "hi": v["hi"]} for d, v in g["by_device"].items()]
+            rows.append({"budget": setting, "tap_vits minus": method, "device": "mean", "mean": g["mean"],
+                         "lo": g["lo"], "hi": g["hi"]})
+    return rows
 
 
 def _acc_intervals(params: Params, evaluation: Evaluation) -> dict[tuple, tuple[float, float]]:
