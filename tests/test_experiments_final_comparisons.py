@@ -101,11 +101,28 @@ def test_selected_sets_of_another_pool_or_without_the_devices_are_refused(tmp_pa
 # ----------------------------------------------------------------------------- smoke runs, v1 and v2
 
 @pytest.fixture(scope="module")
-def v1_result(v1_bench):
+def v1_steps(v1_bench):
+    """The notebook's steps one by one (v2 below goes through :func:`fc.run`)."""
+    from types import SimpleNamespace
+
     from vitprune_lite import paths
 
     sets = paths.data_dir() / "results" / "01_selected_sets.npz"  # notebook 01's committed (v1) selection
-    return fc.run(fc.Params.preset("smoke", selected_sets=str(sets)), bench=v1_bench, progress=False)
+    params = fc.Params.preset("smoke", selected_sets=str(sets))
+    inp = fc.load_inputs(params, bench=v1_bench)
+    built = fc.build_models(params, inp, progress=False)
+    ev = fc.evaluate(params, inp, built)
+    lat = fc.measure_latencies(params, inp, built, ev)
+    cal = fc.calibrate_planner(params, inp)
+    combined = fc.combined_plans(params, inp, built, ev, cal, lat["dense_ms"][1], progress=False)
+    summary = fc.summarise(params, inp, ev, lat, combined)
+    result = fc.Result.collect(params, inp, built, lat, combined, summary, cal, seconds=1.0)
+    return SimpleNamespace(params=params, inp=inp, built=built, ev=ev, lat=lat, cal=cal, result=result)
+
+
+@pytest.fixture(scope="module")
+def v1_result(v1_steps):
+    return v1_steps.result
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +184,24 @@ def _check_result(r: fc.Result, n_classes: int) -> None:
 def test_v1_smoke(v1_result):
     _check_result(v1_result, 12)
     assert v1_result.parameters["benchmark"] == "v1" and v1_result.parameters["feature_space"] == "combined"
+    assert v1_result.inputs["selected_sets"] == "01_selected_sets.npz" and len(v1_result.inputs["selected_sets_sha256"]) == 64
+
+
+def test_a_margin_of_100_percent_promises_no_budget(v1_steps):
+    from types import SimpleNamespace
+
+    s = v1_steps
+    cal = SimpleNamespace(predictor=s.cal.predictor, margin=1.2)  # held-out errors that large: nothing can be promised
+    with pytest.warns(UserWarning, match="margin is 120 %"):
+        combined = fc.combined_plans(s.params, s.inp, s.built, s.ev, cal, s.lat["dense_ms"][1], progress=False)
+    assert len(combined) == 3 * len(s.params.latency_budgets)
+    fastest = {}
+    for c in combined:
+        assert c["predicted_met"] is False
+        fastest.setdefault(c["kind"], set()).add(c["predicted_ms"])
+    for kind, ms in fastest.items():  # whatever the budget, the fastest predicted plan of its kind
+        assert len(ms) == 1
+    assert min(fastest["combined"]) <= min(min(fastest["structure only"]), min(fastest["tokens only"])) + 1e-12
 
 
 def test_v2_smoke(v2_result):
@@ -205,6 +240,16 @@ def test_report_reads_the_result(v1_result, tmp_path):
     assert f"{100 * g['lo']:+.1f}" in got[0] and f"{100 * g['hi']:+.1f}" in got[0]
     expected = report.HELD if g["lo"] > 0 else report.NOT_HELD if g["mean"] <= 0 else report.PARTLY
     assert got[1] == expected
+    text, verdict = report._m_tap_vs_all({"04": raw})
+    assert "TAP-ViTs minus one_size_fits_all" in text and "(95 %)" in text
+    diffs = [raw["differences"]["50%"][m] for m in ("one_size_fits_all", "toast", "torch_pruning")]
+    if any(d["hi"] < 0 for d in diffs):
+        assert verdict == report.NOT_HELD
+    elif all(d["lo"] > 0 for d in diffs):
+        assert verdict == report.HELD
+    # the old layout (no intervals) still reads: the per-device tally
+    old = {k: v for k, v in raw.items() if k != "differences"}
+    assert "interval" not in report._m_tap_vs_one_size({"04": old})[0]
 
 
 def test_figures(v1_result):
