@@ -274,3 +274,11 @@ def test_differences_table(v1_result):
         g = v1_result.differences[r["budget"]][r["tap_vits minus"]]
         want = g if r["device"] == "mean" else g["by_device"][r["device"]]
         assert (r["mean"], r["lo"], r["hi"]) == (want["mean"], want["lo"], want["hi"])
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "3 ms"])
+def test_check_plans_refuses_a_bad_reference_latency(bad):
+    from vitprune_lite import pipelines
+
+    with pytest.raises(ValueError, match="reference_ms must be a dense latency in milliseconds > 0"):
+        pipelines.check_plans(None, [], [0.5], predictor=None, reference_ms=bad)
