@@ -282,3 +282,10 @@ def test_check_plans_refuses_a_bad_reference_latency(bad):
 
     with pytest.raises(ValueError, match="reference_ms must be a dense latency in milliseconds > 0"):
         pipelines.check_plans(None, [], [0.5], predictor=None, reference_ms=bad)
+
+
+def test_command_line_refuses_a_bad_out_before_running(tmp_path):
+    with pytest.raises(InvalidValueError, match=r"--out .*r\.txt: accepted a path ending in \.json"):
+        fc.main(["--preset", "smoke", "--out", str(tmp_path / "r.txt")])
+    with pytest.raises(SystemExit):
+        fc.main(["--preset", "nope"])

@@ -864,21 +864,25 @@ def run(params: Params = Params(), bench=None, model=None, progress: bool = True
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: run a preset and write the result JSON."""
+    """Command line: run a preset and write the result JSON (not the notebook's figures, so by
+    default beside the executed notebooks, never over the committed results)."""
     from .. import paths
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--benchmark", default=None, choices=("v1", "v2"))
-    p.add_argument("--out", default=None, help=f"result JSON (default data/results/{RESULT_FILE})")
+    p.add_argument("--out", default=None, help=f"result JSON (default build/{RESULT_FILE})")
     args = p.parse_args(argv)
     params = Params.preset(args.preset, **({"benchmark": args.benchmark} if args.benchmark else {}))
-    out = Path(args.out) if args.out else paths.results_dir() / RESULT_FILE
+    out = Path(args.out) if args.out else paths.build_dir() / RESULT_FILE
     if out.suffix != ".json":
         raise InvalidValueError(f"--out {out}: accepted a path ending in .json")
     result = run(params)
     result.to_json(out)
-    print(f"wrote {out} in {result.seconds:.0f} s")
+    g = result.differences[result.main_budget]["one_size_fits_all"]
+    print(f"wrote {out}: TAP-ViTs - one-size-fits-all {100 * g['mean']:+.2f} points [{100 * g['lo']:+.2f}, "
+          f"{100 * g['hi']:+.2f}] at {result.main_budget} parameters over {len(result.parameters['devices'])} "
+          f"device(s), in {result.seconds:.0f} s")
     return 0
 
 
