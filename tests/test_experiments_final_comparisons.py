@@ -184,7 +184,8 @@ def _check_result(r: fc.Result, n_classes: int) -> None:
 def test_v1_smoke(v1_result):
     _check_result(v1_result, 12)
     assert v1_result.parameters["benchmark"] == "v1" and v1_result.parameters["feature_space"] == "combined"
-    assert v1_result.inputs["selected_sets"] == "01_selected_sets.npz" and len(v1_result.inputs["selected_sets_sha256"]) == 64
+    assert v1_result.inputs["selected_sets"] == "01_selected_sets.npz"
+    assert len(v1_result.inputs["selected_sets_sha256"]) == 64
 
 
 def test_a_margin_of_100_percent_promises_no_budget(v1_steps):

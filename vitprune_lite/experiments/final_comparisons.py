@@ -44,10 +44,10 @@ from ..errors import InvalidFileError, InvalidValueError
 from . import _params
 from .device_specificity import paired_gap
 
-__all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "STRUCTURED", "RESULT_FILE", "Inputs", "Evaluation",
-           "Result", "check_token_settings", "load_inputs", "build_models", "evaluate", "measure_latencies",
-           "calibrate_planner", "combined_plans", "combined_means", "summarise", "differences_table", "plot_predicted_vs_measured",
-           "plot_pareto", "run", "main"]
+__all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "STRUCTURED", "RESULT_FILE", "MAX_MARGIN", "STYLES", "Inputs",
+           "Evaluation", "Result", "check_token_settings", "load_inputs", "build_models", "evaluate",
+           "measure_latencies", "calibrate_planner", "combined_plans", "combined_means", "summarise",
+           "differences_table", "plot_predicted_vs_measured", "plot_pareto", "run", "main"]
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "04_final_comparisons.json"
@@ -175,7 +175,8 @@ class Params:
         if not (isinstance(self.planner_profile_s, (int, float)) and self.planner_profile_s > 0):
             raise InvalidValueError(f"Params.planner_profile_s = {self.planner_profile_s!r}: accepted seconds > 0")
         if not (0 <= self.planner_margin_q < 1):
-            raise InvalidValueError(f"Params.planner_margin_q = {self.planner_margin_q!r}: accepted a quantile in [0, 1)")
+            raise InvalidValueError(f"Params.planner_margin_q = {self.planner_margin_q!r}: "
+                                    "accepted a quantile in [0, 1)")
         if not (isinstance(self.lat_min_run, (int, float)) and self.lat_min_run > 0):
             raise InvalidValueError(f"Params.lat_min_run = {self.lat_min_run!r}: accepted seconds > 0")
 
@@ -393,7 +394,8 @@ def build_models(params: Params, inp: Inputs, progress: bool = True) -> dict[tup
                 built[("oracle", setting, d, seed)] = pipelines.oracle(
                     model, req, public, private=inp.private[d], n_metric=params.n_metric, seed=seed, cache=cache,
                     **rec, **tap)
-        token_settings = ([("pomt", f"R={r}", r) for r in params.pomt_r] + [("tome", f"r={r}", r) for r in params.tome_r]
+        token_settings = ([("pomt", f"R={r}", r) for r in params.pomt_r]
+                          + [("tome", f"r={r}", r) for r in params.tome_r]
                           + [("topk", f"keep={k}", k) for k in params.topk_keep])
         for method, setting, amount in token_settings:
             built[(method, setting, "*", None)] = pipelines.token_reduction(model, None, public, method=method,
