@@ -153,6 +153,9 @@ def _check_result(r: fc.Result, n_classes: int) -> None:
     for other, g in r.differences["50%"].items():
         assert g["mean"] == pytest.approx(tap["tap_vits"] - tap[other])
         assert g["lo"] <= g["mean"] <= g["hi"] and set(g["by_device"]) == {d}
+    assert set(r.toast_differences["50%"]) == {"one_size_fits_all", "torch_pruning"}
+    for other, g in r.toast_differences["50%"].items():
+        assert g["mean"] == pytest.approx(tap["toast"] - tap[other]) and g["lo"] <= g["mean"] <= g["hi"]
     # the planner: budgets and measured latencies in the notebook's dense milliseconds
     margin = r.predictor["margin"]
     assert r.predictor["validation"]["ratio"]["n"] == 4
@@ -248,6 +251,12 @@ def test_report_reads_the_result(v1_result, tmp_path):
         assert verdict == report.NOT_HELD
     elif all(d["lo"] > 0 for d in diffs):
         assert verdict == report.HELD
+    text, verdict = report._m_toast_recovered({"04": raw})
+    assert "ToaSt minus one_size_fits_all" in text and "ToaSt minus" in text
+    td = [raw["toast_differences"]["50%"][m] for m in ("one_size_fits_all", "torch_pruning")]
+    flops = {p["method"]: p["flops"] for p in raw["aggregate"] if p["setting"] == "50%"}
+    if any(d["hi"] < 0 for d in td) and flops["toast"] >= min(flops["one_size_fits_all"], flops["torch_pruning"]):
+        assert verdict == report.NOT_HELD
     # the old layout (no intervals) still reads: the per-device tally
     old = {k: v for k, v in raw.items() if k != "differences"}
     assert "interval" not in report._m_tap_vs_one_size({"04": old})[0]

@@ -450,8 +450,16 @@ def _m_toast_recovered(results: Results) -> Optional[tuple[str, str]]:
     text = (f"after identical recovery at {r['main_budget']} parameters: ToaSt + TCS {pct(toast)} at "
             f"{flops['toast'] / r['dense']['flops']:.2f} of dense FLOPs vs best data-free peer {pct(best)} "
             f"at {peer_flops / r['dense']['flops']:.2f}")
-    return text, HELD if toast >= best and flops["toast"] <= peer_flops else (
-        NOT_HELD if toast < best and flops["toast"] >= peer_flops else PARTLY)
+    diffs = _get(results, "04", "toast_differences", r["main_budget"])
+    if not diffs or any(m not in diffs for m in others):  # results written before the intervals
+        return text, HELD if toast >= best and flops["toast"] <= peer_flops else (
+            NOT_HELD if toast < best and flops["toast"] >= peer_flops else PARTLY)
+    text += "; ToaSt minus " + ", ".join(f"{m} {100 * diffs[m]['mean']:+.1f} [{100 * diffs[m]['lo']:+.1f}, "
+                                         f"{100 * diffs[m]['hi']:+.1f}]" for m in others) + " points (95 %)"
+    # the accuracy side follows the intervals: worse only where one lies below zero
+    worse = any(diffs[m]["hi"] < 0 for m in others)
+    return text, HELD if not worse and flops["toast"] <= peer_flops else (
+        NOT_HELD if worse and flops["toast"] >= peer_flops else PARTLY)
 
 
 def _m_combined(results: Results) -> Optional[tuple[str, str]]:

@@ -578,16 +578,17 @@ def combined_means(combined: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def _differences(params: Params, inp: Inputs, evaluation: Evaluation) -> dict[str, dict[str, Any]]:
-    """Per budget: TAP-ViTs minus each other structured method and the oracle (paired bootstrap)."""
+def _differences(params: Params, inp: Inputs, evaluation: Evaluation, method: str,
+                 others: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per budget: ``method`` minus each of ``others`` (paired bootstrap over seeds and test images)."""
     out: dict[str, dict[str, Any]] = {}
     for setting in inp.budgets:
-        def stack(method: str, d: str) -> np.ndarray:
-            return np.stack([evaluation.correct[(method, setting, d, s)] for s in params.seeds])
+        def stack(m: str, d: str) -> np.ndarray:
+            return np.stack([evaluation.correct[(m, setting, d, s)] for s in params.seeds])
 
-        tap = {d: stack("tap_vits", d) for d in inp.devices}
-        out[setting] = {m: paired_gap(tap, {d: stack(m, d) for d in inp.devices}, n_boot=params.n_boot)
-                        for m in (*STRUCTURED[1:], "oracle")}
+        mine = {d: stack(method, d) for d in inp.devices}
+        out[setting] = {m: paired_gap(mine, {d: stack(m, d) for d in inp.devices}, n_boot=params.n_boot)
+                        for m in others}
     return out
 
 
@@ -631,7 +632,7 @@ def summarise(params: Params, inp: Inputs, evaluation: Evaluation, latencies: Ma
         kind's accuracy, ms and met share); "combined_overall": per kind, means over devices,
         budgets and seeds; "planner_check": :func:`vitprune_lite.pipelines.summarise_checks`;
         "differences": {setting: {method: TAP-ViTs minus method, mean over devices with lo, hi
-        and by_device}}}``.
+        and by_device}}; "toast_differences": the same for ToaSt + TCS minus each data-free peer}``.
     """
     from .. import compare, pipelines
 
@@ -683,7 +684,8 @@ def summarise(params: Params, inp: Inputs, evaluation: Evaluation, latencies: Ma
                                                                      for c in g]))}
     return {"aggregate": agg, "per_budget": per_budget, "main_budget": _setting(params.budgets[-1]),
             "summary": summary, "combined_overall": overall, "planner_check": pipelines.summarise_checks(combined),
-            "differences": _differences(params, inp, evaluation)}
+            "differences": _differences(params, inp, evaluation, "tap_vits", (*STRUCTURED[1:], "oracle")),
+            "toast_differences": _differences(params, inp, evaluation, "toast", ("one_size_fits_all", "torch_pruning"))}
 
 
 @dataclass
@@ -699,8 +701,8 @@ class Result:
             ``flops``, ``params``.
         rows: one per (method, setting, device, seed): accuracy, FLOPs, parameters, validation
             accuracy, latency at batch 1 and 32 and its ratio to dense.
-        aggregate, per_budget, main_budget, summary, combined_overall, planner_check, differences:
-            :func:`summarise`'s output.
+        aggregate, per_budget, main_budget, summary, combined_overall, planner_check, differences,
+            toast_differences: :func:`summarise`'s output.
         combined: :func:`combined_plans`' output.
         predictor: the planner's predictor: ``validation`` (held-out check), ``margin``,
             ``seconds``, ``predictor`` (its fitted terms).
@@ -727,6 +729,7 @@ class Result:
     predictor: dict[str, Any]
     summary: list[dict[str, Any]]
     reports: dict[str, Any]
+    toast_differences: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
@@ -758,6 +761,7 @@ class Result:
                    {"validation": cal.validation, "margin": cal.margin, "seconds": cal.seconds,
                     "predictor": cal.predictor.to_dict()},
                    summary["summary"], {f"{m}|{s}|{d}|{sd}": out.report for (m, s, d, sd), out in built.items()},
+                   summary["toast_differences"],
                    {"selected_sets": Path(inp.sets_path).name,
                     "selected_sets_sha256": paths.sha256_file(Path(inp.sets_path)),
                     "benchmark_fingerprint": inp.bench.fingerprint},
