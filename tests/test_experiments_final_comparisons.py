@@ -35,6 +35,7 @@ def test_presets():
     smoke = fc.Params.preset("smoke", benchmark="v2")
     assert smoke.benchmark == "v2" and smoke.max_devices == 1 and not smoke.is_full()
     assert fc.Params.preset("full", benchmark="v2").is_full()
+    assert fc.Params(selected_sets="/elsewhere/sets.npz").is_full() and not fc.Params(seeds=(0,)).is_full()
     lab = fc.Params.preset("lab")
     assert lab.seeds == (0,) and lab.devices == () and lab.ft_steps == full.ft_steps
     with pytest.raises(InvalidValueError, match="'nope'"):

@@ -186,8 +186,8 @@ class Params:
         return _params.preset(cls, PRESETS, name, overrides)
 
     def is_full(self) -> bool:
-        """Whether this is the full run (the defaults, on either benchmark)."""
-        return self == Params(benchmark=self.benchmark)
+        """Whether this is the full run: the defaults, on either benchmark and whichever selected-sets file."""
+        return self == Params(benchmark=self.benchmark, selected_sets=self.selected_sets)
 
 
 #: ``full``: the defaults (the committed results). ``lab``: one seed, a shorter profile of this
