@@ -1,4 +1,4 @@
-"""Notebook 04 at smoke parameters: every pipeline end to end, the combined plan, the summary."""
+"""Notebook 04 at its smoke preset: every pipeline end to end, the combined plan, the summary."""
 from __future__ import annotations
 
 import shutil
@@ -19,6 +19,7 @@ def test_04_final_comparisons(nb_out):
         shutil.copy(paths.data_dir() / "results" / gmm.SELECTED_SETS, sets)
     res = run_smoke("04_", nb_out)
     assert res["smoke"] is True and res["environment"]["threads"] >= 1
+    assert res["schema"] == 1 and res["params"]["benchmark"] == "v1" and res["params"]["max_devices"] == 1
     (d,) = res["parameters"]["devices"]
     methods = {r["method"] for r in res["rows"]}
     assert methods == {"dense", "tap_vits", "one_size_fits_all", "toast", "torch_pruning", "oracle",
@@ -61,8 +62,16 @@ def test_04_final_comparisons(nb_out):
     assert errors[0] <= pred["margin"] <= errors[-1]
     for c in res["combined"]:
         assert c["measured_ratio"] > 0 and c["predicted_ratio"] > 0
+        # stated in the dense milliseconds of the latency section: the budget's unit
+        assert c["measured_ms"] == pytest.approx(c["measured_ratio"] * dense["ms_b1"])
+        assert c["budget_ms"] == pytest.approx(c["budget_share"] * dense["ms_b1"])
         assert c["measured_met"] == (c["measured_ratio"] <= c["budget_share"])
         if c["predicted_met"]:  # chosen with the margin: predicted within the budget less the margin
             assert c["predicted_ratio"] <= c["budget_share"] * (1 - pred["margin"]) + 1e-9
+    # TAP-ViTs against every structured method, with intervals that bracket the difference of the means
+    accs = {p["method"]: p["acc"] for p in res["aggregate"] if p["setting"] == "50%"}
+    for other, g in res["differences"]["50%"].items():
+        assert g["lo"] <= g["mean"] <= g["hi"]
+        assert g["mean"] == pytest.approx(accs["tap_vits"] - accs[other])
     for fig in ("04_pareto", "04_predicted_vs_measured"):
         assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000

@@ -572,7 +572,8 @@ def repredict(candidates: Sequence[Mapping[str, Any]], predictor: Any) -> list[d
 def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares: Sequence[float], *,
                 predictor: Any, margin: float = 0.0, threads: int = 1, rounds: int = 7,
                 min_run_time: float = 0.1, seed: int = 0, backend: str = "eager",
-                exported: Optional[dict[Any, Any]] = None) -> list[dict[str, Any]]:
+                exported: Optional[dict[Any, Any]] = None,
+                reference_ms: Optional[float] = None) -> list[dict[str, Any]]:
     """Choose under each latency budget, then time the choices: did the budget hold?
 
     For every budget share (of the dense model's batch-1 latency) and every kind in
@@ -591,6 +592,9 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
         exported: with ``backend="onnxruntime"``, a cache shared between calls, keyed by the
             model's :class:`~vitprune_lite.predictor.PlanSpec` (latency does not depend on the
             weights, so each distinct plan is exported once; an export takes seconds).
+        reference_ms: the dense model's batch-1 latency in milliseconds that the budgets are
+            stated against (e.g. measured earlier in the same run); ``measured_ms`` is the
+            measured ratio to dense times it. ``None``: the dense model's median in this check.
 
     Returns:
         One dict per share x kind: ``budget_share``, ``kind``, ``plan`` (text), ``model``,
@@ -602,6 +606,9 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
     bad = [s for s in shares if not 0 < s <= 1]
     if bad or not shares:
         raise ValueError(f"shares must be budgets in (0, 1] (shares of dense latency), got {list(shares)}")
+    if reference_ms is not None and not (isinstance(reference_ms, (int, float)) and np.isfinite(reference_ms)
+                                         and reference_ms > 0):
+        raise ValueError(f"reference_ms must be a dense latency in milliseconds > 0 (or None), got {reference_ms!r}")
     dense_pred = predictor.predict(predictor.geometry.dense_plan())
     picks = {(share, kind): choose_plan(candidates, share * dense_pred, where, margin=margin)
              for share in shares for kind, where in PLAN_KINDS.items()}
@@ -618,7 +625,7 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
             timed[k] = cache[plan]
     check = measure.measure_latency(timed, x1, threads=threads, rounds=rounds, min_run_time=min_run_time,
                                     seed=seed, backend=backend)
-    dense_ms = check["dense"].median_ms
+    dense_ms = check["dense"].median_ms if reference_ms is None else float(reference_ms)
     cases = []
     for (share, kind), (c, predicted_met) in picks.items():
         ratio = measure.latency_ratio(check, f"{share}|{kind}", "dense")

@@ -198,6 +198,14 @@ def section_final(r: Mapping[str, Any]) -> str:
              "best = best mean among the deployable methods (the oracle reads the device's private data).", "",
              md_table(["device", "budget", "best", "TAP-ViTs", "one-size-fits-all", "ToaSt + TCS",
                        "torch-pruning", "oracle", "dense"], rows)]
+    diffs = (r.get("differences") or {}).get(main)
+    if diffs:
+        names = {"one_size_fits_all": "one-size-fits-all", "toast": "ToaSt + TCS", "torch_pruning": "torch-pruning",
+                 "oracle": "oracle"}
+        lines += ["", "TAP-ViTs minus each method, mean over devices with its 95 % paired bootstrap interval "
+                      "(seeds and test images resampled): "
+                  + "; ".join(f"{names.get(m, m)} {100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, "
+                              f"{100 * g['hi']:+.1f}] points" for m, g in diffs.items()) + "."]
     lat = [s for s in r["summary"] if s["budget"].endswith("latency")]
     if lat:
         dense_ms = r.get("dense", {}).get("ms_b1")
@@ -411,10 +419,17 @@ def _m_tap_vs_one_size(results: Results) -> Optional[tuple[str, str]]:
     r, devices, accs = got
     diff = [accs["tap_vits"][d] - accs["one_size_fits_all"][d] for d in devices]
     wins = sum(x > 0 for x in diff)
+    g = _get(results, "04", "differences", r["main_budget"], "one_size_fits_all")
+    if g is None:  # results written before the intervals: the per-device tally
+        text = (f"device-specific TAP-ViTs vs one shared model, after identical recovery at {r['main_budget']} "
+                f"parameters: {100 * mean(diff):+.1f} points (mean over devices, {len(r['seeds'])} seeds); "
+                f"better on {wins} of {len(devices)} devices")
+        return text, _tally(wins, len(devices))
     text = (f"device-specific TAP-ViTs vs one shared model, after identical recovery at {r['main_budget']} "
-            f"parameters: {100 * mean(diff):+.1f} points (mean over devices, {len(r['seeds'])} seeds); "
-            f"better on {wins} of {len(devices)} devices")
-    return text, _tally(wins, len(devices))
+            f"parameters: {100 * g['mean']:+.1f} points [95 % interval {100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}] "
+            f"(mean over devices, {len(r['seeds'])} seeds); better on {wins} of {len(devices)} devices")
+    # the verdict follows the interval: held only where it excludes no gain
+    return text, HELD if g["lo"] > 0 else NOT_HELD if g["mean"] <= 0 else PARTLY
 
 
 def _m_tap_vs_all(results: Results) -> Optional[tuple[str, str]]:
@@ -428,7 +443,18 @@ def _m_tap_vs_all(results: Results) -> Optional[tuple[str, str]]:
     text = (f"TAP-ViTs ≥ best of {', '.join(others)} on {wins} of {len(devices)} devices after identical "
             f"recovery at {r['main_budget']} parameters (mean TAP {pct(mean(accs['tap_vits'].values()))} "
             f"vs best other {pct(mean(best.values()))})")
-    return text, _tally(wins, len(devices))
+    diffs = _get(results, "04", "differences", r["main_budget"])
+    if not diffs or any(m not in diffs for m in others):  # results written before the intervals
+        return text, _tally(wins, len(devices))
+    text += "; TAP-ViTs minus " + ", ".join(f"{m} {100 * diffs[m]['mean']:+.1f} [{100 * diffs[m]['lo']:+.1f}, "
+                                             f"{100 * diffs[m]['hi']:+.1f}]" for m in others) + " points (95 %)"
+    # the verdict follows the intervals: held if every one lies above zero; not held if one lies below
+    # zero or no mean is a gain; otherwise partly
+    if all(diffs[m]["lo"] > 0 for m in others):
+        return text, HELD
+    if any(diffs[m]["hi"] < 0 for m in others) or all(diffs[m]["mean"] <= 0 for m in others):
+        return text, NOT_HELD
+    return text, PARTLY
 
 
 def _m_toast_recovered(results: Results) -> Optional[tuple[str, str]]:
@@ -444,8 +470,16 @@ def _m_toast_recovered(results: Results) -> Optional[tuple[str, str]]:
     text = (f"after identical recovery at {r['main_budget']} parameters: ToaSt + TCS {pct(toast)} at "
             f"{flops['toast'] / r['dense']['flops']:.2f} of dense FLOPs vs best data-free peer {pct(best)} "
             f"at {peer_flops / r['dense']['flops']:.2f}")
-    return text, HELD if toast >= best and flops["toast"] <= peer_flops else (
-        NOT_HELD if toast < best and flops["toast"] >= peer_flops else PARTLY)
+    diffs = _get(results, "04", "toast_differences", r["main_budget"])
+    if not diffs or any(m not in diffs for m in others):  # results written before the intervals
+        return text, HELD if toast >= best and flops["toast"] <= peer_flops else (
+            NOT_HELD if toast < best and flops["toast"] >= peer_flops else PARTLY)
+    text += "; ToaSt minus " + ", ".join(f"{m} {100 * diffs[m]['mean']:+.1f} [{100 * diffs[m]['lo']:+.1f}, "
+                                         f"{100 * diffs[m]['hi']:+.1f}]" for m in others) + " points (95 %)"
+    # the accuracy side follows the intervals: worse only where one lies below zero
+    worse = any(diffs[m]["hi"] < 0 for m in others)
+    return text, HELD if not worse and flops["toast"] <= peer_flops else (
+        NOT_HELD if worse and flops["toast"] >= peer_flops else PARTLY)
 
 
 def _m_combined(results: Results) -> Optional[tuple[str, str]]:

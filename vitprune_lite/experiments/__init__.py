@@ -6,6 +6,8 @@ per step that takes the ``Params`` and the previous steps' outputs, and a ``Resu
 and reads its own JSON file (``to_json`` / ``from_json``, with a schema version). A notebook is
 then the parameters cell, one call per section and the table or figure of its output.
 
+- :mod:`~vitprune_lite.experiments.base_model`: notebook 00 - the benchmark, the base model and
+  what it learned, with the cross-device check.
 - :mod:`~vitprune_lite.experiments.head_channel_importance`: notebook 02 - thirteen ways to score
   heads and channels, each pruned to TAP-ViTs' five budgets; recovery, the TCS audit, speed-up
   against FLOPs, and the TAP-ViTs faithfulness check.
@@ -13,4 +15,6 @@ then the parameters cell, one call per section and the table or figure of its ou
   one model pruned for every device? (the cross-device matrix; a property of the benchmark).
 - :mod:`~vitprune_lite.experiments.latency_curve`: notebook 03, latency-workload curves, POMT's
   choice of R and the token methods' measured batch-1 latency.
+- :mod:`~vitprune_lite.experiments.final_comparisons`: notebook 04, every method through the same
+  pipeline per device, seed and budget, and the combined planner on the latency predictor.
 """

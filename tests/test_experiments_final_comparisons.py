@@ -1,0 +1,302 @@
+"""Notebook 04's experiment in-process at its smoke preset, on v1 and v2: every method, the
+combined planner, the intervals, the result file and the report that reads it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vitprune_lite.errors import InvalidFileError, InvalidValueError
+from vitprune_lite.experiments import final_comparisons as fc
+
+pytestmark = pytest.mark.slow
+
+
+# ----------------------------------------------------------------------------- parameters
+
+@pytest.mark.parametrize("field,value", [
+    ("benchmark", "v3"), ("seeds", ()), ("seeds", (0, -1)), ("seeds", [0]), ("devices", "phone"), ("threads", 0),
+    ("max_devices", -1), ("budgets", (0.55,)), ("budgets", (1.5,)), ("budgets", ()), ("n_metric", 0),
+    ("ft_steps", -1), ("ft_lr", 0.0), ("val_fraction", 0.0), ("pomt_r", (0,)), ("pomt_r", (16.0,)),
+    ("tome_r", (True,)), ("topk_keep", (0.0,)), ("latency_budgets", (1.2,)), ("combined_tokens", (("topk", 2),)),
+    ("combined_tokens", (("pomt", 0),)), ("planner_profile_s", 0), ("planner_holdout", 0),
+    ("planner_margin_q", 1.0), ("lat_rounds", 0), ("lat_min_run", 0.0), ("n_boot", 5), ("selected_sets", None),
+])
+def test_params_refuse_bad_values(field, value):
+    with pytest.raises(InvalidValueError, match=f"Params.{field}"):
+        fc.Params(**{field: value})
+
+
+def test_presets():
+    full = fc.Params.preset("full")
+    assert full == fc.Params() and full.benchmark == "v1" and full.is_full()
+    assert full.pomt_r == (16, 32, 48) and full.seeds == (0, 1, 2) and full.budgets == (0.5,)
+    smoke = fc.Params.preset("smoke", benchmark="v2")
+    assert smoke.benchmark == "v2" and smoke.max_devices == 1 and not smoke.is_full()
+    assert fc.Params.preset("full", benchmark="v2").is_full()
+    assert fc.Params(selected_sets="/elsewhere/sets.npz").is_full() and not fc.Params(seeds=(0,)).is_full()
+    lab = fc.Params.preset("lab")
+    assert lab.seeds == (0,) and lab.devices == () and lab.ft_steps == full.ft_steps
+    with pytest.raises(InvalidValueError, match="'nope'"):
+        fc.Params.preset("nope")
+    with pytest.raises(InvalidValueError, match="Params.pomt_r"):  # overrides are validated too
+        fc.Params.preset("smoke", pomt_r=(-1,))
+
+
+def test_token_settings_must_fit_the_model():
+    from vitprune_lite import models
+
+    model, _ = models.load_base_model("v1")  # 65 tokens, 6 blocks
+    fc.check_token_settings(fc.Params(), model)
+    with pytest.raises(InvalidValueError, match=r"Params.pomt_r: pomt 64 .*65 tokens.*R in 1..63"):
+        fc.check_token_settings(fc.Params(pomt_r=(16, 64)), model)
+    with pytest.raises(InvalidValueError, match=r"Params.tome_r: tome 20 .*65 tokens"):
+        fc.check_token_settings(fc.Params(tome_r=(20,)), model)  # 64 -> 44 -> 24 patches: 20 > 12 at block 2
+    with pytest.raises(InvalidValueError, match=r"Params.combined_tokens: pomt 70"):
+        fc.check_token_settings(fc.Params(combined_tokens=(("pomt", 70),)), model)
+    with pytest.raises(InvalidValueError, match="Params.pomt_r"):  # refused before anything is built
+        fc.load_inputs(fc.Params(pomt_r=(64,)), model=model, bench=object())
+
+
+# ----------------------------------------------------------------------------- selected sets
+
+def _write_sets(path, bench, n_devices=1, top=None):
+    from vitprune_lite import gmm
+
+    idx = np.arange(len(bench.public["train"]))
+    sets = {}
+    for d in list(bench.specs)[:n_devices]:
+        s = gmm.random_selection(idx, 32, 160, seed=gmm.device_seed(0, d))
+        fine = s.finetune.copy()
+        if top is not None:
+            fine[-1] = top
+        sets[f"{d}/random/metric"], sets[f"{d}/random/finetune"] = s.metric, fine
+    gmm.save_selected_sets(sets, "random", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def v1_bench():
+    from vitprune_lite import data
+
+    return data.load_benchmark(0)
+
+
+def test_selected_sets_of_another_pool_or_without_the_devices_are_refused(tmp_path, v1_bench):
+    n = len(v1_bench.public["train"])
+    bad = _write_sets(tmp_path / "other.npz", v1_bench, top=n)  # an index past v1's pool: written for v2
+    with pytest.raises(InvalidFileError, match=rf"other.npz.*index public image {n}.*holds {n}.*BENCHMARK = 'v1'"):
+        fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(bad)), bench=v1_bench)
+    ok = _write_sets(tmp_path / "ok.npz", v1_bench)
+    with pytest.raises(InvalidFileError, match="no 'random' sets for any of"):
+        fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(ok), devices=("phone",)), bench=v1_bench)
+    with pytest.raises(InvalidValueError, match="Params.devices.*'tablet'"):
+        fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(ok), devices=("tablet",)), bench=v1_bench)
+    inp = fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(ok)), bench=v1_bench)
+    assert inp.devices == ["night_cam"] and inp.space == "random" and inp.x1.shape == (1, 3, 32, 32)
+    assert set(inp.budgets) == {"50%"}
+    assert len(inp.tests["night_cam"][0]) == 32
+
+
+# ----------------------------------------------------------------------------- smoke runs, v1 and v2
+
+@pytest.fixture(scope="module")
+def v1_steps(v1_bench):
+    """The notebook's steps one by one (v2 below goes through :func:`fc.run`)."""
+    from types import SimpleNamespace
+
+    from vitprune_lite import paths
+
+    sets = paths.data_dir() / "results" / "01_selected_sets.npz"  # notebook 01's committed (v1) selection
+    params = fc.Params.preset("smoke", selected_sets=str(sets))
+    inp = fc.load_inputs(params, bench=v1_bench)
+    built = fc.build_models(params, inp, progress=False)
+    ev = fc.evaluate(params, inp, built)
+    lat = fc.measure_latencies(params, inp, built, ev)
+    cal = fc.calibrate_planner(params, inp)
+    combined = fc.combined_plans(params, inp, built, ev, cal, lat["dense_ms"][1], progress=False)
+    summary = fc.summarise(params, inp, ev, lat, combined)
+    result = fc.Result.collect(params, inp, built, lat, combined, summary, cal, seconds=1.0)
+    return SimpleNamespace(params=params, inp=inp, built=built, ev=ev, lat=lat, cal=cal, result=result)
+
+
+@pytest.fixture(scope="module")
+def v1_result(v1_steps):
+    return v1_steps.result
+
+
+@pytest.fixture(scope="module")
+def v2_result(tmp_path_factory):
+    from vitprune_lite import data
+
+    bench = data.benchmark_module("v2").load_benchmark(0)
+    sets = _write_sets(tmp_path_factory.mktemp("v2") / "sets.npz", bench)
+    return fc.run(fc.Params.preset("smoke", benchmark="v2", selected_sets=str(sets)), bench=bench, progress=False)
+
+
+def _check_result(r: fc.Result, n_classes: int) -> None:
+    dense = r.dense
+    (d,) = r.parameters["devices"]
+    assert r.smoke is True and r.seeds == [0] and r.main_budget == "50%"
+    assert {x["method"] for x in r.rows} == {"dense", "tap_vits", "one_size_fits_all", "toast", "torch_pruning",
+                                            "oracle", "pomt", "tome", "topk"}
+    assert dense["acc"][d] > 1.5 / n_classes  # the dense model is well above chance on its device
+    for row in r.rows:
+        assert 0 <= row["acc"] <= 1 and row["ms_b1"] > 0 and row["ms_b32"] > 0
+        if row["method"] != "dense":
+            assert row["flops"] < dense["flops"]  # every method removes work
+        if row["method"] in (*fc.STRUCTURED, "oracle"):
+            assert row["params"] < dense["params"]
+    for p in r.aggregate:  # the interval (seeds x test images) brackets the mean
+        assert p["acc_lo"] - 1e-9 <= p["acc"] <= p["acc_hi"] + 1e-9
+    tap = {p["method"]: p["acc"] for p in r.aggregate if p["setting"] == "50%"}
+    for other, g in r.differences["50%"].items():
+        assert g["mean"] == pytest.approx(tap["tap_vits"] - tap[other])
+        assert g["lo"] <= g["mean"] <= g["hi"] and set(g["by_device"]) == {d}
+    assert set(r.toast_differences["50%"]) == {"one_size_fits_all", "torch_pruning"}
+    for other, g in r.toast_differences["50%"].items():
+        assert g["mean"] == pytest.approx(tap["toast"] - tap[other]) and g["lo"] <= g["mean"] <= g["hi"]
+    # the planner: budgets and measured latencies in the notebook's dense milliseconds
+    margin = r.predictor["margin"]
+    assert r.predictor["validation"]["ratio"]["n"] == 4
+    assert {(c["budget_share"], c["kind"]) for c in r.combined} == {
+        (s, k) for s in r.parameters["latency_budgets"] for k in ("combined", "structure only", "tokens only")}
+    for c in r.combined:
+        assert c["measured_ms"] == pytest.approx(c["measured_ratio"] * dense["ms_b1"])
+        assert c["budget_ms"] == pytest.approx(c["budget_share"] * dense["ms_b1"])
+        assert c["measured_met"] == (c["measured_ratio"] <= c["budget_share"]) and 0 <= c["acc"] <= 1
+        if c["predicted_met"]:
+            assert c["predicted_ratio"] <= c["budget_share"] * (1 - margin) + 1e-9
+    by = {(c["budget_share"], c["kind"]): c for c in r.combined}
+    for share in r.parameters["latency_budgets"]:  # never worse on validation among plans predicted to fit
+        fits = [by[(share, k)]["val_acc"] for k in ("structure only", "tokens only") if by[(share, k)]["predicted_met"]]
+        if by[(share, "combined")]["predicted_met"]:
+            assert by[(share, "combined")]["val_acc"] >= max(fits, default=0)
+    assert r.planner_check["n_cases"] == len(r.parameters["latency_budgets"])
+    assert {s["budget"] for s in r.summary} == {"50% params", "90% latency", "80% latency"}
+    for s in r.summary:
+        if s["budget"].endswith("params"):
+            assert s["best"] in fc.STRUCTURED and s["best_acc"] == max(s[m] for m in fc.STRUCTURED)
+        else:
+            assert s["best"] == "none met the budget" or s[f"{s['best']} met"] >= 0.5
+    for key, rep in r.reports.items():
+        if key.split("|")[0] in (*fc.STRUCTURED, "oracle"):
+            assert rep["kept"] in ("pruned", "finetuned") and rep["n_val"] > 0
+
+
+def test_v1_smoke(v1_result):
+    _check_result(v1_result, 12)
+    assert v1_result.parameters["benchmark"] == "v1" and v1_result.parameters["feature_space"] == "combined"
+    assert v1_result.inputs["selected_sets"] == "01_selected_sets.npz"
+    assert len(v1_result.inputs["selected_sets_sha256"]) == 64
+
+
+def test_a_margin_of_100_percent_promises_no_budget(v1_steps):
+    from types import SimpleNamespace
+
+    s = v1_steps
+    cal = SimpleNamespace(predictor=s.cal.predictor, margin=1.2)  # held-out errors that large: nothing can be promised
+    with pytest.warns(UserWarning, match="margin is 120 %"):
+        combined = fc.combined_plans(s.params, s.inp, s.built, s.ev, cal, s.lat["dense_ms"][1], progress=False)
+    assert len(combined) == 3 * len(s.params.latency_budgets)
+    fastest = {}
+    for c in combined:
+        assert c["predicted_met"] is False
+        fastest.setdefault(c["kind"], set()).add(c["predicted_ms"])
+    for kind, ms in fastest.items():  # whatever the budget, the fastest predicted plan of its kind
+        assert len(ms) == 1
+    assert min(fastest["combined"]) <= min(min(fastest["structure only"]), min(fastest["tokens only"])) + 1e-12
+
+
+def test_v2_smoke(v2_result):
+    from vitprune_lite import data_v2
+
+    _check_result(v2_result, len(data_v2.CLASSES))
+    assert v2_result.parameters["benchmark"] == "v2" and v2_result.params.pomt_r == (16,)
+
+
+def test_result_round_trip_and_refusals(v1_result, tmp_path):
+    path = v1_result.to_json(tmp_path / "r.json")
+    back = fc.Result.from_json(path)
+    assert back.params == v1_result.params and back.summary == v1_result.summary
+    assert back.to_json(tmp_path / "again.json").read_text() == path.read_text()
+    raw = json.loads(path.read_text())
+    for key in ("smoke", "seeds", "parameters", "dense", "rows", "aggregate", "per_budget", "main_budget", "combined",
+                "combined_overall", "predictor", "summary", "reports", "seconds", "environment"):
+        assert key in raw  # what report.py and the notebook test read
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "schema"}))
+    with pytest.raises(InvalidFileError, match="old.json.*schema 1.*found schema None"):
+        fc.Result.from_json(tmp_path / "old.json")
+    raw["params"]["pomt_r"] = [0]
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(InvalidFileError, match="bad.json: malformed notebook 04 result"):
+        fc.Result.from_json(tmp_path / "bad.json")
+
+
+def test_report_reads_the_result(v1_result, tmp_path):
+    from vitprune_lite import report
+
+    raw = json.loads(v1_result.to_json(tmp_path / "04_final_comparisons.json").read_text())
+    text = report.section_final(raw)
+    assert "### 04 Final comparisons" in text and "night_cam" in text and "95 %" in text
+    got = report._m_tap_vs_one_size({"04": raw})
+    g = raw["differences"]["50%"]["one_size_fits_all"]
+    assert f"{100 * g['lo']:+.1f}" in got[0] and f"{100 * g['hi']:+.1f}" in got[0]
+    expected = report.HELD if g["lo"] > 0 else report.NOT_HELD if g["mean"] <= 0 else report.PARTLY
+    assert got[1] == expected
+    text, verdict = report._m_tap_vs_all({"04": raw})
+    assert "TAP-ViTs minus one_size_fits_all" in text and "(95 %)" in text
+    diffs = [raw["differences"]["50%"][m] for m in ("one_size_fits_all", "toast", "torch_pruning")]
+    if any(d["hi"] < 0 for d in diffs):
+        assert verdict == report.NOT_HELD
+    elif all(d["lo"] > 0 for d in diffs):
+        assert verdict == report.HELD
+    text, verdict = report._m_toast_recovered({"04": raw})
+    assert "ToaSt minus one_size_fits_all" in text and "ToaSt minus" in text
+    td = [raw["toast_differences"]["50%"][m] for m in ("one_size_fits_all", "torch_pruning")]
+    flops = {p["method"]: p["flops"] for p in raw["aggregate"] if p["setting"] == "50%"}
+    if any(d["hi"] < 0 for d in td) and flops["toast"] >= min(flops["one_size_fits_all"], flops["torch_pruning"]):
+        assert verdict == report.NOT_HELD
+    # the old layout (no intervals) still reads: the per-device tally
+    old = {k: v for k, v in raw.items() if k != "differences"}
+    assert "interval" not in report._m_tap_vs_one_size({"04": old})[0]
+
+
+def test_figures(v1_result):
+    import matplotlib.pyplot as plt
+
+    r = v1_result
+    fig = fc.plot_predicted_vs_measured(r.predictor["validation"]["rows"], r.combined, r.parameters["latency_budgets"],
+                                        r.parameters["lat_threads"])
+    assert len(fig.axes[0].collections) >= 4  # held-out plans, three kinds, the ±10 % band
+    plt.close(fig)
+    fig = fc.plot_pareto(r.aggregate, r.parameters["devices"], len(r.seeds), r.parameters["lat_threads"])
+    assert len(fig.axes) == 3
+    plt.close(fig)
+
+
+def test_differences_table(v1_result):
+    rows = fc.differences_table(v1_result.differences)
+    others = set(v1_result.differences["50%"])
+    assert {r["tap_vits minus"] for r in rows} == others == {"one_size_fits_all", "toast", "torch_pruning", "oracle"}
+    assert len(rows) == len(others) * 2  # one device and the mean
+    for r in rows:
+        g = v1_result.differences[r["budget"]][r["tap_vits minus"]]
+        want = g if r["device"] == "mean" else g["by_device"][r["device"]]
+        assert (r["mean"], r["lo"], r["hi"]) == (want["mean"], want["lo"], want["hi"])
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "3 ms"])
+def test_check_plans_refuses_a_bad_reference_latency(bad):
+    from vitprune_lite import pipelines
+
+    with pytest.raises(ValueError, match="reference_ms must be a dense latency in milliseconds > 0"):
+        pipelines.check_plans(None, [], [0.5], predictor=None, reference_ms=bad)
+
+
+def test_command_line_refuses_a_bad_out_before_running(tmp_path):
+    with pytest.raises(InvalidValueError, match=r"--out .*r\.txt: accepted a path ending in \.json"):
+        fc.main(["--preset", "smoke", "--out", str(tmp_path / "r.txt")])
+    with pytest.raises(SystemExit):
+        fc.main(["--preset", "nope"])
