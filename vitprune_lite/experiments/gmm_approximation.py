@@ -136,7 +136,10 @@ class Params:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "Params":
-        """A named preset (:data:`PRESETS`), with ``overrides`` on top."""
+        """A named preset (:data:`PRESETS`), with ``overrides`` on top (lists, as JSON or papermill
+        pass them, are taken as the tuples the fields hold)."""
+        tuples = {"feature_spaces", "sample_temperatures", "audit_ks", "audit_covariances"}
+        overrides = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in overrides.items()}
         return _params.preset(cls, PRESETS, name, overrides)
 
     def is_reduced(self) -> bool:
@@ -170,6 +173,7 @@ class Setup:
         private: device -> ``{"train", "test"}`` ImageSets (possibly cut to the first images).
         devices: device names.
         model: the dense base model; meta: its checkpoint metadata.
+        started: ``time.perf_counter()`` when it was loaded (the run's wall time counts from it).
     """
 
     bench: Any
@@ -179,6 +183,7 @@ class Setup:
     devices: list[str]
     model: Any
     meta: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)
 
 
 def load(params: Params, bench=None, model=None, meta: Optional[dict] = None) -> Setup:
@@ -573,8 +578,10 @@ class Result:
 
 
 def collect(params: Params, setup: Setup, emb: Embeddings, fits: Fits, quality: dict, temperatures: dict,
-            audit: dict, sweep: dict, seconds: float) -> Result:
-    """Gather every step's output into a :class:`Result` (the JSON keys notebook 01 always wrote)."""
+            audit: dict, sweep: dict, seconds: Optional[float] = None) -> Result:
+    """Gather every step's output into a :class:`Result` (the JSON keys notebook 01 always wrote).
+
+    ``seconds``: the run's wall time (default: since :func:`load` built ``setup``)."""
     from .. import gmm, measure
 
     def space_entry(name: str, d: str) -> dict:
@@ -604,7 +611,7 @@ def collect(params: Params, setup: Setup, emb: Embeddings, fits: Fits, quality: 
                   parameters=_plain(parameters), pool={"split": "public/train", "n": int(len(setup.pool_index))},
                   base_model_sha256=setup.meta.get("sha256"), embed_seconds=_plain(emb.seconds),
                   sampling_temperature={"feature_space": params.default_feature_space, "devices": _plain(temperatures)},
-                  devices=_plain(devices), seconds=round(float(seconds), 1), environment=_plain(measure.environment()))
+                  devices=_plain(devices), seconds=round(float(time.perf_counter() - setup.started if seconds is None else seconds), 1), environment=_plain(measure.environment()))
 
 
 def summary_lines(result: Result) -> list[str]:
@@ -623,7 +630,6 @@ def summary_lines(result: Result) -> list[str]:
 def run(params: Params = Params(), bench=None, model=None, meta: Optional[dict] = None,
         sets_path: Optional[Path] = None, progress: bool = False) -> Result:
     """Every step in order, without figures; writes the selected sets to ``sets_path`` when given."""
-    t0 = time.perf_counter()
     setup = load(params, bench, model, meta)
     emb = embed(params, setup, progress=progress)
     fits = fit_mixtures(params, setup, emb)
@@ -634,7 +640,7 @@ def run(params: Params = Params(), bench=None, model=None, meta: Optional[dict] 
     sweep = membership_sweep(params, setup, emb, progress=progress)
     if sets_path is not None:
         save_sets(params, setup, sels, sets_path)
-    return collect(params, setup, emb, fits, quality, temps, audit, sweep, time.perf_counter() - t0)
+    return collect(params, setup, emb, fits, quality, temps, audit, sweep)
 
 
 # ----------------------------------------------------------------------------- figures
