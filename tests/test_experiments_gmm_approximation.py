@@ -41,6 +41,8 @@ def test_presets_and_reduced_runs():
     assert lab.is_reduced() and lab.n_finetune <= lab.pool_images
     with pytest.raises(InvalidValueError, match="'nope'"):
         ga.Params.preset("nope")
+    # OVERRIDES arrive from JSON / papermill with lists where the fields hold tuples
+    assert ga.Params.preset("smoke", audit_ks=[2, 5], feature_spaces=["combined"]).audit_ks == (2, 5)
 
 
 def test_load_refuses_a_pool_larger_than_the_benchmark(small_bench):
@@ -178,3 +180,10 @@ def test_tables_and_plots(v1_steps):
     assert [len(f.axes) for f in figs[:1] + figs[3:]] == [len(p.feature_spaces), 3, 2]
     for f in figs:
         plt.close(f)
+
+
+def test_command_line_refuses_a_bad_output_name(tmp_path):
+    with pytest.raises(InvalidValueError, match=r"r\.txt.*\.json"):
+        ga.main(["--preset", "smoke", "--out", str(tmp_path / "r.txt")])
+    with pytest.raises(SystemExit):
+        ga.main(["--preset", "nope"])

@@ -6,6 +6,8 @@ per step that takes the ``Params`` and the previous steps' outputs, and a ``Resu
 and reads its own JSON file (``to_json`` / ``from_json``, with a schema version). A notebook is
 then the parameters cell, one call per section and the table or figure of its output.
 
+- :mod:`~vitprune_lite.experiments.gmm_approximation`: notebook 01, a Gaussian mixture per device
+  stands in for its private data (uploads, selection of public images, privacy audit).
 - :mod:`~vitprune_lite.experiments.device_specificity`: does pruning on a device's own data beat
   one model pruned for every device? (the cross-device matrix; a property of the benchmark).
 """

@@ -17,10 +17,14 @@ TAP-ViTs' data side (METHODS.md, section 1, steps 1-2), measured in three featur
 7. :func:`save_sets` - the index sets later notebooks read (``01_selected_sets.npz``, recording
    the benchmark and seed), and :func:`collect` - the :class:`Result` (``01_gmm_data_approximation.json``).
 
-:func:`run` does every step in order without figures.
+:func:`run` does every step in order without figures; from the command line,
+``python -m vitprune_lite.experiments.gmm_approximation --preset lab --benchmark v2`` runs a preset
+and writes the result JSON and the selected sets.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +40,7 @@ __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "SPACES", "Setup", "
            "load", "device_table", "embed", "fit_mixtures", "upload_table", "select_sets", "selection_quality",
            "quality_table", "sampling_temperatures", "temperature_lines", "privacy_audit", "audit_lines",
            "membership_sweep", "save_sets", "collect", "summary_lines", "run", "plot_bic", "plot_samples",
-           "plot_top_bottom", "plot_selection_quality", "plot_membership"]
+           "plot_top_bottom", "plot_selection_quality", "plot_membership", "main"]
 
 SCHEMA_VERSION = 1
 #: The feature spaces the experiment knows (:mod:`vitprune_lite.features`).
@@ -760,3 +764,28 @@ def plot_membership(params: Params, setup: Setup, sweep: dict):
         axes[1].axvline(r, color="k", ls="--", lw=0.8)
     fig.tight_layout()
     return fig
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command line: run a preset, write the result JSON and the selected sets next to it."""
+    from .. import paths
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    p.add_argument("--benchmark", default="v1", choices=("v1", "v2"))
+    p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/gmm_approximation_<benchmark>.json); "
+                   "the selected sets go beside it as <name>_sets.npz")
+    args = p.parse_args(argv)
+    params = Params.preset(args.preset, benchmark=args.benchmark)
+    out = Path(args.out) if args.out else paths.data_dir() / "benchmarks" / f"gmm_approximation_{args.benchmark}.json"
+    if out.suffix != ".json":
+        raise InvalidValueError(f"--out {out}: accepted a path ending in .json")
+    result = run(params, sets_path=out.with_name(out.stem + "_sets.npz"), progress=True)
+    result.to_json(out)
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {out} and {out.with_name(out.stem + '_sets.npz')} in {result.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
