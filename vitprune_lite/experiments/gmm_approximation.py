@@ -27,7 +27,7 @@ import argparse
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -127,8 +127,8 @@ class Params:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
                 raise InvalidValueError(f"Params.{name} = {v!r}: accepted a finite number > 0")
         ts = self.sample_temperatures
-        if not isinstance(ts, tuple) or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")
-                                            for t in ts):
+        if not isinstance(ts, tuple) or any(isinstance(t, bool) or not isinstance(t, (int, float))
+                                            or not 0 < t < float("inf") for t in ts):
             raise InvalidValueError(f"Params.sample_temperatures = {ts!r}: accepted a tuple of finite numbers > 0")
         ks = self.audit_ks
         if not isinstance(ks, tuple) or not ks or any(not _params._is_int(k) or k < 1 for k in ks):
@@ -262,7 +262,8 @@ def embed(params: Params, setup: Setup, progress: bool = False) -> Embeddings:
             feats[name] = {d: {s: ex(setup.private[d][s].images) for s in ("train", "test")} for d in setup.devices}
             seconds[name] = time.perf_counter() - t0
             if progress:
-                n = len(setup.pool_index) + sum(len(setup.private[d][s]) for d in setup.devices for s in ("train", "test"))
+                n = len(setup.pool_index) + sum(len(setup.private[d][s]) for d in setup.devices
+                                                for s in ("train", "test"))
                 print(f"{name:12s} version {ex.version}: {n:,} images embedded in {seconds[name]:.1f} s "
                       f"({params.threads} threads, load {measure.environment()['load_avg_1min']:.1f})", flush=True)
     finally:
@@ -314,7 +315,8 @@ def upload_table(params: Params, fits: Fits) -> list[str]:
         for d, f in fits.fits[name].items():
             up = f.upload
             lines.append(f"{name:12s} {d:10s} K={up.n_components:2d}  {up.n_parameters:4d} parameters "
-                         f"({f.capacity_ratio:.2f} per image)  upload {up.nbytes:6,d} B (JSON {len(up.to_json()):6,d} B)  "
+                         f"({f.capacity_ratio:.2f} per image)  upload {up.nbytes:6,d} B "
+                         f"(JSON {len(up.to_json()):6,d} B)  "
                          f"raw {up.raw_bytes:,d} B  ->  {up.raw_bytes / up.nbytes:,.0f}x smaller"
                          + (f"  (guard skipped K={sorted(f.skipped)})" if f.skipped else ""))
     return lines
@@ -360,7 +362,8 @@ def selection_quality(params: Params, setup: Setup, emb: Embeddings, sels: Selec
                      for s in ("metric", "finetune")}
         for name in params.feature_spaces:
             chosen = sels.sel[name][d]
-            prec = {s: gmm.precision(getattr(chosen, s), pool, spec, styles=bench.styles) for s in ("metric", "finetune")}
+            prec = {s: gmm.precision(getattr(chosen, s), pool, spec, styles=bench.styles)
+                    for s in ("metric", "finetune")}
             dist = {}
             for ev in params.feature_spaces:
                 sets = {"selected": emb.cloud[ev].take(chosen.metric),
@@ -381,7 +384,8 @@ def quality_table(quality: dict[tuple[str, str], dict]) -> list[str]:
              f"{'space':12s} {'device':10s} " + "   class  style   both" * 3 + "   metric set per class"]
     for (name, d), q in quality.items():
         cells = [q["precision"]["metric"], q["precision"]["finetune"], q["random_precision"]["metric"]]
-        lines.append(f"{name:12s} {d:10s} " + "".join(f"   {c['class']:.3f}  {c['style']:.3f}  {c['both']:.3f}" for c in cells)
+        lines.append(f"{name:12s} {d:10s} "
+                     + "".join(f"   {c['class']:.3f}  {c['style']:.3f}  {c['both']:.3f}" for c in cells)
                      + f"   {q['class_balance']['metric']['counts']}")
     return lines
 
@@ -451,7 +455,8 @@ def audit_lines(audit: dict[tuple[str, str], dict], fits: Fits) -> list[str]:
     return lines
 
 
-def membership_sweep(params: Params, setup: Setup, emb: Embeddings, progress: bool = False) -> dict[tuple[str, str], list]:
+def membership_sweep(params: Params, setup: Setup, emb: Embeddings,
+                     progress: bool = False) -> dict[tuple[str, str], list]:
     """Membership AUC of mixtures fitted with the guard off, per ``(space, device)``: a list of
     :func:`vitprune_lite.privacy.membership_sweep` rows (``k``, ``covariance_type``, ``auc``,
     ``capacity_ratio``, ...). Ks larger than a device's training images are left out.
@@ -485,7 +490,8 @@ def save_sets(params: Params, setup: Setup, sels: Selections, path: Optional[Pat
     sets = {}
     for d in setup.devices:
         for name in params.feature_spaces:
-            sets[f"{d}/{name}/metric"], sets[f"{d}/{name}/finetune"] = sels.sel[name][d].metric, sels.sel[name][d].finetune
+            chosen = sels.sel[name][d]
+            sets[f"{d}/{name}/metric"], sets[f"{d}/{name}/finetune"] = chosen.metric, chosen.finetune
         sets[f"{d}/random/metric"], sets[f"{d}/random/finetune"] = sels.rnd[d].metric, sels.rnd[d].finetune
     return gmm.save_selected_sets(sets, params.default_feature_space, path, benchmark=params.benchmark,
                                   seed=params.seed)
@@ -571,7 +577,8 @@ class Result:
                 for space, e in dev["spaces"].items():
                     float(e["membership_auc"]), e["precision"]["metric"]["class"], int(e["k"])
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise InvalidFileError(f"{path}: malformed GMM data-approximation result ({type(err).__name__}: {err})") from None
+            raise InvalidFileError(f"{path}: malformed GMM data-approximation result "
+                                   f"({type(err).__name__}: {err})") from None
         if out.benchmark != out.params.benchmark:
             raise InvalidFileError(f"{path}: benchmark {out.benchmark!r} disagrees with its params' "
                                    f"{out.params.benchmark!r}")
@@ -600,6 +607,7 @@ def collect(params: Params, setup: Setup, emb: Embeddings, fits: Fits, quality: 
                 "membership_auc": a["membership_auc"], "nearest_record": a["nearest_record"],
                 "membership_sweep": sweep[(name, d)], "fit_seconds": fits.seconds[(name, d)]}
 
+    wall = time.perf_counter() - setup.started if seconds is None else seconds
     n_finetune = min(params.n_finetune, len(setup.pool_index))
     parameters = {"feature_spaces": list(params.feature_spaces), "default_feature_space": params.default_feature_space,
                   "feature_dim": params.feature_dim, "covariance_type": params.covariance,
@@ -615,7 +623,7 @@ def collect(params: Params, setup: Setup, emb: Embeddings, fits: Fits, quality: 
                   parameters=_plain(parameters), pool={"split": "public/train", "n": int(len(setup.pool_index))},
                   base_model_sha256=setup.meta.get("sha256"), embed_seconds=_plain(emb.seconds),
                   sampling_temperature={"feature_space": params.default_feature_space, "devices": _plain(temperatures)},
-                  devices=_plain(devices), seconds=round(float(time.perf_counter() - setup.started if seconds is None else seconds), 1), environment=_plain(measure.environment()))
+                  devices=_plain(devices), seconds=round(float(wall), 1), environment=_plain(measure.environment()))
 
 
 def summary_lines(result: Result) -> list[str]:
@@ -626,7 +634,8 @@ def summary_lines(result: Result) -> list[str]:
         for d, dev in result.devices.items():
             e = dev["spaces"][name]
             p, r = e["precision"]["metric"], e["random_precision"]["metric"]
-            lines.append(f"{name:12s} {d:10s} {e['k']:2d}   " + "  ".join(f"{p[w]:.3f} ({r[w]:.3f})" for w in ("class", "style", "both"))
+            lines.append(f"{name:12s} {d:10s} {e['k']:2d}   "
+                         + "  ".join(f"{p[w]:.3f} ({r[w]:.3f})" for w in ("class", "style", "both"))
                          + f"     {e['membership_auc']:.3f}")
     return lines
 
@@ -660,7 +669,8 @@ def plot_bic(params: Params, fits: Fits):
             ks = sorted(f.bic)
             line, = ax.plot(ks, [f.bic[k] for k in ks], marker=".", label=d)
             ax.plot([f.chosen_k], [f.bic[f.chosen_k]], "o", ms=10, mfc="none", color=line.get_color())
-        ax.set(xlabel="components K", ylabel="BIC (lower is better)", title=f"{name}: BIC per device (circle: chosen K)")
+        ax.set(xlabel="components K", ylabel="BIC (lower is better)",
+               title=f"{name}: BIC per device (circle: chosen K)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -773,8 +783,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--benchmark", default="v1", choices=("v1", "v2"))
-    p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/gmm_approximation_<benchmark>.json); "
-                   "the selected sets go beside it as <name>_sets.npz")
+    p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/gmm_approximation_"
+                   "<benchmark>.json); the selected sets go beside it as <name>_sets.npz")
     args = p.parse_args(argv)
     params = Params.preset(args.preset, benchmark=args.benchmark)
     out = Path(args.out) if args.out else paths.data_dir() / "benchmarks" / f"gmm_approximation_{args.benchmark}.json"
