@@ -1,6 +1,8 @@
 """The experiments layer: parameters validated once, results that round-trip, values that hang together."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -114,7 +116,8 @@ from vitprune_lite.experiments import base_model as bm  # noqa: E402
 
 
 @pytest.mark.parametrize("field,value", [("benchmark", "v0"), ("seed", -1), ("threads", 0), ("retrain", 1),
-                                         ("public", (("train", 10),)), ("device_images", 1.5)])
+                                         ("public", (("train", 10),)), ("device_images", 1.5),
+                                         ("cross_device", "huge"), ("cross_device_rerun", "no")])
 def test_base_model_params_refuse_bad_values(field, value):
     with pytest.raises(InvalidValueError, match=field):
         bm.Params(**{field: value})
@@ -151,6 +154,27 @@ def test_base_model_smoke_v1(nb00_v1, tmp_path):
     assert result.model["tokens"] == 65 and result.benchmark["generator_version"] == "1"
     back = bm.Result.from_json(result.to_json(tmp_path / "r.json"))
     assert back.params == params and back.accuracy == result.accuracy
+
+
+def test_cross_device_cached_by_params_and_checkpoint(nb00_v1, tmp_path, monkeypatch):
+    params, bench, model, meta = nb00_v1
+    monkeypatch.setenv("VITPRUNE_OUT", str(tmp_path))
+    first, loaded = bm.cross_device(params, bench, model, progress=False)
+    path = tmp_path / "data" / "results" / "00_cross_device.json"
+    assert not loaded and path.exists() and len(first.inputs["checkpoint_sha256"]) == 64
+    again, loaded = bm.cross_device(params, bench, model, progress=False)
+    assert loaded and again.acc == first.acc and again.gap == first.gap
+    # another parameter set is not served from the file: it runs (and replaces it)
+    other = dataclasses.replace(params, cross_device_rerun=True)
+    _, loaded = bm.cross_device(other, bench, model, progress=False)
+    assert not loaded
+    assert bm.cross_device(dataclasses.replace(params, cross_device=""), bench, model) is None
+    result = bm.Result.collect(params, bench, model, meta, bm.evaluate(params, bench, model), first)
+    assert result.cross_device["gap"] == first.gap and result.cross_device["block_param_share"] == pytest.approx(0.5, abs=0.02)
+    from vitprune_lite import report
+
+    text = report.section_base(json.loads(result.to_json(tmp_path / "r.json").read_text()))
+    assert "Cross-device check (4 devices" in text and "public test" in text
 
 
 def test_base_model_v2_checkpoint():

@@ -12,11 +12,15 @@ def test_02_head_channel_importance(nb_out):
     if not (nb_out / "data" / "results" / "01_selected_sets.npz").exists():
         run_smoke("01_", nb_out)  # run alone: make notebook 01's selected sets first
     res = run_smoke("02_", nb_out)
-    assert res["smoke"] is True
+    from vitprune_lite.experiments import head_channel_importance as hci
+
+    saved = hci.Result.from_json(nb_out / "data" / "results" / "02_head_channel_importance.json", benchmark="v1")
+    assert saved.params == hci.Params.preset("smoke")
+    assert res["smoke"] is True and res["benchmark"] == "v1" and res["params"]["benchmark"] == "v1"
     labels = [b["label"] for b in res["budgets"]]
     assert labels == ["90", "80", "70", "60", "50"]
     for d, per_budget in res["results"].items():
-        for crit in res["parameters"]["criteria"]:
+        for crit in res["params"]["criteria"]:
             flops = [per_budget[lab][crit]["flops"] for lab in labels]
             params = [per_budget[lab][crit]["params"] for lab in labels]
             assert all(a > b for a, b in zip(flops, flops[1:])), (d, crit, flops)  # tighter -> fewer
@@ -32,6 +36,12 @@ def test_02_head_channel_importance(nb_out):
         assert set(rep["batch"]) == set(s)
     assert res["tcs_flops"]["tcs"] < res["tcs_flops"]["dense"]
     assert "tap_gmm" in res["finetune"]["criteria"]
+    for key, run in res["finetune"]["runs"].items():  # the standard recovery: keeps the better on validation
+        d, crit = key.split("/")
+        assert run["kept"] in ("pruned", "finetuned") and 0 <= run["test_acc"] <= 1
+        assert res["results"][d]["50"][crit]["acc_recovered"] == run["test_acc"]
+        if run["kept"] == "pruned":
+            assert run["val_acc_finetuned"] < run["val_acc_pruned"]
     assert res["environment"]["threads"] >= 1
     # the faithfulness experiment ran at smoke (nothing to read in a fresh output folder): both variants
     # on every metric set, accuracies in [0, 1] with intervals around them

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_smoke
+from vitprune_lite.errors import InvalidFileError
+from vitprune_lite.experiments import latency_curve
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
@@ -11,6 +13,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 def test_03_latency_curve_profiling(nb_out):
     res = run_smoke("03_", nb_out)
     assert res["smoke"] is True and res["environment"]["threads"] == res["threads"]
+    assert res["benchmark"] == "v1" == res["params"]["benchmark"] and res["params"]["n_step"] == 8
+    # the file reads back as the experiment's result, and only for the benchmark it holds
+    path = nb_out / "data" / "results" / "03_latency_curve_profiling.json"
+    assert latency_curve.read_result(path, "v1").pomt_choice == {**res["pomt_choice"], "layer_val_acc": {
+        int(k): v for k, v in res["pomt_choice"]["layer_val_acc"].items()}}
+    with pytest.raises(InvalidFileError, match="asked for 'v2'"):
+        latency_curve.read_result(path, "v2")
     n_tokens = res["n_tokens"]
 
     # the curve measured here: one point per asked token count, strictly increasing, positive

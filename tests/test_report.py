@@ -10,9 +10,17 @@ from vitprune_lite.__main__ import main
 
 ENV = {"git_rev": "abc1234", "git_dirty": False, "threads": 2, "load_avg_1min": 1.25}
 
-R00 = {"smoke": False, "model": {"params": 1000, "flops": 2_000_000},
-       "accuracy": {"public_test": 0.9, "public_test_by_style": {"clean": 0.95},
-                    "device_test": {"cam": 0.875}}, "environment": ENV}
+def _acc(a: float, n: int = 400) -> dict:
+    return {"acc": a, "lo": a - 0.01, "hi": min(1.0, a + 0.01), "n": n}
+
+
+R00 = {"params": {"benchmark": "v1", "seed": 0, "retrain": False, "train_epochs": 0, "public": [], "device_images": 0,
+                  "threads": 2, "cross_device": "lab", "cross_device_rerun": False},
+       "benchmark": {"generator_version": "1", "fingerprint": "x", "public": {"test": 2000}, "devices": {}},
+       "model": {"params": 1000, "flops": 2_000_000, "tokens": 65},
+       "accuracy": {"public_test": _acc(0.9, 2000), "by_style": {"clean": _acc(0.95)}, "by_class": {},
+                    "devices": {"cam": _acc(0.875)}},
+       "val_curve": [], "cross_device": None, "seconds": 1.0, "smoke": False, "environment": ENV, "schema": 1}
 
 
 def _space(k, auc, cls, rnd):
@@ -83,8 +91,8 @@ def test_render_synthetic_00_01_is_deterministic_and_complete():
     res = {"00": R00, "01": R01}
     out = report.render(res)
     assert out == report.render(copy.deepcopy(res))
-    assert "| public test | 90.0 % |" in out
-    assert "| device cam, private test | 87.5 % |" in out
+    assert "| public test | 90.0 % [89.0 %, 91.0 %] (n = 2,000) |" in out
+    assert "| device cam, private test | 87.5 % [86.5 %, 88.5 %] (n = 400) |" in out
     assert "| cam | combined (default) | 3 | 100 / 10,000 | 100.0 % vs 25.0 % | 50.0 % vs 25.0 % | 0.520 |" in out
     assert "Source: `data/results/00_base_model.json`, git abc1234, 2 threads, load average 1.2." in out
     assert "### 02" not in out and "### 03" not in out  # missing files are skipped
@@ -111,6 +119,15 @@ def test_render_02_and_03_sections():
     assert "| dense | 20 | 1.00 | 90.0 % |" in out
     assert "| POMT (chosen R) | R=8 | 88.0 % | 87.0 % | 0.80 | 0.800 |" in out
     assert "+2.0 points" in out
+    assert "benchmark's base model" not in out  # a v1 run (or a file from before the field) says nothing
+    assert "benchmark" not in report.section_importance(R02)  # files from before the benchmark was recorded
+    assert "mean over 2 devices of benchmark v2." in report.section_importance({**R02, "benchmark": "v2"})
+
+
+def test_03_section_names_a_v2_run():
+    out = report.section_latency({**_r03(0.8), "benchmark": "v2", "n_tokens": 145})
+    assert "On the v2 benchmark's base model (145 tokens)." in out
+    assert "| POMT (chosen R) | R=8 | 88.0 % | 87.0 % | 0.80 | 0.800 |" in out
 
 
 # --------------------------------------------------------------------------- claims
@@ -187,7 +204,7 @@ def test_cli_report_check_and_write(tmp_path, monkeypatch, capsys):
     assert "stale" in capsys.readouterr().out
     assert main(["report"]) == 0
     assert main(["report", "--check"]) == 0
-    assert "| public test | 90.0 % |" in (tmp_path / "README.md").read_text()
+    assert "| public test | 90.0 % [89.0 %, 91.0 %] (n = 2,000) |" in (tmp_path / "README.md").read_text()
 
 
 def test_toast_tie_with_dense_is_not_a_gain_and_pomt_is_not_an_other_method():

@@ -87,16 +87,31 @@ def _provenance(res: Mapping[str, Any], name: str) -> str:
 
 # --------------------------------------------------------------------------- sections
 def section_base(r: Mapping[str, Any]) -> str:
-    """Notebook 00: the dense base model's size and accuracies (public test, per style, per device)."""
-    acc, model = r["accuracy"], r.get("model", {})
-    lines = ["### 00 Base model", ""]
-    if model:
-        lines += [f"{model['params']:,} parameters, {model['flops'] / 1e6:.1f} MFLOPs per image "
-                  "(2 x MACs, batch 1).", ""]
-    rows = [["public test", pct(acc["public_test"])]]
-    rows += [[f"public test, {s}", pct(v)] for s, v in acc.get("public_test_by_style", {}).items()]
-    rows += [[f"device {d}, private test", pct(v)] for d, v in acc.get("device_test", {}).items()]
-    lines += [md_table(["split", "accuracy"], rows)]
+    """Notebook 00: the benchmark, the dense base model's size and accuracies (95 % intervals), and
+    the cross-device gap when it was measured."""
+    from .experiments import base_model
+
+    res = base_model.Result.from_dict(dict(r), "data/results/00_base_model.json")
+    m, acc = res.model, res.accuracy
+    lines = ["### 00 Base model", "",
+             f"Benchmark {res.params.benchmark} (generator {res.benchmark['generator_version']}): "
+             f"{m['params']:,} parameters, {m['tokens']} tokens, {m['flops'] / 1e6:.1f} MFLOPs per image "
+             "(2 x MACs, batch 1).", ""]
+
+    def cell(a: Mapping[str, Any]) -> str:
+        return f"{pct(a['acc'])} [{pct(a['lo'])}, {pct(a['hi'])}] (n = {a['n']:,})"
+
+    rows = [["public test", cell(acc["public_test"])]]
+    rows += [[f"public test, {s}", cell(v)] for s, v in acc["by_style"].items()]
+    rows += [[f"device {d}, private test", cell(v)] for d, v in acc["devices"].items()]
+    lines += [md_table(["split", "accuracy [95 % interval]"], rows)]
+    if res.cross_device:
+        g = res.cross_device["gap"]
+        lines += ["", f"Cross-device check ({len(res.cross_device['devices'])} devices, "
+                  f"{len(res.cross_device['seeds'])} recovery seed(s), "
+                  f"{pct(res.cross_device['block_param_share'], 0)} of block parameters, after recovery): pruning "
+                  f"on a device's own data minus one model pruned for every device: {100 * g['mean']:+.1f} "
+                  f"points [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]."]
     return "\n".join(lines)
 
 
@@ -139,9 +154,11 @@ def section_importance(r: Mapping[str, Any]) -> str:
         rows.append([c, f"{round(mean(x['params'] for x in cells)):,}",
                      f"{mean(x['flops'] for x in cells) / dense['flops']:.2f}",
                      pct(mean(x["acc"] for x in cells))])
+    bench = f" of benchmark {r['benchmark']}" if r.get("benchmark") else ""
     lines = ["### 02 Head and channel importance", "",
              f"Structured pruning to {lab} % of the block parameters, no recovery fine-tune; accuracy "
-             f"on the devices' private test splits, mean over {len(devices)} device{'' if len(devices) == 1 else 's'}.", "",
+             f"on the devices' private test splits, mean over {len(devices)} device{'' if len(devices) == 1 else 's'}"
+             f"{bench}.", "",
              md_table(["criterion", "params", "FLOPs / dense", "accuracy"], rows)]
     gap = r.get("summary_50", {})
     if "gmm_minus_random_mean" in gap:
@@ -155,9 +172,12 @@ def section_latency(r: Mapping[str, Any]) -> str:
     """Notebook 03: POMT's chosen schedule against dense and token-method peers (batch 1)."""
     rows = [[x["row"], x["config"], pct(x["test_acc"]), pct(x["device_acc_mean"]), f"{x['flops_ratio']:.2f}",
              f"{x['ratio_vs_dense']:.3f}"] for x in r["final_rows"]]
-    lines = ["### 03 Latency curve and token methods", "",
-             md_table(["row", "config", "public test", "devices (mean)", "FLOPs / dense",
-                       "batch-1 latency / dense"], rows)]
+    lines = ["### 03 Latency curve and token methods", ""]
+    bench = r.get("benchmark", "v1")  # files written before the benchmark was recorded are v1 runs
+    if bench != "v1":
+        lines += [f"On the {bench} benchmark's base model ({r.get('n_tokens', '?')} tokens).", ""]
+    lines.append(md_table(["row", "config", "public test", "devices (mean)", "FLOPs / dense",
+                           "batch-1 latency / dense"], rows))
     ratio = r.get("pomt_vs_tome_latency_at_matched_accuracy")
     if ratio is not None:
         lines += ["", f"POMT / ToMe batch-1 latency at matched accuracy: {ratio:.3f}."]

@@ -114,7 +114,39 @@ def check_parameters(todo: Sequence[Path], parameters: Mapping[str, Any]) -> dic
                 raise ParameterError(f"parameter {name}={value!r} ({type(value).__name__}) does not match "
                                      f"{nb.name}, whose parameters cell sets {name} = {d[name]!r}; give a value "
                                      f"of that type (True/False, 1, 0.5, 'text' or [1, 2] as Python literals)")
-    return {nb: {k: v for k, v in parameters.items() if k in d} for nb, d in declared.items()}
+    own = {nb: {k: v for k, v in parameters.items() if k in d} for nb, d in declared.items()}
+    for nb, d in declared.items():
+        check_experiment_params(nb, {**d, **own[nb]})
+    return own
+
+
+#: The experiment module (under :mod:`vitprune_lite.experiments`) whose ``Params`` each notebook builds
+#: from its ``PRESET``, ``BENCHMARK`` and ``OVERRIDES``.
+NOTEBOOK_EXPERIMENTS = {"00": "base_model", "01": "gmm_approximation", "02": "head_channel_importance",
+                        "03": "latency_curve", "04": "final_comparisons"}
+
+
+def check_experiment_params(nb: Path, values: Mapping[str, Any]) -> None:
+    """Build notebook ``nb``'s ``Params`` from its parameter values, as the notebook will, so that a
+    bad preset name, benchmark or ``OVERRIDES`` entry stops the run before any notebook starts.
+
+    Raises:
+        ParameterError: naming the notebook and what its ``Params`` refused.
+    """
+    import importlib
+
+    name = NOTEBOOK_EXPERIMENTS.get(nb.name[:2])
+    if name is None or "PRESET" not in values:
+        return
+    module = importlib.import_module(f"vitprune_lite.experiments.{name}")
+    overrides = values.get("OVERRIDES") or {}
+    if not isinstance(overrides, dict):
+        raise ParameterError(f"{nb.name}: OVERRIDES={overrides!r} is not a dict of Params fields")
+    try:
+        module.Params.preset(values["PRESET"], benchmark=values.get("BENCHMARK", "v1"), **overrides)
+    except (ValueError, TypeError) as err:
+        raise ParameterError(f"{nb.name}: PRESET={values['PRESET']!r}, BENCHMARK={values.get('BENCHMARK')!r}, "
+                             f"OVERRIDES={overrides!r} refused by {module.__name__}.Params: {err}") from None
 
 
 def _kernel_config():

@@ -31,6 +31,7 @@ import torch
 
 from vitprune_lite import measure, models, paths, tokens
 from vitprune_lite.benchmarks import save
+from vitprune_lite.experiments import latency_curve
 
 #: Batch-1 latency / dense of the published ToMe timm patch on this kind of machine (at
 #: ``PUBLISHED_TOME_THREADS`` threads, random weights), from the project's notes on the
@@ -110,6 +111,7 @@ def bench_matched(args) -> dict:
         print(f"skipping 'matched': {path} is missing; run notebook 03 first")
         return {}
     nb = paths.read_json(path)
+    latency_curve.check_result_benchmark(nb, path, "v1")  # the variants below are built on the v1 base model
     rows = {r["config"]: r for r in nb["final_rows"]}
     pomt = next(r for r in nb["final_rows"] if r["row"] == "POMT (chosen R)")
     tome = next((r for r in nb["final_rows"] if r["row"] == "matched accuracy" and r["method"] == "tome"), None)

@@ -8,6 +8,11 @@ then the parameters cell, one call per section and the table or figure of its ou
 
 - :mod:`~vitprune_lite.experiments.gmm_approximation`: notebook 01, a Gaussian mixture per device
   stands in for its private data (uploads, selection of public images, privacy audit).
+- :mod:`~vitprune_lite.experiments.head_channel_importance`: notebook 02 - thirteen ways to score
+  heads and channels, each pruned to TAP-ViTs' five budgets; recovery, the TCS audit, speed-up
+  against FLOPs, and the TAP-ViTs faithfulness check.
 - :mod:`~vitprune_lite.experiments.device_specificity`: does pruning on a device's own data beat
   one model pruned for every device? (the cross-device matrix; a property of the benchmark).
+- :mod:`~vitprune_lite.experiments.latency_curve`: notebook 03, latency-workload curves, POMT's
+  choice of R and the token methods' measured batch-1 latency.
 """

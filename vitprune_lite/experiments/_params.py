@@ -44,9 +44,19 @@ def check_pruning(params: Any) -> None:
 
 
 def preset(cls: type, presets: Mapping[str, Mapping[str, Any]], name: str, overrides: Mapping[str, Any]) -> Any:
-    """``cls`` built from the named preset, with ``overrides`` on top."""
+    """``cls`` built from the named preset, with ``overrides`` on top.
+
+    Raises:
+        InvalidValueError: an unknown preset name, or an override that is not a field of ``cls``
+            (the message lists the accepted fields).
+    """
     if name not in presets:
         raise InvalidValueError(f"preset {name!r}: accepted {sorted(presets)}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise InvalidValueError(f"override{'s' if len(unknown) > 1 else ''} {unknown} of preset {name!r}: "
+                                f"not fields of {cls.__name__}; accepted {fields}")
     return dataclasses.replace(cls(**presets[name]), **overrides)
 
 

@@ -27,7 +27,7 @@ from ..errors import InvalidFileError, InvalidValueError
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "load_benchmark", "galleries", "load_model",
-           "evaluate", "wilson_interval", "plot_accuracy"]
+           "evaluate", "cross_device", "wilson_interval", "plot_accuracy"]
 
 SCHEMA_VERSION = 1
 
@@ -44,6 +44,9 @@ class Params:
         public: public split sizes (empty: the benchmark's own; smaller for quick runs).
         device_images: private train/test images per device (0: the benchmark's own).
         threads: torch CPU threads.
+        cross_device: preset of :mod:`~vitprune_lite.experiments.device_specificity` for the
+            cross-device check (``""``: skip it). Its committed result is read when it matches.
+        cross_device_rerun: run the cross-device check even when a matching result is stored.
     """
 
     benchmark: str = "v2"
@@ -53,12 +56,20 @@ class Params:
     public: tuple[tuple[str, int], ...] = ()
     device_images: int = 0
     threads: int = 2
+    cross_device: str = "lab"
+    cross_device_rerun: bool = False
 
     def __post_init__(self) -> None:
         _params.check_benchmark(self)
         _params.check_ints(self, (("seed", 0), ("train_epochs", 0), ("device_images", 0), ("threads", 1)))
-        if not isinstance(self.retrain, bool):
-            raise InvalidValueError(f"Params.retrain = {self.retrain!r}: accepted True or False")
+        for name in ("retrain", "cross_device_rerun"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidValueError(f"Params.{name} = {getattr(self, name)!r}: accepted True or False")
+        from . import device_specificity
+
+        if self.cross_device and self.cross_device not in device_specificity.PRESETS:
+            raise InvalidValueError(f"Params.cross_device = {self.cross_device!r}: accepted '' (skip) or one of "
+                                    f"{sorted(device_specificity.PRESETS)}")
         splits = dict(self.public)
         if self.public and (set(splits) != {"train", "val", "test"} or min(splits.values()) < 1):
             raise InvalidValueError(f"Params.public = {self.public!r}: accepted () or sizes >= 1 for exactly "
@@ -70,12 +81,14 @@ class Params:
         return _params.preset(cls, PRESETS, name, overrides)
 
 
-#: ``full``: the defaults; ``lab``: the same (loading and evaluating take seconds);
-#: ``smoke``: a small benchmark from the same generator, for the tests.
+#: ``full``: the defaults; ``lab``: the same (loading and evaluating take about a minute; the
+#: cross-device check is read from its committed result); ``smoke``: a small benchmark from the
+#: same generator and the cross-device check at its smoke sizes, run here, for the tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
     "lab": {},
-    "smoke": {"public": (("train", 480), ("val", 96), ("test", 192)), "device_images": 48, "threads": 1},
+    "smoke": {"public": (("train", 480), ("val", 96), ("test", 192)), "device_images": 48, "threads": 1,
+              "cross_device": "smoke"},
 }
 
 
@@ -136,6 +149,28 @@ def load_model(params: Params, bench, progress: bool = True):
                                    progress=progress)
 
 
+def cross_device(params: Params, bench, model, progress: bool = True):
+    """The cross-device check at preset ``params.cross_device`` (``None`` when it is ``""``).
+
+    At ``smoke`` it runs here and writes ``00_cross_device.json`` under the results folder; at other
+    presets the committed ``data/benchmarks/device_specificity*.json`` of the benchmark is read when it
+    holds a run of the same parameters on the same checkpoint, and otherwise run and written there.
+
+    Returns:
+        ``(device_specificity.Result, loaded)`` or ``None``.
+    """
+    from .. import paths
+    from . import device_specificity as ds
+
+    if not params.cross_device:
+        return None
+    cd = ds.Params.preset(params.cross_device, benchmark=params.benchmark, data_seed=params.seed,
+                          threads=params.threads)
+    path = (paths.results_dir() / "00_cross_device.json" if params.cross_device == "smoke"
+            else ds.default_path(params.benchmark))
+    return ds.load_or_run(cd, path, bench=bench, model=model, rerun=params.cross_device_rerun, progress=progress)
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a proportion ``k / n`` (95 % for ``z = 1.96``)."""
     if n <= 0:
@@ -189,6 +224,7 @@ class Result:
         accuracy: :func:`evaluate`'s output.
         val_curve: ``[[step, public val accuracy], ...]`` from training.
         cross_device: the cross-device summary (gap and its interval; the full result is its own file).
+        smoke: the parameters differ from the ``full`` preset's (the README then flags the run).
         environment: what it ran on.
         schema: :data:`SCHEMA_VERSION`.
     """
@@ -200,6 +236,7 @@ class Result:
     val_curve: list
     cross_device: Optional[dict[str, Any]] = None
     seconds: float = 0.0
+    smoke: bool = False
     environment: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
@@ -215,15 +252,18 @@ class Result:
         info = {"params": report["params"], "flops": report["flops"], "tokens": tokens,
                 "sha256": meta.get("sha256"), "train_seconds": meta.get("train_seconds"),
                 "fixed_cost": meta.get("fixed_cost"), "config": meta.get("model_config")}
-        gap = None if cross_device is None else {"gap": cross_device.gap, "devices": cross_device.devices,
-                                                 "seeds": list(cross_device.params.seeds)}
+        gap = None if cross_device is None else {
+            "gap": cross_device.gap, "devices": cross_device.devices, "seeds": list(cross_device.params.seeds),
+            "block_param_share": cross_device.sizes["one_size_fits_all"]["block_param_share"],
+            "preset_params": asdict(cross_device.params)}
         return cls(params,
                    {"generator_version": bench.version, "fingerprint": bench.fingerprint,
                     "public": {k: len(v) for k, v in bench.public.items()},
                     "devices": {n: {"classes": [bench.classes[c] for c in s.classes], "style_mix": dict(s.style_mix),
                                     "n_train": len(bench.devices[n]["train"]), "n_test": len(bench.devices[n]["test"])}
                                 for n, s in bench.specs.items()}},
-                   info, accuracy, list(meta.get("val_curve", [])), gap, round(seconds, 1), measure.environment())
+                   info, accuracy, list(meta.get("val_curve", [])), gap, round(seconds, 1),
+                   params != Params.preset("full", benchmark=params.benchmark), measure.environment())
 
     def to_json(self, path: str | Path) -> Path:
         """Write atomically."""
@@ -236,15 +276,19 @@ class Result:
         """Read a file written by :meth:`to_json`; another schema or a malformed file is refused."""
         from .. import paths
 
-        raw = paths.read_json(Path(path), what="notebook 00 result")
+        return cls.from_dict(paths.read_json(Path(path), what="notebook 00 result"), str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "notebook 00 result") -> "Result":
+        """The result from :meth:`to_json`'s content (``source`` names it in errors)."""
         if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            raise InvalidFileError(f"{path}: not a notebook 00 result of schema {SCHEMA_VERSION}")
+            raise InvalidFileError(f"{source}: not a notebook 00 result of schema {SCHEMA_VERSION}")
         try:
             p = dict(raw["params"])
             p["public"] = tuple(tuple(kv) for kv in p["public"])
             return cls(**{**raw, "params": Params(**p)})
         except (KeyError, TypeError, ValueError) as err:
-            raise InvalidFileError(f"{path}: malformed notebook 00 result ({err})") from None
+            raise InvalidFileError(f"{source}: malformed notebook 00 result ({err})") from None
 
 
 def plot_accuracy(result: Result, val_curve: bool = True):
@@ -261,6 +305,7 @@ def plot_accuracy(result: Result, val_curve: bool = True):
         names = list(part)
         acc = np.array([part[k]["acc"] for k in names])
         err = np.array([[part[k]["acc"] - part[k]["lo"] for k in names], [part[k]["hi"] - part[k]["acc"] for k in names]])
+        err = np.clip(err, 0, None)  # at 0 % or 100 % the interval's end equals the estimate up to rounding
         ax.bar(names, acc, yerr=err, color=colour, capsize=2)
         ax.bar_label(ax.containers[-1], fmt="%.3f", fontsize=7)
         ax.set(ylim=(0, 1.05), title=title)
@@ -269,17 +314,11 @@ def plot_accuracy(result: Result, val_curve: bool = True):
     return fig
 
 
-def run(params: Params = Params(), cross_device: Optional[str] = None, progress: bool = True) -> Result:
-    """Every step in order (the notebook calls them one by one); ``cross_device``: a preset name
-    of :mod:`~vitprune_lite.experiments.device_specificity` to run as well (``None``: skip it)."""
-    from . import device_specificity
-
+def run(params: Params = Params(), progress: bool = True) -> Result:
+    """Every step in order (the notebook calls them one by one)."""
     t0 = time.perf_counter()
     bench = load_benchmark(params)
     model, meta = load_model(params, bench, progress)
     acc = evaluate(params, bench, model)
-    cd = None
-    if cross_device:
-        cd = device_specificity.run(device_specificity.Params.preset(cross_device, benchmark=params.benchmark),
-                                    bench=bench, model=model, progress=progress)
-    return Result.collect(params, bench, model, meta, acc, cd, time.perf_counter() - t0)
+    cd = cross_device(params, bench, model, progress)
+    return Result.collect(params, bench, model, meta, acc, None if cd is None else cd[0], time.perf_counter() - t0)

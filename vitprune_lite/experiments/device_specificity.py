@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import InvalidFileError, InvalidValueError
 from . import _params
 
-__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "run", "paired_gap", "plot_matrix", "main"]
+__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "run", "paired_gap", "default_path", "load_or_run",
+           "plot_matrix", "main"]
 
 SCHEMA_VERSION = 1
 
@@ -114,6 +115,8 @@ class Result:
         sizes: per row, kept share of block parameters and FLOPs relative to the dense model.
         seconds: wall time of the run.
         environment: what it ran on (:func:`vitprune_lite.measure.environment`).
+        inputs: what a cached copy must match besides ``params`` (``checkpoint_sha256``; set by
+            :func:`load_or_run`; empty in files written before it existed, which are then re-run).
         schema: :data:`SCHEMA_VERSION`.
     """
 
@@ -125,6 +128,7 @@ class Result:
     sizes: dict[str, dict[str, float]]
     seconds: float
     environment: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     def matrix(self) -> np.ndarray:
@@ -273,6 +277,24 @@ def run(params: Params = Params(), bench=None, model=None, progress: bool = True
     return Result(params, devices, rows, acc, gap, sizes, round(time.perf_counter() - t0, 1), measure.environment())
 
 
+def default_path(benchmark: str) -> Path:
+    """Where the committed result of ``benchmark`` lives: ``data/benchmarks/device_specificity.json``
+    (v2, the default benchmark) or ``device_specificity_v1.json``."""
+    from .. import paths
+
+    suffix = "" if benchmark == "v2" else f"_{benchmark}"
+    return paths.data_dir() / "benchmarks" / f"device_specificity{suffix}.json"
+
+
+def load_or_run(params: Params, path: str | Path, bench=None, model=None, rerun: bool = False,
+                progress: bool = True) -> tuple[Result, bool]:
+    """The result of ``params``: read from ``path`` when it holds a run of exactly these parameters
+    on the same base checkpoint (sha256), otherwise run (with ``bench`` and ``model`` if given) and
+    written there. Returns ``(result, loaded)``."""
+    return _params.load_or_run(params, path, lambda p: run(p, bench=bench, model=model, progress=progress),
+                               Result.from_json, rerun=rerun)
+
+
 def plot_matrix(result: Result, ax=None):
     """The cross-device matrix as a heat map: rows the data a model was pruned for, columns the test device.
 
@@ -315,14 +337,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--benchmark", default=None, choices=("v1", "v2"))
-    p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/device_specificity.json)")
+    p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/device_specificity.json "
+                                                "for v2, device_specificity_v1.json for v1)")
     args = p.parse_args(argv)
     params = Params.preset(args.preset, **({"benchmark": args.benchmark} if args.benchmark else {}))
-    out = Path(args.out) if args.out else paths.data_dir() / "benchmarks" / "device_specificity.json"
+    out = Path(args.out) if args.out else default_path(params.benchmark)
     if out.suffix != ".json":
         raise InvalidValueError(f"--out {out}: accepted a path ending in .json")
-    result = run(params)
-    result.to_json(out)
+    result, _ = load_or_run(params, out, rerun=True)  # records the checkpoint's sha256 with the result
     fig = plot_matrix(result)
     fig.savefig(out.with_suffix(".png"), dpi=120)
     g = result.gap

@@ -58,7 +58,7 @@ from .device_specificity import _load, paired_gap
 
 __all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "VARIANTS", "STAGES", "FEATURE_SPACES", "MetricSet",
            "MetricSets", "LayerRatios", "Accuracy", "Result", "set_names", "coverage", "metric_sets", "ratios",
-           "prune", "run", "load_or_run", "summary_markdown", "plot_ratios", "plot_accuracy", "main"]
+           "prune", "run", "load_or_run", "stored_path", "summary_markdown", "plot_ratios", "plot_accuracy", "main"]
 
 SCHEMA_VERSION = 1
 #: The two implementations compared, in the order tables and figures show them.
@@ -783,17 +783,25 @@ def summary_markdown(result: Result) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: run a preset, write the result JSON and both figures beside it."""
+def stored_path(benchmark: str) -> Path:
+    """Where a benchmark's stored run lives: ``data/benchmarks/tap_faithfulness.json`` for v1,
+    ``tap_faithfulness_<benchmark>.json`` otherwise (so a run on one never overwrites another's)."""
     from .. import paths
 
+    name = "tap_faithfulness.json" if benchmark == "v1" else f"tap_faithfulness_{benchmark}.json"
+    return paths.data_dir() / "benchmarks" / name
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: run a preset, write the result JSON and both figures beside it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--benchmark", default=None, choices=("v1", "v2"))
-    p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/tap_faithfulness.json)")
+    p.add_argument("--out", default=None, help="result JSON (default: stored_path(benchmark), "
+                                               "data/benchmarks/tap_faithfulness[_v2].json)")
     args = p.parse_args(argv)
     params = Params.preset(args.preset, **({"benchmark": args.benchmark} if args.benchmark else {}))
-    out = Path(args.out) if args.out else paths.data_dir() / "benchmarks" / "tap_faithfulness.json"
+    out = Path(args.out) if args.out else stored_path(params.benchmark)
     if out.suffix != ".json":
         raise InvalidValueError(f"--out {out}: accepted a path ending in .json")
     result, _ = load_or_run(params, out, rerun=True)

@@ -1,0 +1,177 @@
+"""Notebook 03's experiment in-process at its smoke preset, on v1 and v2: the curves, POMT's choice,
+the method comparison and the result file (values, not timings: no latency figure is asserted)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from vitprune_lite.errors import InvalidFileError, InvalidValueError
+from vitprune_lite.experiments import latency_curve as lc
+
+
+@pytest.fixture(scope="module")
+def out_root(tmp_path_factory):
+    """Curves and results of this module go to a temporary output root, never the repository's."""
+    path = tmp_path_factory.mktemp("nb03")
+    old = os.environ.get("VITPRUNE_OUT")
+    os.environ["VITPRUNE_OUT"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VITPRUNE_OUT", None)
+    else:
+        os.environ["VITPRUNE_OUT"] = old
+
+
+#: v2 with its token grids scaled to its 145 tokens (the defaults are v1 values).
+V2_OVERRIDES = {"pomt_r_grid": (72,), "tome_r": (8, 16)}
+
+
+@pytest.fixture(scope="module")
+def results(out_root):
+    return {"v1": lc.run(lc.Params.preset("smoke")),
+            "v2": lc.run(lc.Params.preset("smoke", benchmark="v2", **V2_OVERRIDES))}
+
+
+# ----------------------------------------------------------------------------- parameters
+
+@pytest.mark.parametrize("field,value", [("benchmark", "v3"), ("rounds", 1), ("max_rounds", 3), ("n_step", 0),
+                                         ("target_ci", 0.0), ("alpha", 1.5), ("match_tol", 1.0),
+                                         ("keep_rates", (0.5, 1.2)), ("keep_rates", (True,)), ("tome_r", (0,)),
+                                         ("pomt_r_grid", [8]), ("pomt_layers", ()), ("batch_sizes", (0,)),
+                                         ("timm_curves", "sometimes"), ("lat_min_run_time", 0),
+                                         ("public", (("val", 10),)), ("threads", True)])
+def test_params_refuse_bad_values(field, value):
+    kw = {field: value}
+    if field == "max_rounds":
+        kw["rounds"] = 5  # max_rounds below rounds
+    with pytest.raises(InvalidValueError, match=f"Params.{field}"):
+        lc.Params(**kw)
+
+
+def test_presets():
+    assert lc.Params.preset("full") == lc.Params() and lc.Params().benchmark == "v1"
+    assert lc.Params.preset("smoke").n_step == 8 and lc.Params.preset("lab", benchmark="v2").benchmark == "v2"
+    with pytest.raises(InvalidValueError, match="'nope'"):
+        lc.Params.preset("nope")
+
+
+def test_base_model_names_keep_benchmarks_apart():
+    assert lc.base_model_name("v1") == "base_vit" and lc.base_model_name("v2") == "base_vit_v2"
+    with pytest.raises(InvalidValueError, match="'v3'"):
+        lc.base_model_name("v3")
+
+
+@pytest.mark.parametrize("field,value,says", [("pomt_r_grid", (8, 64), "R = 64"), ("pomt_layers", (1, 6), "block 6"),
+                                              ("tome_r", (40,), "r = 40")])
+def test_token_grids_checked_against_the_model(field, value, says):
+    from vitprune_lite import models
+
+    base, _ = models.load_base_model("v1")
+    lc.check_token_grids(lc.Params(), base)  # the defaults fit v1
+    with pytest.raises(InvalidValueError, match=f"Params.{field}") as err:
+        lc.check_token_grids(lc.Params(**{field: value}), base)
+    assert says in str(err.value) and ("65 tokens" in str(err.value) or "6 blocks" in str(err.value))
+
+
+def test_v1_defaults_fit_v2_model():
+    from vitprune_lite import models
+
+    base, _ = models.load_base_model("v2")
+    lc.check_token_grids(lc.Params(benchmark="v2"), base)
+    with pytest.raises(InvalidValueError, match="145 tokens"):
+        lc.check_token_grids(lc.Params(benchmark="v2", pomt_r_grid=(144,)), base)
+
+
+# ----------------------------------------------------------------------------- the runs
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench,n_tokens,devices", [("v1", 65, 4), ("v2", 145, 8)])
+def test_smoke_run_values(results, bench, n_tokens, devices):
+    res = results[bench]
+    assert res.benchmark == bench and res.smoke is True and res.n_tokens == n_tokens and res.depth == 6
+    name = lc.base_model_name(bench)
+    here = [c for c in res.curves if c["measured_here"]]
+    assert {(c["model"], c["part"], c["batch"]) for c in here} == {(name, "network", 1), (name, "block0", 1)}
+    other = lc.base_model_name("v2" if bench == "v1" else "v1")
+    assert all(c["model"] != other for c in res.curves)  # the other benchmark's curves are not mixed in
+    (b1,) = [c for c in here if c["part"] == "network"]
+    assert b1["n"] == sorted(set(range(2, n_tokens + 1, 8)) | {n_tokens})
+    assert len(b1["median_ms"]) == 2 and min(min(m) for m in b1["median_ms"]) > 0
+
+    pc = res.pomt_choice
+    assert pc["R"] == n_tokens - pc["n_star"] and pc["n_star"] in res.accuracy_proxy["n"]
+    assert len(pc["utility"]) == len(b1["n"]) and pc["layer"] == 2 == pc["default_layer"]
+    acc = res.accuracy_proxy["acc"]
+    assert all(0 <= a <= 1 for a in acc) and acc[-1] >= acc[0]  # all tokens beat 1 random patch
+
+    rows = {r["key"]: r for r in res.methods}
+    classes = 12 if bench == "v1" else 48
+    assert rows["dense"]["val_acc"] > 3 / classes and rows["dense"]["flops_ratio"] == 1.0
+    for r in res.methods:
+        t = r["tokens"]
+        assert all(a >= b for a, b in zip(t, t[1:])) and len(t) == 6 and 0 <= r["val_acc"] <= 1
+        if r["method"] == "pomt":
+            assert t[2:] == [n_tokens - r["setting"]] * 4 and t[:2] == [n_tokens] * 2
+        if r["method"] != "dense":
+            assert r["flops_ratio"] < 1  # every reduction removes work
+    tome = sorted((r for r in res.methods if r["method"] == "tome"), key=lambda r: r["setting"])
+    assert tome[0]["flops"] > tome[-1]["flops"] and tome[0]["mean_tokens"] > tome[-1]["mean_tokens"]
+
+    assert res.zero_overhead["tome(0)"]["exact"] is True and res.zero_overhead["pomt(0)"]["exact"] is True
+    final = {r["row"] for r in res.final_rows}
+    assert {"dense", "POMT (chosen R)"} <= final
+    for r in res.final_rows:
+        assert 0 <= r["test_acc"] <= 1 and len(r["device_acc"]) == devices
+    assert res.timm_tome_batch1 == [] and "POMT's choice" in lc.summary_markdown(res)
+
+
+@pytest.mark.slow
+def test_result_round_trip_and_refusals(results, out_root):
+    res = results["v2"]
+    path = res.to_json(out_root / "r_v2.json")
+    back = lc.Result.from_json(path)
+    assert back == res and back.params == res.params
+    assert lc.read_result(path, "v2") == res
+    with pytest.raises(InvalidFileError, match="'v2'.*asked for 'v1'"):
+        lc.read_result(path, "v1")
+    raw = json.loads(path.read_text())
+    (out_root / "other.json").write_text(json.dumps({**raw, "schema": 99}))
+    with pytest.raises(InvalidFileError, match="schema"):
+        lc.Result.from_json(out_root / "other.json")
+    del raw["final_rows"]
+    (out_root / "broken.json").write_text(json.dumps(raw))
+    with pytest.raises(InvalidFileError, match="malformed"):
+        lc.Result.from_json(out_root / "broken.json")
+
+
+@pytest.mark.slow
+def test_saved_curves_are_per_benchmark(results, out_root):
+    from vitprune_lite import latency
+
+    names = {p.name for p in (out_root / "data" / "latency").glob("*.json")}
+    assert any("__base_vit__b1" in n for n in names) and any("__base_vit_v2__b1" in n for n in names)
+    v2 = lc.load_base_curve("v2")
+    assert v2.model == "base_vit_v2" and v2.environment["benchmark"] == "v2"
+    assert lc.load_base_curve("v1").environment["benchmark"] == "v1"
+    # a v2 curve filed under the v1 name is refused, naming what it holds and what was asked
+    (path,) = [p for p in latency.find_curves("base_vit", 1) if p.parent == out_root / "data" / "latency"]
+    latency.save_curve(dataclasses.replace(v2, model="base_vit"))
+    with pytest.raises(InvalidFileError, match="benchmark 'v2'.*asked for benchmark 'v1'"):
+        lc.load_base_curve("v1", device=path.name.split("__")[0])
+
+
+def test_result_files_checked_for_their_benchmark(tmp_path):
+    # a file from before the benchmark was recorded holds a v1 run; a v2 file is refused for v1 readers
+    lc.check_result_benchmark({"final_rows": []}, tmp_path / "old.json", "v1")
+    with pytest.raises(InvalidFileError, match="old.json.*benchmark 'v1'; asked for 'v2'"):
+        lc.check_result_benchmark({"final_rows": []}, tmp_path / "old.json", "v2")
+    with pytest.raises(InvalidFileError, match="new.json.*benchmark 'v2'; asked for 'v1'"):
+        lc.check_result_benchmark({"benchmark": "v2"}, tmp_path / "new.json", "v1")
+
+
+def test_setup_refuses_a_grid_that_does_not_fit_before_any_work():
+    with pytest.raises(InvalidValueError, match=r"Params.pomt_r_grid holds R = 100: .*65 tokens"):
+        lc.setup(lc.Params.preset("smoke", pomt_r_grid=(100,)))

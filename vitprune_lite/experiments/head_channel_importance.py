@@ -1,0 +1,925 @@
+"""Notebook 02's experiment: which heads and channels matter, scored thirteen ways, pruned to five budgets.
+
+Steps, one function each (the notebook calls them in this order):
+
+1. :func:`load` - benchmark, base model and notebook 01's index sets (the file must record the
+   same benchmark as ``Params.benchmark``);
+2. :func:`metric_sets` - per device the ``gmm``, ``random`` and ``oracle`` metric sets and the
+   private test split;
+3. :func:`score` - TAP-ViTs composite importance and KL layer sensitivity on every metric set,
+   the weight-only criteria and first-order Taylor;
+4. :func:`rank_correlations` - Spearman agreement between criteria and between data sources;
+5. :func:`prune_all` - every criterion at every TAP-ViTs budget (:func:`build` makes one model),
+   zero-shot accuracy, parameters and FLOPs;
+6. :func:`recovery` - the standard recovery (:func:`vitprune_lite.pipelines.recover`, as in
+   notebook 04) of ``tap_gmm`` and the ``ft_top`` criteria best on validation data, at 50 %;
+7. :func:`tcs_audit` - Token Channel Selection evaluated one image at a time, in shuffled and in
+   class-sorted batches;
+8. :func:`timing` - measured speed-up against FLOP speed-up of every pruned model;
+9. :func:`faithfulness` - :mod:`~vitprune_lite.experiments.tap_faithfulness`, read from its
+   file when it holds a run of the same parameters.
+
+:class:`Result` gathers what the notebook reports and writes ``02_head_channel_importance.json``
+(the keys :mod:`vitprune_lite.report` reads are kept).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import numpy as np
+
+from ..errors import InvalidFileError, InvalidValueError
+from . import _params
+
+__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DATA_FREE", "SOURCES", "Inputs",
+           "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
+           "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing", "faithfulness",
+           "faithfulness_file", "speed_summary", "summary_50", "plot_head_importance", "plot_mlp_channels",
+           "plot_rank_correlation", "plot_accuracy_vs_budget", "plot_speedup"]
+
+SCHEMA_VERSION = 1
+#: Every criterion the notebook compares, in legend order.
+ALL_CRITERIA = ("tap_gmm", "tap_random", "tap_oracle", "tap_gmm_uniform", "taylor_gmm", "magnitude_l1",
+                "magnitude_l2", "random", "toast", "toast_tcs", "toast_heads", "tp_magnitude", "tp_taylor")
+#: Criteria that read no device data: one model serves every device.
+DATA_FREE = frozenset({"magnitude_l1", "magnitude_l2", "random", "toast", "toast_tcs", "toast_heads",
+                       "tp_magnitude"})
+#: The three metric sets per device.
+SOURCES = ("gmm", "random", "oracle")
+_WEIGHT_CRITERIA = ("magnitude_l1", "magnitude_l2", "random", "toast", "toast_heads")
+_FAITH_PRESETS = ("full", "lab", "smoke")
+
+
+@dataclass(frozen=True)
+class Params:
+    """What notebook 02 runs; the defaults are the full run (tuned for benchmark v1).
+
+    Attributes:
+        benchmark: ``"v1"`` or ``"v2"``.
+        seed: benchmark seed and every random choice (random scores, token positions, recovery).
+        threads: torch CPU threads for scoring, evaluation and fine-tuning.
+        lat_threads: torch CPU threads while timing.
+        devices: device names (empty: every device of the benchmark that notebook 01's sets hold;
+            on v1 these are night_cam, drone, factory and phone).
+        metric_images: images per metric set (notebook 01 selects 640).
+        sens_images: metric-set images used by the KL layer-sensitivity probes.
+        tokens: token positions per HSIC sample (CLS + patches).
+        hsic_batch: images per HSIC sample set.
+        alpha: TAP-ViTs softmax temperature factor of the layer keep ratios.
+        probes: probe sparsities of the layer sensitivity.
+        criteria: criteria pruned and compared (:data:`ALL_CRITERIA`; ``tap_gmm`` is required).
+        test_images: private test images per device (0: the whole split).
+        ft_top: besides ``tap_gmm``, recover the ``ft_top`` criteria best on validation data.
+        ft_steps, ft_batch, ft_lr, val_fraction: the standard recovery (:func:`vitprune_lite.pipelines.recover`).
+        ft_images: images taken from each device's fine-tune set (0: all of it).
+        tcs_fc1: TCS share of FFN input channels dropped, per block (padded with 0 to the depth).
+        tcs_fc2: TCS share of MLP hidden units dropped, per block (padded with 0 to the depth).
+        audit_batch: batch size of the shuffled and class-sorted TCS evaluations.
+        audit_public: public test images in the TCS audit (0: the whole split).
+        lat_rounds: interleaved latency rounds per batch size.
+        lat_min_run: seconds per model per round.
+        lat_all_budgets: time every budget (False: the smallest only).
+        faithfulness: preset of :mod:`~vitprune_lite.experiments.tap_faithfulness` (``"smoke"`` also
+            limits it to this run's devices and keeps its file with the results).
+        faithfulness_rerun: run it even if its file holds a run of the same parameters.
+    """
+
+    benchmark: str = "v1"
+    seed: int = 0
+    threads: int = 2
+    lat_threads: int = 1
+    devices: tuple[str, ...] = ()
+    metric_images: int = 640
+    sens_images: int = 64
+    tokens: int = 32
+    hsic_batch: int = 64
+    alpha: float = 1.1
+    probes: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
+    criteria: tuple[str, ...] = ALL_CRITERIA
+    test_images: int = 0
+    ft_top: int = 2
+    ft_steps: int = 30
+    ft_images: int = 0
+    ft_batch: int = 64
+    ft_lr: float = 3e-4
+    val_fraction: float = 0.1
+    tcs_fc1: tuple[float, ...] = (0, 0, 0, 0, 0, 0.3)
+    tcs_fc2: tuple[float, ...] = (0, 0, 0, 0.5, 0.9, 0.9)
+    audit_batch: int = 128
+    audit_public: int = 0
+    lat_rounds: int = 3
+    lat_min_run: float = 0.05
+    lat_all_budgets: bool = True
+    faithfulness: str = "lab"
+    faithfulness_rerun: bool = False
+
+    def __post_init__(self) -> None:
+        _params.check_benchmark(self)
+        _params.check_ints(self, (("seed", 0), ("threads", 1), ("lat_threads", 1), ("metric_images", 2),
+                                  ("sens_images", 1), ("tokens", 1), ("hsic_batch", 2), ("test_images", 0),
+                                  ("ft_top", 0), ("ft_steps", 0), ("ft_images", 0), ("ft_batch", 1),
+                                  ("audit_batch", 1), ("audit_public", 0), ("lat_rounds", 1)))
+        if not isinstance(self.devices, tuple) or any(not isinstance(d, str) or not d for d in self.devices):
+            raise InvalidValueError(f"Params.devices = {self.devices!r}: accepted a tuple of device names "
+                                    "(empty: every device)")
+        if not _number(self.alpha) or self.alpha <= 0:
+            raise InvalidValueError(f"Params.alpha = {self.alpha!r}: accepted a number > 0")
+        if not isinstance(self.probes, tuple) or not self.probes or any(
+                not _number(p) or not 0 < p < 1 for p in self.probes):
+            raise InvalidValueError(f"Params.probes = {self.probes!r}: accepted a non-empty tuple of sparsities in (0, 1)")
+        if (not isinstance(self.criteria, tuple) or "tap_gmm" not in self.criteria
+                or any(c not in ALL_CRITERIA for c in self.criteria) or len(set(self.criteria)) != len(self.criteria)):
+            raise InvalidValueError(f"Params.criteria = {self.criteria!r}: accepted a tuple of distinct names "
+                                    f"from {ALL_CRITERIA}, including 'tap_gmm' (the method under study)")
+        if not _number(self.ft_lr) or not 0 < self.ft_lr < 1:
+            raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}: accepted a learning rate in (0, 1)")
+        if not _number(self.val_fraction) or not 0 < self.val_fraction < 1:
+            raise InvalidValueError(f"Params.val_fraction = {self.val_fraction!r}: accepted a share in (0, 1) "
+                                    "(the criteria to recover are chosen on it)")
+        for name in ("tcs_fc1", "tcs_fc2"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or any(not _number(r) or not 0 <= r < 1 for r in v):
+                raise InvalidValueError(f"Params.{name} = {v!r}: accepted a tuple of shares in [0, 1), one per block")
+        if not _number(self.lat_min_run) or self.lat_min_run <= 0:
+            raise InvalidValueError(f"Params.lat_min_run = {self.lat_min_run!r}: accepted seconds > 0")
+        for name in ("lat_all_budgets", "faithfulness_rerun"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidValueError(f"Params.{name} = {getattr(self, name)!r}: accepted True or False")
+        if self.faithfulness not in _FAITH_PRESETS:
+            raise InvalidValueError(f"Params.faithfulness = {self.faithfulness!r}: accepted a preset of "
+                                    f"experiments.tap_faithfulness, one of {_FAITH_PRESETS}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "Params":
+        """A named preset (:data:`PRESETS`), with ``overrides`` on top."""
+        return _params.preset(cls, PRESETS, name, overrides)
+
+
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+
+
+#: ``full``: the defaults (about 9 minutes on v1 on two cores, the faithfulness section read from its
+#: file). ``lab``: two devices, half the metric images, a quarter of the public test images in the TCS
+#: audit, one short latency round - every section and every criterion, a quick qualitative look
+#: (about 4 minutes on v1 estimated from the full run's parts; not yet measured). ``smoke``: the
+#: tests' sizes (about 3 minutes on v1, most of it the faithfulness experiment at its smoke preset).
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "lab": {"devices": ("night_cam", "drone"), "metric_images": 320, "sens_images": 32, "audit_public": 500,
+            "lat_rounds": 1, "lat_min_run": 0.02},
+    "smoke": {"devices": ("night_cam",), "metric_images": 32, "sens_images": 8, "tokens": 8, "hsic_batch": 16,
+              "probes": (0.5,), "criteria": ("tap_gmm", "tap_random", "tap_oracle", "magnitude_l2", "toast",
+                                             "toast_tcs", "tp_magnitude"),
+              "test_images": 32, "ft_top": 0, "ft_steps": 2, "ft_batch": 16, "ft_images": 160, "audit_batch": 16,
+              "audit_public": 48, "lat_rounds": 1, "lat_min_run": 0.002, "lat_all_budgets": False, "threads": 1,
+              "faithfulness": "smoke"},
+}
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _key(crit: str, device: str, label: str) -> tuple[str, Optional[str], str]:
+    """Models are keyed by (criterion, device or None for data-free criteria, budget label)."""
+    return (crit, None if crit in DATA_FREE else device, label)
+
+
+# ----------------------------------------------------------------------------- step 1: inputs
+
+@dataclass(eq=False)
+class Inputs:
+    """Step 1's output.
+
+    Attributes:
+        bench: the benchmark; pool: its public training split (notebook 01's indices point into it).
+        model: the dense base model (eval mode); meta: its checkpoint metadata.
+        sets: notebook 01's index sets; space: their default feature space.
+        devices: the devices of this run.
+        image_size: image side in pixels (from the benchmark).
+        budgets: TAP-ViTs' ``(mlp_keep, attn_keep)`` pairs; labels: each one's % of block parameters.
+    """
+
+    bench: Any
+    pool: Any
+    model: Any
+    meta: dict
+    sets: dict
+    space: str
+    devices: list[str]
+    image_size: int
+    budgets: list[tuple[float, float]]
+    labels: list[str]
+
+    @property
+    def lab50(self) -> str:
+        """The label of the smallest budget (about 50 % of block parameters)."""
+        return self.labels[-1]
+
+    def x1(self):
+        """One zero image ``[1, 3, H, W]`` for FLOP counts."""
+        import torch
+
+        return torch.zeros(1, 3, self.image_size, self.image_size)
+
+
+def check_sets(sets: Mapping[str, Any], benchmark: str, path: Any = "notebook 01's sets") -> dict:
+    """Notebook 01's index sets, checked to be of ``benchmark``; the ``benchmark`` entry is removed.
+
+    Files written before the benchmark was recorded hold no ``benchmark`` entry; they were made on v1.
+
+    Raises:
+        InvalidFileError: the sets were selected on another benchmark.
+    """
+    sets = dict(sets)
+    held = str(np.asarray(sets.pop("benchmark", "v1")))
+    if held != benchmark:
+        raise InvalidFileError(f"{path} holds index sets selected on benchmark {held!r}, but benchmark "
+                               f"{benchmark!r} was asked; run notebook 01 with BENCHMARK = {benchmark!r} first")
+    return sets
+
+
+def load(params: Params, sets: Optional[Mapping[str, Any]] = None, sets_path: Any = None) -> Inputs:
+    """Benchmark, base model and notebook 01's sets for ``params``.
+
+    Args:
+        sets: index sets to use instead of reading notebook 01's file (same keys as
+            :func:`vitprune_lite.gmm.load_selected_sets` returns, plus an optional ``benchmark``).
+        sets_path: notebook 01's file (default: ``data/results/01_selected_sets.npz``).
+    """
+    from .. import data, gmm, importance, models, paths
+
+    if sets is None:
+        path = Path(sets_path) if sets_path else paths.results_dir() / gmm.SELECTED_SETS
+        sets = check_sets(gmm.load_selected_sets(path), params.benchmark, path)
+    else:
+        sets = check_sets(sets, params.benchmark)
+    bench = data.benchmark_module(params.benchmark).load_benchmark(params.seed)
+    model, meta = models.load_base_model(params.benchmark)
+    space = str(sets["default_feature_space"])
+    unknown = [d for d in params.devices if d not in bench.specs]
+    if unknown:
+        raise InvalidValueError(f"Params.devices: {unknown} are not devices of benchmark {params.benchmark}; "
+                                f"accepted {list(bench.specs)}")
+    wanted = list(params.devices) or list(bench.specs)
+    devices = [d for d in wanted if f"{d}/{space}/metric" in sets]
+    if not devices:
+        raise InvalidFileError(f"notebook 01's sets hold none of {wanted} (feature space {space!r}); "
+                               "run notebook 01 for these devices first")
+    n_tokens = int(model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 1))
+    if params.tokens > n_tokens:
+        raise InvalidValueError(f"Params.tokens = {params.tokens}: accepted at most the model's {n_tokens} tokens "
+                                f"(benchmark {params.benchmark})")
+    depth = len(model.blocks)
+    for name in ("tcs_fc1", "tcs_fc2"):
+        if len(getattr(params, name)) > depth:
+            raise InvalidValueError(f"Params.{name} = {getattr(params, name)!r}: accepted at most one share per "
+                                    f"block ({depth} blocks)")
+    budgets = [tuple(b) for b in importance.TAP_BUDGETS]
+    labels = [f"{round(100 * importance.block_param_fraction(*b))}" for b in budgets]
+    return Inputs(bench, bench.public["train"], model.eval(), meta, sets, space, devices,
+                  int(bench.public["test"].images.shape[1]), budgets, labels)
+
+
+def _tcs_ratios(params: Params, inp: Inputs) -> tuple[list[float], list[float]]:
+    depth = len(inp.model.blocks)
+    return ([float(r) for r in params.tcs_fc1] + [0.0] * (depth - len(params.tcs_fc1)),
+            [float(r) for r in params.tcs_fc2] + [0.0] * (depth - len(params.tcs_fc2)))
+
+
+# ----------------------------------------------------------------------------- step 2: metric sets
+
+@dataclass(eq=False)
+class Sources:
+    """Step 2's output.
+
+    Attributes:
+        sets: ``{(device, source): (x [n, 3, H, W], y [n])}`` for every source of :data:`SOURCES`.
+        tests: ``{device: (x, y)}`` private test images.
+        coverage: ``{device: {"gmm_in_class": share of the gmm set in the device's classes, ...sizes}}``.
+    """
+
+    sets: dict
+    tests: dict
+    coverage: dict
+
+
+def metric_sets(params: Params, inp: Inputs) -> Sources:
+    """The ``gmm``, ``random`` and ``oracle`` metric sets of every device, and its private test split."""
+    n = params.metric_images
+    out, tests, cover = {}, {}, {}
+    for d in inp.devices:
+        out[(d, "gmm")] = inp.pool.subset(np.asarray(inp.sets[f"{d}/{inp.space}/metric"])[:n]).tensors()
+        out[(d, "random")] = inp.pool.subset(np.asarray(inp.sets[f"{d}/random/metric"])[:n]).tensors()
+        private = inp.bench.devices[d]["train"]
+        out[(d, "oracle")] = private.subset(np.arange(min(n, len(private)))).tensors()
+        split = inp.bench.devices[d]["test"]
+        m = len(split) if params.test_images == 0 else min(params.test_images, len(split))
+        tests[d] = split.subset(np.arange(m)).tensors()
+        y_g = out[(d, "gmm")][1].numpy()
+        cover[d] = {"gmm_in_class": float(np.isin(y_g, inp.bench.specs[d].classes).mean()),
+                    **{f"n_{s}": int(len(out[(d, s)][0])) for s in SOURCES}, "n_test": int(len(tests[d][0]))}
+    return Sources(out, tests, cover)
+
+
+# ----------------------------------------------------------------------------- step 3: scores
+
+@dataclass(eq=False)
+class Scores:
+    """Step 3's output.
+
+    Attributes:
+        tap: ``{(device, source): UnitScores}`` TAP-ViTs composite importance.
+        sens: ``{(device, source): {"mlp": [L], "attn": [L]}}`` KL layer sensitivity.
+        seconds: ``{(device, source): {"composite": s, "sensitivity": s}}``.
+        weight: ``{criterion: UnitScores}`` for the weight-only criteria.
+        taylor: ``{device: UnitScores}`` first-order Taylor on the gmm set with its public labels.
+    """
+
+    tap: dict
+    sens: dict
+    seconds: dict
+    weight: dict
+    taylor: dict
+
+
+def score(params: Params, inp: Inputs, src: Sources, progress: bool = True) -> Scores:
+    """TAP-ViTs scores and layer sensitivity on every metric set (identical sets scored once), the
+    weight-only criteria, and Taylor; ``progress`` prints one line per metric set."""
+    from .. import importance
+
+    tap, sens, seconds, done = {}, {}, {}, {}
+    with _threads(params.threads):
+        for (d, s), (x, _) in src.sets.items():
+            key = (s, tuple(x.shape), float(x.sum()), float(x[:, 0, 0, 0].sum()))
+            if key in done:  # e.g. one random set shared by every device
+                tap[(d, s)], sens[(d, s)], seconds[(d, s)] = done[key]
+                continue
+            t0 = time.perf_counter()
+            sc = importance.tap_importance(inp.model, x, tokens=params.tokens, batch_size=params.hsic_batch,
+                                           seed=params.seed)
+            t1 = time.perf_counter()
+            kl = importance.layer_sensitivity(inp.model, x, sc, sparsities=params.probes,
+                                              max_images=params.sens_images)
+            t2 = time.perf_counter()
+            tap[(d, s)], sens[(d, s)] = sc, kl
+            seconds[(d, s)] = {"composite": t1 - t0, "sensitivity": t2 - t1}
+            done[key] = (sc, kl, seconds[(d, s)])
+            if progress:
+                print(f"{d:10s} {s:7s} composite {t1 - t0:5.1f} s, sensitivity {t2 - t1:5.1f} s;  "
+                      f"KL mlp {np.round(kl['mlp'].numpy(), 3)}  attn {np.round(kl['attn'].numpy(), 3)}")
+        weight = {c: importance.score(inp.model, c, **({"seed": params.seed} if c == "random" else {}))
+                  for c in _WEIGHT_CRITERIA}
+        taylor = {d: importance.taylor_scores(inp.model, *src.sets[(d, "gmm")]) for d in inp.devices}
+    return Scores(tap, sens, seconds, weight, taylor)
+
+
+def plot_head_importance(inp: Inputs, scores: Scores):
+    """Head importance per block (mean of the head's channel scores): TAP on each source per device,
+    then three weight-only criteria (row-normalised)."""
+    import matplotlib.pyplot as plt
+
+    n = len(inp.devices)
+    fig, axes = plt.subplots(n + 1, 3, figsize=(9, 2.2 * (n + 1)), squeeze=False)
+    for r, d in enumerate(inp.devices):
+        for c, s in enumerate(SOURCES):
+            axes[r, c].imshow(scores.tap[(d, s)].matrix("heads"), cmap="viridis", aspect="auto")
+            axes[r, c].set(title=f"{d} · TAP on {s}", xlabel="head", ylabel="block")
+    for c, name in enumerate(["magnitude_l2", "toast", "random"]):
+        m = scores.weight[name].matrix("heads")
+        axes[-1, c].imshow(m / m.max(1, keepdims=True), cmap="viridis", aspect="auto")
+        axes[-1, c].set(title=f"{name} (row-normalised)", xlabel="head", ylabel="block")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mlp_channels(inp: Inputs, scores: Scores, device: Optional[str] = None):
+    """Per-channel MLP scores of one device (default: the first), every row in the order of the
+    TAP·gmm ranking, each row min-max scaled."""
+    import matplotlib.pyplot as plt
+
+    d = device or inp.devices[0]
+    panels = [(f"TAP · {s}", scores.tap[(d, s)].matrix("mlp")) for s in SOURCES]
+    panels += [(name, scores.weight[name].matrix("mlp")) for name in ("magnitude_l2", "toast")]
+    order = np.argsort(-panels[0][1], axis=1)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.3 * len(panels) + 0.6), sharex=True)
+    for ax, (title, m) in zip(axes, panels):
+        lo, hi = m.min(1, keepdims=True), m.max(1, keepdims=True)
+        m = np.take_along_axis((m - lo) / (hi - lo + 1e-12), order, axis=1)
+        ax.imshow(m, cmap="magma", aspect="auto", interpolation="nearest")
+        ax.set(ylabel="block", title=f"{d} · MLP channel importance · {title}")
+    axes[-1].set_xlabel("MLP hidden channels, sorted per block by the TAP·gmm score (high to low)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- step 4: rank correlations
+
+def _mean_rank_corr(a, b, key: str) -> float:
+    from .. import importance
+
+    return float(np.mean([importance.rank_correlation(a[i][key], b[i][key]) for i in range(len(a))]))
+
+
+def rank_correlations(inp: Inputs, scores: Scores) -> dict[str, Any]:
+    """Spearman rank correlation of unit scores, per layer and averaged over layers.
+
+    Returns:
+        ``{"criteria": {"names": [...], "device": first device, "mlp": [[...]], "attn": [[...]]},
+        "sources": {device: {"gmm~oracle" | "random~oracle" | "gmm~random": {"mlp", "attn"}}}}``.
+    """
+    d0 = inp.devices[0]
+    named = {"tap·gmm": scores.tap[(d0, "gmm")], "tap·oracle": scores.tap[(d0, "oracle")],
+             "taylor": scores.taylor[d0], **{c: scores.weight[c] for c in ("magnitude_l1", "magnitude_l2", "toast",
+                                                                           "random")}}
+    names = list(named)
+    corr = {k: [[_mean_rank_corr(named[a], named[b], k) for b in names] for a in names] for k in ("mlp", "attn")}
+    sources = {d: {f"{a}~{b}": {k: _mean_rank_corr(scores.tap[(d, a)], scores.tap[(d, b)], k) for k in ("mlp", "attn")}
+                   for a, b in (("gmm", "oracle"), ("random", "oracle"), ("gmm", "random"))} for d in inp.devices}
+    return {"criteria": {"names": names, "device": d0, **corr}, "sources": sources}
+
+
+def plot_rank_correlation(corr: Mapping[str, Any]):
+    """The criteria x criteria rank-correlation matrices (MLP and attention units)."""
+    import matplotlib.pyplot as plt
+
+    c = corr["criteria"]
+    names = c["names"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"wspace": 0.55})
+    for ax, key in zip(axes, ("mlp", "attn")):
+        m = np.asarray(c[key])
+        im = ax.imshow(m, vmin=-1, vmax=1, cmap="coolwarm")
+        ax.set(xticks=range(len(names)), yticks=range(len(names)), title=f"{key} units ({c['device']})")
+        ax.set_xticklabels(names, rotation=45, ha="right")
+        ax.set_yticklabels(names)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    return fig
+
+
+# ----------------------------------------------------------------------------- step 5: prune
+
+def build(params: Params, inp: Inputs, src: Sources, scores: Scores, crit: str, device: str,
+          budget: tuple[float, float]):
+    """A pruned copy of the base model for one criterion, device and budget (:data:`ALL_CRITERIA`).
+
+    ``tap_<source>``: composite scores of that metric set with KL-adaptive layer ratios
+    (``tap_gmm_uniform``: the same ratio in every layer); ``taylor_gmm`` and the weight-only
+    criteria: uniform ratios; ``toast_tcs``: ``toast`` with Token Channel Selection (``sample``
+    mode); ``tp_*``: torch-pruning (whole heads and MLP channels).
+    """
+    from .. import importance, peers, tcs
+
+    model = inp.model
+    if crit.startswith("tap_"):
+        s = crit.split("_")[1]
+        ratios = (None if crit.endswith("uniform")
+                  else importance.adaptive_ratios(scores.sens[(device, s)], budget, params.alpha))
+        return importance.prune_copy(model, importance.make_plan(model, scores.tap[(device, s)], budget,
+                                                                 layer_ratios=ratios))
+    if crit == "taylor_gmm":
+        return importance.prune_copy(model, importance.make_plan(model, scores.taylor[device], budget))
+    if crit == "toast_tcs":
+        fc1, fc2 = _tcs_ratios(params, inp)
+        return tcs.patch(build(params, inp, src, scores, "toast", device, budget), fc1, fc2, mode="sample")
+    if crit == "tp_magnitude":
+        return peers.torch_pruning_prune(model, budget, example_inputs=inp.x1())[0]
+    if crit == "tp_taylor":
+        x, y = src.sets[(device, "gmm")]
+        return peers.torch_pruning_prune(model, budget, importance_kind="taylor", example_inputs=inp.x1(), x=x, y=y)[0]
+    if crit in scores.weight:
+        return importance.prune_copy(model, importance.make_plan(model, scores.weight[crit], budget))
+    raise InvalidValueError(f"criterion {crit!r}: accepted {ALL_CRITERIA}")
+
+
+@dataclass(eq=False)
+class Pruned:
+    """Step 5's output.
+
+    Attributes:
+        models: ``{(criterion, device or None, label): model}`` (data-free criteria: device None).
+        results: ``{device: {label: {criterion: {"params", "flops", "acc"}}}}`` (later steps add
+            ``"acc_recovered"`` and ``"latency"``).
+        dense: ``{"params", "flops", "acc": {device: accuracy}}``.
+        seconds: building and evaluating, in seconds.
+    """
+
+    models: dict
+    results: dict
+    dense: dict
+    seconds: float
+
+
+def prune_all(params: Params, inp: Inputs, src: Sources, scores: Scores, progress: bool = True) -> Pruned:
+    """Every criterion at every budget; parameters, FLOPs (one image) and private test accuracy."""
+    from .. import measure
+
+    x1 = inp.x1()
+    models, size = {}, {}
+    results: dict = {d: {lab: {} for lab in inp.labels} for d in inp.devices}
+    jobs = [(c, b, lab, d) for c in params.criteria for b, lab in zip(inp.budgets, inp.labels) for d in inp.devices]
+    t0 = time.perf_counter()
+    with _threads(params.threads):
+        bar = _tqdm(jobs, progress, "prune")
+        for crit, b, lab, d in bar:
+            key = _key(crit, d, lab)
+            if key not in models:
+                models[key] = m = build(params, inp, src, scores, crit, d, b)
+                size[key] = {"params": measure.count_params(m), "flops": measure.count_flops(m, x1)}
+            results[d][lab][crit] = {**size[key], "acc": measure.accuracy(models[key], *src.tests[d])}
+        dense = {"params": measure.count_params(inp.model), "flops": measure.count_flops(inp.model, x1),
+                 "acc": {d: measure.accuracy(inp.model, *src.tests[d]) for d in inp.devices}}
+    return Pruned(models, results, dense, time.perf_counter() - t0)
+
+
+def _tqdm(items, progress: bool, desc: str):
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+def accuracy_table(params: Params, inp: Inputs, pruned: Pruned, label: Optional[str] = None) -> list[dict[str, Any]]:
+    """Rows ``{"criterion", <device>: accuracy, ..., "mean"}`` at ``label`` (default: the 50 % budget),
+    the dense model first."""
+    lab = label or inp.lab50
+    rows = [{"criterion": "dense", **pruned.dense["acc"], "mean": float(np.mean(list(pruned.dense["acc"].values())))}]
+    for c in params.criteria:
+        accs = {d: pruned.results[d][lab][c]["acc"] for d in inp.devices}
+        rows.append({"criterion": c, **accs, "mean": float(np.mean(list(accs.values())))})
+    return rows
+
+
+def _styles(criteria) -> dict[str, dict[str, Any]]:
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab20").colors
+    styles = {c: dict(color=palette[(2 * i) % 20 + (2 * i) // 20]) for i, c in enumerate(criteria)}
+    styles.update({"tap_gmm": dict(color="C3", lw=2.5), "tap_random": dict(color="C1", lw=1.5),
+                   "tap_oracle": dict(color="k", lw=1.5, ls="--"), "tap_gmm_uniform": dict(color="C3", ls=":")})
+    return {c: styles[c] for c in criteria}
+
+
+def plot_accuracy_vs_budget(params: Params, inp: Inputs, pruned: Pruned):
+    """One panel per device: private test accuracy against the share of block parameters kept
+    (dashed: the dense model)."""
+    import matplotlib.pyplot as plt
+
+    from .. import importance
+
+    styles = _styles(params.criteria)
+    frac = [importance.block_param_fraction(*b) for b in inp.budgets]
+    n = len(inp.devices)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    for ax, d in zip(axes[0], inp.devices):
+        for crit in params.criteria:
+            ax.plot(frac, [pruned.results[d][lab][crit]["acc"] for lab in inp.labels], marker="o", ms=3,
+                    label=crit, **styles[crit])
+        ax.axhline(pruned.dense["acc"][d], color="0.5", ls="--", lw=1)
+        ax.set(title=d, xlabel="block parameters kept", ylabel="private test accuracy", ylim=(0, 1.02))
+        ax.invert_xaxis()
+    axes[0, -1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- step 6: recovery
+
+def recovery(params: Params, inp: Inputs, src: Sources, pruned: Pruned, progress: bool = True) -> dict[str, Any]:
+    """The standard recovery (:func:`vitprune_lite.pipelines.recover`) at the 50 % budget.
+
+    Each device's fine-tune set (notebook 01's, the first ``ft_images``) is split by
+    :func:`vitprune_lite.pipelines.split_validation` with ``seed``; the criteria to recover are
+    ``tap_gmm`` and the ``ft_top`` others with the best zero-shot accuracy on that validation
+    split (mean over devices), and :func:`~vitprune_lite.pipelines.recover` holds out the same
+    split. Adds ``"acc_recovered"`` (private test) to ``pruned.results``.
+
+    Returns:
+        ``{"criteria": [...], "val_zero_shot": {criterion: accuracy}, "runs": {"device/criterion":
+        {"test_acc", "val_acc_pruned", "val_acc_finetuned", "kept", "seconds", "n_train", "n_val"}}}``.
+    """
+    from .. import measure, pipelines
+
+    lab = inp.lab50
+    ft, vals = {}, {}
+    for d in inp.devices:
+        idx = np.asarray(inp.sets[f"{d}/{inp.space}/finetune"])
+        idx = idx[:params.ft_images] if params.ft_images else idx
+        ft[d] = pipelines.PublicData(*inp.pool.subset(idx).tensors())
+        _, val_pos = pipelines.split_validation(np.arange(len(idx)), params.val_fraction, params.seed)
+        if not len(val_pos):
+            raise InvalidValueError(f"Params.val_fraction = {params.val_fraction}: leaves no validation image of "
+                                    f"{d}'s {len(idx)} fine-tune images; accepted a larger share or more ft_images")
+        vals[d] = (ft[d].x[val_pos], ft[d].y[val_pos])
+    with _threads(params.threads):
+        val_zero = {c: float(np.mean([measure.accuracy(pruned.models[_key(c, d, lab)], *vals[d]) for d in inp.devices]))
+                    for c in params.criteria}
+        others = sorted((c for c in params.criteria if c != "tap_gmm"), key=lambda c: -val_zero[c])
+        chosen = ["tap_gmm"] + others[:params.ft_top]
+        runs = {}
+        for d in inp.devices:
+            for crit in chosen:
+                m, info = pipelines.recover(pruned.models[_key(crit, d, lab)], ft[d], np.arange(len(ft[d].x)),
+                                            val_fraction=params.val_fraction, ft_steps=params.ft_steps,
+                                            ft_batch=params.ft_batch, ft_lr=params.ft_lr, seed=params.seed,
+                                            progress=progress)
+                acc = measure.accuracy(m, *src.tests[d])
+                pruned.results[d][lab][crit]["acc_recovered"] = acc
+                runs[f"{d}/{crit}"] = {"test_acc": acc, "val_acc_pruned": info["val_acc_pruned"],
+                                       "val_acc_finetuned": info["val_acc_finetuned"], "kept": info["kept"],
+                                       "seconds": info["finetune"]["seconds"], "n_train": info["n_train"],
+                                       "n_val": info["n_val"]}
+    return {"criteria": chosen, "val_zero_shot": val_zero, "runs": runs}
+
+
+# ----------------------------------------------------------------------------- step 7: TCS audit
+
+def tcs_audit(params: Params, inp: Inputs, src: Sources) -> dict[str, Any]:
+    """TCS on the dense model, audited on every device's test split and the public test split.
+
+    Returns:
+        ``{"audit": {device | "public": {mode: tcs.audit's row}}, "tcs_flops": {"dense", "tcs"}}``
+        (FLOPs per image).
+    """
+    from .. import measure, tcs
+
+    fc1, fc2 = _tcs_ratios(params, inp)
+    test = inp.bench.public["test"]
+    n = len(test) if params.audit_public == 0 else min(params.audit_public, len(test))
+    with _threads(params.threads):
+        audit = {d: tcs.audit(inp.model, *src.tests[d], fc1, fc2, batch_size=params.audit_batch, seed=params.seed)
+                 for d in inp.devices}
+        audit["public"] = tcs.audit(inp.model, *test.subset(np.arange(n)).tensors(), fc1, fc2,
+                                    batch_size=params.audit_batch, seed=params.seed)
+        flops = {"dense": measure.count_flops(inp.model, inp.x1()),
+                 "tcs": measure.count_flops(tcs.patch(copy.deepcopy(inp.model), fc1, fc2), inp.x1())}
+    return {"audit": audit, "tcs_flops": flops}
+
+
+# ----------------------------------------------------------------------------- step 8: timing
+
+def timing(params: Params, inp: Inputs, pruned: Pruned) -> dict[tuple[str, str, str], dict[int, dict[str, float]]]:
+    """Measured speed-up of every pruned model against its FLOP speed-up, at batch 1 and 32.
+
+    The models of one budget and the dense model are timed interleaved in shuffled rounds
+    (:func:`vitprune_lite.measure.measure_latency`, ``lat_threads`` threads). Adds
+    ``"latency"`` to ``pruned.results``.
+
+    Returns:
+        ``{(criterion, device or "None", label): {batch: {"median_ms", "dense_ms", "speedup",
+        "flop_speedup", "ratio"}}}``; ratio = speed-up / FLOP speed-up.
+    """
+    import torch
+
+    from .. import measure
+
+    speed: dict = {}
+    size = inp.image_size
+    for b, lab in zip(inp.budgets, inp.labels):
+        if not params.lat_all_budgets and lab != inp.lab50:
+            continue
+        group = {"dense": inp.model} | {f"{c}|{dd}": m for (c, dd, l), m in pruned.models.items() if l == lab}
+        flops = {f"{c}|{dd}": pruned.results[inp.devices[0] if dd is None else dd][lab][c]["flops"]
+                 for (c, dd, l) in pruned.models if l == lab}
+        for batch in (1, 32):
+            x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(params.seed))
+            lat = measure.measure_latency(group, x, threads=params.lat_threads, rounds=params.lat_rounds,
+                                          min_run_time=params.lat_min_run, seed=params.seed)
+            for name in flops:
+                crit, dd = name.split("|")
+                flop_x = pruned.dense["flops"] / flops[name]
+                sp = 1.0 / measure.latency_ratio(lat, name, "dense")
+                speed.setdefault((crit, dd, lab), {})[batch] = {
+                    "median_ms": lat[name].median_ms, "dense_ms": lat["dense"].median_ms,
+                    "speedup": sp, "flop_speedup": flop_x, "ratio": sp / flop_x}
+    for d in inp.devices:
+        for lab in inp.labels:
+            for crit in params.criteria:
+                rec = speed.get((crit, str(_key(crit, d, lab)[1]), lab))
+                if rec is not None:
+                    pruned.results[d][lab][crit]["latency"] = {f"batch{k}": v for k, v in rec.items()}
+    return speed
+
+
+def plot_speedup(params: Params, speed: Mapping[tuple, Mapping[int, Mapping[str, float]]]):
+    """Measured speed-up against FLOP speed-up per criterion, batch 1 and 32 (the environment annotated)."""
+    import matplotlib.pyplot as plt
+
+    from .. import measure, plots
+
+    styles = _styles(params.criteria)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, batch in zip(axes, (1, 32)):
+        for j, crit in enumerate(params.criteria):
+            pts = [v[batch] for (c, _, _), v in speed.items() if c == crit]
+            ax.scatter([p["flop_speedup"] for p in pts], [p["speedup"] for p in pts], s=14, label=crit,
+                       color=styles[crit]["color"], marker="o" if j < 10 else "s")
+        top = max(v[batch]["flop_speedup"] for v in speed.values()) * 1.05
+        ax.plot([1, top], [1, top], "k-", lw=0.8, label="speed-up = FLOP speed-up")
+        ax.plot([1, top], [0.9, 0.9 * top], "k:", lw=0.8, label="0.9 x FLOP speed-up")
+        ax.set(title=f"batch {batch}, {params.lat_threads} thread(s)", xlabel="FLOP speed-up",
+               ylabel="measured speed-up")
+    axes[1].legend(fontsize=7)
+    plots.annotate_env(axes[0], measure.environment())
+    fig.tight_layout()
+    return fig
+
+
+def speed_summary(params: Params, speed: Mapping) -> dict[str, Any]:
+    """``{"min_per_criterion": {"batch1": {criterion: min ratio}, ...}, "speedup_ratio_min": {"batch1", "batch32"},
+    "speedup_ratio_median": {...}}`` of speed-up / FLOP speed-up."""
+    per = {f"batch{b}": {c: float(min(v[b]["ratio"] for (cc, _, _), v in speed.items() if cc == c))
+                         for c in params.criteria if any(cc == c for (cc, _, _) in speed)} for b in (1, 32)}
+    allr = {b: [v[b]["ratio"] for v in speed.values()] for b in (1, 32)}
+    return {"min_per_criterion": per,
+            "speedup_ratio_min": {f"batch{b}": float(min(r)) for b, r in allr.items()},
+            "speedup_ratio_median": {f"batch{b}": float(np.median(r)) for b, r in allr.items()}}
+
+
+# ----------------------------------------------------------------------------- step 9: faithfulness
+
+def faithfulness_file(params: Params) -> Path:
+    """Where the faithfulness result is read and written: ``data/benchmarks/tap_faithfulness.json`` (v1)
+    or ``tap_faithfulness_<benchmark>.json``; a ``smoke`` run's goes to the results folder."""
+    from .. import paths
+    from . import tap_faithfulness as tf
+
+    path = tf.stored_path(params.benchmark)
+    return paths.results_dir() / path.name if params.faithfulness == "smoke" else path
+
+
+def faithfulness(params: Params, inp: Inputs):
+    """:func:`vitprune_lite.experiments.tap_faithfulness.load_or_run` at preset ``params.faithfulness``
+    on ``params.benchmark`` (the ``smoke`` preset on this run's devices). Returns ``(result, loaded, path)``."""
+    from . import tap_faithfulness as tf
+
+    extra = {"devices": tuple(inp.devices)} if params.faithfulness == "smoke" else {}
+    fparams = tf.Params.preset(params.faithfulness, benchmark=params.benchmark, **extra)
+    path = faithfulness_file(params)
+    result, loaded = tf.load_or_run(fparams, path, rerun=params.faithfulness_rerun)
+    return result, loaded, path
+
+
+# ----------------------------------------------------------------------------- result
+
+def summary_50(params: Params, inp: Inputs, pruned: Pruned) -> dict[str, Any]:
+    """TAP at the 50 % budget per device and source, and the mean gaps gmm - random and oracle - gmm
+    (present when all three ``tap_*`` sources were pruned)."""
+    lab = inp.lab50
+    tap = {d: {s: pruned.results[d][lab][f"tap_{s}"]["acc"] for s in SOURCES if f"tap_{s}" in params.criteria}
+           for d in inp.devices}
+    out: dict[str, Any] = {"tap_acc": tap}
+    if all(len(v) == 3 for v in tap.values()):
+        out["gmm_minus_random_mean"] = float(np.mean([v["gmm"] - v["random"] for v in tap.values()]))
+        out["oracle_minus_gmm_mean"] = float(np.mean([v["oracle"] - v["gmm"] for v in tap.values()]))
+        out["gmm_beats_random"] = out["gmm_minus_random_mean"] > 0
+        out["gmm_within_3_points_of_oracle"] = out["oracle_minus_gmm_mean"] <= 0.03
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON gives it back: tuples as lists, numpy scalars as Python numbers, keys as strings."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _tuples(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON lists back to the tuples of ``cls``'s tuple fields."""
+    out = dict(raw)
+    for f in fields(cls):
+        if isinstance(f.default, tuple) and isinstance(out.get(f.name), list):
+            out[f.name] = tuple(out[f.name])
+    return out
+
+
+@dataclass
+class Result:
+    """What notebook 02 reports (``data/results/02_head_channel_importance.json``).
+
+    Attributes:
+        params: the run's parameters; smoke: whether it ran at the ``smoke`` preset.
+        benchmark: ``params.benchmark`` (repeated for readers of the file).
+        devices, feature_space: the devices and notebook 01's feature space.
+        budgets: ``[{"label", "mlp_keep", "attn_keep", "block_params_kept"}]``.
+        dense: ``{"params", "flops", "acc": {device: accuracy}}``.
+        results: ``{device: {label: {criterion: {"params", "flops", "acc", ["acc_recovered"], ["latency"]}}}}``.
+        summary_50: :func:`summary_50`.
+        scoring: ``{"device/source": {"seconds", "sensitivity", "layer_keep_50"}}``.
+        rank_correlation: :func:`rank_correlations`.
+        finetune: :func:`recovery`'s output.
+        tcs_audit, tcs_flops: :func:`tcs_audit`'s output.
+        tap_faithfulness: ``{"file", "loaded", "params", "table"}`` (empty when not run).
+        speedup_ratio_min, speedup_ratio_median: speed-up / FLOP speed-up over every timed model.
+        seconds, environment, schema: run time, what it ran on, :data:`SCHEMA_VERSION`.
+    """
+
+    params: Params
+    smoke: bool
+    benchmark: str
+    devices: list
+    feature_space: str
+    budgets: list
+    dense: dict
+    results: dict
+    summary_50: dict
+    scoring: dict
+    rank_correlation: dict
+    finetune: dict
+    tcs_audit: dict
+    tcs_flops: dict
+    tap_faithfulness: dict
+    speedup_ratio_min: dict
+    speedup_ratio_median: dict
+    seconds: float = 0.0
+    environment: dict = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def collect(cls, params: Params, inp: Inputs, scores: Scores, corr: Mapping[str, Any], pruned: Pruned,
+                finetune: Mapping[str, Any], audit: Mapping[str, Any], speed: Mapping, faith: Any, loaded: bool,
+                faith_path: Path, seconds: float = 0.0, smoke: bool = False) -> "Result":
+        """Assemble the result from the steps' outputs (``faith`` None: the faithfulness step was not run)."""
+        from .. import importance, measure
+
+        scoring = {f"{d}/{s}": {"seconds": scores.seconds[(d, s)],
+                                "sensitivity": {k: scores.sens[(d, s)][k].tolist() for k in ("mlp", "attn")},
+                                "layer_keep_50": {k: v.tolist() for k, v in importance.adaptive_ratios(
+                                    scores.sens[(d, s)], inp.budgets[-1], params.alpha).items()}}
+                   for (d, s) in scores.tap}
+        sp = speed_summary(params, speed)
+        parts = [list(inp.devices), inp.space,
+                 [{"label": lab, "mlp_keep": b[0], "attn_keep": b[1],
+                   "block_params_kept": importance.block_param_fraction(*b)} for b, lab in zip(inp.budgets, inp.labels)],
+                 pruned.dense, pruned.results, summary_50(params, inp, pruned), scoring, corr, finetune,
+                 audit["audit"], audit["tcs_flops"],
+                 {} if faith is None else {"file": Path(faith_path).name, "loaded": loaded,
+                                           "params": asdict(faith.params), "table": faith.table()},
+                 sp["speedup_ratio_min"], sp["speedup_ratio_median"]]
+        return cls(params, smoke, params.benchmark, *[_plain(p) for p in parts], round(seconds, 1),
+                   measure.environment())
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write atomically."""
+        from .. import paths
+
+        return paths.write_json_atomic(Path(path), asdict(self))
+
+    @classmethod
+    def from_json(cls, path: str | Path, benchmark: Optional[str] = None) -> "Result":
+        """Read a file written by :meth:`to_json`; another schema, a malformed file or (when
+        ``benchmark`` is given) a run on another benchmark is refused."""
+        from .. import paths
+
+        raw = paths.read_json(Path(path), what="notebook 02 result")
+        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
+            raise InvalidFileError(f"{path}: not a notebook 02 result of schema {SCHEMA_VERSION}")
+        try:
+            res = cls(**{**raw, "params": Params(**_tuples(Params, raw["params"]))})
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidFileError(f"{path}: malformed notebook 02 result ({err})") from None
+        if benchmark is not None and res.benchmark != benchmark:
+            raise InvalidFileError(f"{path} holds a notebook 02 run on benchmark {res.benchmark!r}, "
+                                   f"but benchmark {benchmark!r} was asked")
+        return res
+
+
+def run(params: Params = Params(), sets: Optional[Mapping[str, Any]] = None, progress: bool = False,
+        smoke: bool = False) -> Result:
+    """Every step in order (the notebook calls them one by one, with its figures in between)."""
+    t0 = time.perf_counter()
+    inp = load(params, sets=sets)
+    src = metric_sets(params, inp)
+    scores = score(params, inp, src, progress=progress)
+    corr = rank_correlations(inp, scores)
+    pruned = prune_all(params, inp, src, scores, progress=progress)
+    ft = recovery(params, inp, src, pruned, progress=progress)
+    audit = tcs_audit(params, inp, src)
+    speed = timing(params, inp, pruned)
+    faith, loaded, path = faithfulness(params, inp)
+    return Result.collect(params, inp, scores, corr, pruned, ft, audit, speed, faith, loaded, path,
+                          time.perf_counter() - t0, smoke)

@@ -1,0 +1,978 @@
+"""Notebook 03's experiment: latency-workload curves and latency-aware token pruning (POMT).
+
+Steps, each one function (the notebook calls them in this order):
+
+1. :func:`setup` - the benchmark, the base model, the token counts to profile and the image
+   subsets (validation for every choice, test and device splits for the final rows only);
+   checks the token-count grids of :class:`Params` against the model's token count;
+2. :func:`naive_vs_interleaved` - two naive (sequential) sweeps beside the interleaved batch-1
+   profile of the base model, and their test-retest table;
+3. :func:`profile_base` - the other batch sizes and the per-block curve (all saved under
+   ``data/latency/``);
+4. :func:`gather_curves` - the timm DeiTs' curves (profiled only when asked or missing) and every
+   curve file found, as one table;
+5. :func:`choose_r` - POMT's accuracy proxy A(n), utility U and R on validation images;
+6. :func:`choose_layer` - the pruning block, compared on validation at the chosen R;
+7. :func:`compare_methods` - POMT, ToMe, Top-K and EViT: validation accuracy, FLOPs and measured
+   batch-1 latency (one interleaved measurement of every setting);
+8. :func:`matched` - matched accuracy and matched budget, the chosen rows evaluated on test;
+9. :func:`slower_than_dense` and :func:`zero_overhead` - settings slower than dense, and
+   ToMe r=0 / POMT R=0 reproduce the model exactly;
+10. :func:`timm_tome` - ToMe on the DeiTs at the published figures' thread count.
+
+:class:`Result` gathers what the notebook reports and writes ``03_latency_curve_profiling.json``
+(the keys :mod:`vitprune_lite.report` and ``benchmarks.tome_bench`` read are kept).
+
+Base-model curves are saved under the benchmark's own model name (:func:`base_model_name`:
+``base_vit`` for v1, ``base_vit_v2`` for v2), so one benchmark's curves never overwrite or mix
+with the other's; each also records the benchmark in its ``environment`` and
+:func:`load_base_curve` refuses a curve of another benchmark.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from ..errors import InvalidFileError, InvalidValueError
+from . import _params
+
+__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "RESULT_FILE", "base_model_name", "load_base_curve",
+           "check_token_grids", "setup", "naive_vs_interleaved", "profile_base", "gather_curves", "curve_row",
+           "choose_r", "choose_layer", "compare_methods", "matched", "slower_than_dense", "zero_overhead",
+           "timm_tome", "check_result_benchmark", "read_result", "summary_markdown", "plot_naive_vs_interleaved",
+           "plot_curves",
+           "plot_utility", "plot_methods", "run"]
+
+SCHEMA_VERSION = 1
+#: The results file, under :func:`vitprune_lite.paths.results_dir`.
+RESULT_FILE = "03_latency_curve_profiling.json"
+_TIMM_CURVES = ("missing", "always", "never")
+
+
+def base_model_name(benchmark: str) -> str:
+    """The name a base model's latency curves are saved under: ``base_vit`` (v1) or ``base_vit_<benchmark>``."""
+    if benchmark not in ("v1", "v2"):
+        raise InvalidValueError(f"benchmark {benchmark!r}: accepted 'v1' or 'v2'")
+    return "base_vit" if benchmark == "v1" else f"base_vit_{benchmark}"
+
+
+@dataclass(frozen=True)
+class Params:
+    """What notebook 03 runs; the defaults are the full run, tuned for the v1 benchmark.
+
+    The token-count grids (``pomt_r_grid``, ``tome_r``, ``pomt_layers``) are v1 values. They also
+    fit v2's base model (145 tokens, 6 blocks) and are checked against the model's token count by
+    :func:`check_token_grids`, but on v2 they cover a smaller share of the tokens (R at most 48 of
+    144 patches): scale them with overrides for a v2 study, e.g. ``pomt_r_grid=(18, 36, 54, 72, 90,
+    108), tome_r=(2, 4, 6, 8, 10, 12, 14, 16, 18)``.
+
+    Attributes:
+        benchmark: ``"v1"`` or ``"v2"``.
+        seed: benchmark seed and every random choice.
+        threads: torch CPU threads for every timing (recorded; 1 stays meaningful on a shared machine).
+        compute_threads: torch CPU threads for accuracy (no timing depends on it).
+        rounds: interleaved rounds every token count gets.
+        max_rounds: at most, for points whose 95 % interval is still too wide.
+        target_ci: wanted half-width of each point's interval (0.03: +-3 % of its median).
+        sweep_budget_s: seconds per base-model sweep, at most (after the first ``rounds``).
+        n_step: profile every ``n_step``-th token count (1: all of them).
+        batch_sizes: base-model batch sizes profiled (batch 1 always is).
+        timm_models: timm DeiTs profiled / timed with ToMe (random weights).
+        timm_curves: ``"missing"`` (profile a timm model only if ``data/latency`` has no curve),
+            ``"always"`` or ``"never"``.
+        timm_budget_s: seconds per timm sweep, at most.
+        alpha: POMT's latency weight in U (paper: 0.5).
+        val_subset: public validation images for A(n) and every choice (never test).
+        test_subset: public test images for the final rows (0: all).
+        device_subset: test images per device (0: all).
+        pomt_layers: candidate pruning blocks (0-based), compared on validation.
+        pomt_r_grid: POMT's R values compared with the other methods (tokens removed).
+        tome_r: ToMe's merges per block.
+        keep_rates: Top-K / EViT keep rates at :func:`~vitprune_lite.tokens.evit_locations`.
+        match_tol: "equal accuracy": within this share, on validation (0.005 = half a point).
+        lat_rounds: interleaved rounds for the method comparison and the DeiT ToMe timing.
+        lat_min_run_time: seconds per model per round.
+        timm_tome_r: ToMe's r on the DeiTs (empty: skip that section).
+        public: public split sizes (empty: the benchmark's own; smaller for quick runs).
+        device_images: private train/test images per device (0: the benchmark's own).
+    """
+
+    benchmark: str = "v1"
+    seed: int = 0
+    threads: int = 1
+    compute_threads: int = 2
+    rounds: int = 5
+    max_rounds: int = 25
+    target_ci: float = 0.03
+    sweep_budget_s: float = 45.0
+    n_step: int = 1
+    batch_sizes: tuple[int, ...] = (1, 8)
+    timm_models: tuple[str, ...] = ("deit_tiny_patch16_224", "deit_small_patch16_224")
+    timm_curves: str = "missing"
+    timm_budget_s: float = 180.0
+    alpha: float = 0.5
+    val_subset: int = 1000
+    test_subset: int = 0
+    device_subset: int = 0
+    pomt_layers: tuple[int, ...] = (1, 2, 3)
+    pomt_r_grid: tuple[int, ...] = (8, 16, 24, 32, 40, 48)
+    tome_r: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    keep_rates: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+    match_tol: float = 0.005
+    lat_rounds: int = 7
+    lat_min_run_time: float = 0.2
+    timm_tome_r: tuple[int, ...] = (0, 4, 8, 13, 16)
+    public: tuple[tuple[str, int], ...] = ()
+    device_images: int = 0
+
+    def __post_init__(self) -> None:
+        _params.check_benchmark(self)
+        _params.check_ints(self, (("seed", 0), ("threads", 1), ("compute_threads", 1), ("rounds", 2),
+                                  ("n_step", 1), ("val_subset", 1), ("test_subset", 0), ("device_subset", 0),
+                                  ("lat_rounds", 2), ("device_images", 0)))
+        _params.check_ints(self, (("max_rounds", self.rounds),))
+        for name, ok, accepted in (("target_ci", lambda v: 0 < v < 1, "(0, 1)"),
+                                   ("alpha", lambda v: 0 <= v <= 1, "[0, 1]"),
+                                   ("match_tol", lambda v: 0 <= v < 1, "[0, 1)")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                raise InvalidValueError(f"Params.{name} = {v!r}: accepted a number in {accepted}")
+        for name in ("sweep_budget_s", "timm_budget_s", "lat_min_run_time"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise InvalidValueError(f"Params.{name} = {v!r}: accepted seconds > 0")
+        self._check_int_tuple("batch_sizes", 1, nonempty=True)
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise InvalidValueError(f"Params.batch_sizes = {self.batch_sizes!r}: accepted distinct batch sizes")
+        self._check_int_tuple("pomt_layers", 0, nonempty=True)
+        self._check_int_tuple("pomt_r_grid", 1, nonempty=False)
+        self._check_int_tuple("tome_r", 1, nonempty=False)
+        self._check_int_tuple("timm_tome_r", 0, nonempty=False)
+        if not isinstance(self.keep_rates, tuple) or any(
+                isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1 for k in self.keep_rates):
+            raise InvalidValueError(f"Params.keep_rates = {self.keep_rates!r}: accepted a tuple of keep rates "
+                                    "in (0, 1]")
+        if not isinstance(self.timm_models, tuple) or any(not isinstance(m, str) or not m for m in self.timm_models):
+            raise InvalidValueError(f"Params.timm_models = {self.timm_models!r}: accepted a tuple of timm model names")
+        if self.timm_curves not in _TIMM_CURVES:
+            raise InvalidValueError(f"Params.timm_curves = {self.timm_curves!r}: accepted {list(_TIMM_CURVES)}")
+        splits = dict(self.public) if isinstance(self.public, tuple) else None
+        if splits is None or (self.public and (set(splits) != {"train", "val", "test"} or min(splits.values()) < 1)):
+            raise InvalidValueError(f"Params.public = {self.public!r}: accepted () or sizes >= 1 for exactly "
+                                    "train, val and test")
+
+    def _check_int_tuple(self, name: str, lo: int, nonempty: bool) -> None:
+        v = getattr(self, name)
+        if not isinstance(v, tuple) or (nonempty and not v) or any(not _params._is_int(x) or x < lo for x in v):
+            raise InvalidValueError(f"Params.{name} = {v!r}: accepted a {'non-empty ' if nonempty else ''}tuple of "
+                                    f"integers >= {lo}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "Params":
+        """A named preset (:data:`PRESETS`), with ``overrides`` on top."""
+        return _params.preset(cls, PRESETS, name, overrides)
+
+
+#: ``full``: the defaults (the committed results); ``lab``: every section on fewer points,
+#: rounds and images (each effect still shows, with wider intervals); ``smoke``: the tests' sizes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 2, "val_subset": 500,
+            "test_subset": 1000, "device_subset": 200, "lat_rounds": 3, "lat_min_run_time": 0.1,
+            "timm_curves": "never", "timm_tome_r": (0, 8, 16), "tome_r": (1, 3, 5, 7, 9),
+            "keep_rates": (0.9, 0.7, 0.5)},
+    "smoke": {"rounds": 2, "max_rounds": 2, "sweep_budget_s": 10.0, "n_step": 8, "batch_sizes": (1,),
+              "timm_curves": "never", "timm_tome_r": (), "val_subset": 120, "test_subset": 120,
+              "device_subset": 30, "pomt_layers": (2,), "pomt_r_grid": (32,), "tome_r": (4, 8),
+              "keep_rates": (0.6,), "lat_rounds": 2, "lat_min_run_time": 0.01, "compute_threads": 1,
+              "public": (("train", 48), ("val", 120), ("test", 120)), "device_images": 30},
+}
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_token_grids(params: Params, model) -> None:
+    """Refuse token-count grids that do not fit ``model``.
+
+    Raises:
+        InvalidValueError: naming the field, the bad value and the model's token count / depth.
+    """
+    from .. import tokens
+
+    n, prefix, depth = tokens.token_count(model), int(model.num_prefix_tokens), len(model.blocks)
+    for r in params.pomt_r_grid:
+        if not 1 <= r <= n - prefix - 1:
+            raise InvalidValueError(f"Params.pomt_r_grid holds R = {r}: the {params.benchmark} base model has {n} "
+                                    f"tokens ({prefix} prefix); accepted R in 1..{n - prefix - 1}")
+    for layer in params.pomt_layers:
+        if not 0 <= layer < depth:
+            raise InvalidValueError(f"Params.pomt_layers holds block {layer}: the {params.benchmark} base model has "
+                                    f"{depth} blocks; accepted 0..{depth - 1}")
+    for r in params.tome_r:
+        try:
+            tokens.token_flow(n, prefix, tokens.tome_schedule(r, depth), "tome")
+        except ValueError as err:
+            raise InvalidValueError(f"Params.tome_r holds r = {r}: too many merges for the {params.benchmark} base "
+                                    f"model's {n} tokens over {depth} blocks ({err})") from None
+
+
+# ----------------------------------------------------------------------------- 1. setup
+
+@dataclass
+class Setup:
+    """What every later step uses.
+
+    Attributes:
+        bench: the benchmark.
+        base: the dense base model (eval mode).
+        meta: its checkpoint metadata.
+        name: the curves' model name (:func:`base_model_name`).
+        n_tokens: tokens entering the first block, N (prefix included).
+        n_values: token counts profiled (ascending, N included).
+        x_val, y_val: validation subset ``[V, 3, H, W]``, ``[V]``.
+        x_test, y_test: public test subset.
+        device_sets: device -> ``(x, y)`` of its private test subset.
+        load_avg_start: 1-minute load average when the run began.
+    """
+
+    bench: Any
+    base: Any
+    meta: dict[str, Any]
+    name: str
+    n_tokens: int
+    n_values: list[int]
+    x_val: Any
+    y_val: Any
+    x_test: Any
+    y_test: Any
+    device_sets: dict[str, tuple[Any, Any]]
+    load_avg_start: Optional[float]
+
+
+def _sweep_kw(params: Params, st: Setup) -> dict[str, Any]:
+    return dict(n_values=st.n_values, rounds=params.rounds, max_rounds=params.max_rounds,
+                target_rel_ci=params.target_ci)
+
+
+def setup(params: Params) -> Setup:
+    """Load the benchmark and base model of ``params.benchmark``, check the grids, cut the subsets."""
+    from .. import data, measure, models, tokens
+
+    base, meta = models.load_base_model(params.benchmark)
+    base.eval()
+    check_token_grids(params, base)  # before generating anything
+    module = data.benchmark_module(params.benchmark)
+    devices = module.DEVICES
+    if params.device_images:
+        devices = [data.DeviceSpec(d.name, d.classes, d.style_mix, n_train=params.device_images,
+                                   n_test=params.device_images) for d in devices]
+    bench = module.load_benchmark(params.seed, public=dict(params.public) or None, devices=devices)
+    n = tokens.token_count(base)
+    prefix = int(base.num_prefix_tokens)
+    n_values = sorted(set(range(prefix + 1, n + 1, params.n_step)) | {n})
+    x_val, y_val = bench.public["val"].tensors()
+    x_test, y_test = bench.public["test"].tensors()
+    if params.test_subset:
+        x_test, y_test = x_test[:params.test_subset], y_test[:params.test_subset]
+    device_sets = {}
+    for name in bench.devices:
+        xd, yd = bench.devices[name]["test"].tensors()
+        device_sets[name] = (xd[:params.device_subset], yd[:params.device_subset]) if params.device_subset else (xd, yd)
+    return Setup(bench, base, meta, base_model_name(params.benchmark), n, n_values,
+                 x_val[:params.val_subset], y_val[:params.val_subset], x_test, y_test, device_sets,
+                 measure.environment()["load_avg_1min"])
+
+
+def _profile(params: Params, model, name: str, **kw: Any):
+    """``latency.profile`` with the benchmark recorded in the curve's environment."""
+    from .. import latency
+
+    curve = latency.profile(model, name, sweeps=2, threads=params.threads, seed=params.seed, **kw)
+    curve.environment["benchmark"] = params.benchmark
+    return curve
+
+
+# ----------------------------------------------------------------------------- 2. naive vs interleaved
+
+@dataclass
+class Protocols:
+    """Section 1's output.
+
+    Attributes:
+        naive: two sequential :class:`~vitprune_lite.latency.Sweep`.
+        curve_b1: the interleaved batch-1 :class:`~vitprune_lite.latency.Curve` (two sweeps).
+        naive_retest: :func:`~vitprune_lite.latency.test_retest` of the naive sweeps.
+        table: column -> row label -> value (seconds, agreement, correlation, candidate steps).
+    """
+
+    naive: list
+    curve_b1: Any
+    naive_retest: dict[str, Any]
+    table: dict[str, dict[str, Optional[float]]]
+
+
+_COMPARE_ROWS = ("seconds (2 sweeps)", "median |sweep1 - sweep2| / mean", "max |sweep1 - sweep2| / mean",
+                 "correlation of detrended sweeps", "candidate steps (both sweeps)")
+
+
+def _bar(total: int, what: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, disable=not progress)
+
+
+def naive_vs_interleaved(params: Params, st: Setup, progress: bool = True) -> Protocols:
+    """Two naive sweeps (each point's rounds back to back) and the interleaved batch-1 profile."""
+    from .. import latency
+
+    kw = _sweep_kw(params, st)
+    naive = []
+    with _bar(3, "naive sweeps, then the interleaved profile", progress) as bar:
+        for i in range(2):
+            naive.append(latency.sweep(st.base, order="sequential", threads=params.threads,
+                                       seed=params.seed + 10 + i, **kw))
+            bar.update()
+        curve = _profile(params, st.base, st.name, batch_size=1, time_budget_s=params.sweep_budget_s, **kw)
+        bar.update()
+    nrt, irt = latency.test_retest(*naive), curve.analysis["retest"]
+    cols = {"naive (sequential)": [sum(s.seconds for s in naive), nrt["rel_diff_median"], nrt["rel_diff_max"],
+                                   nrt["residual_corr"], len(nrt["steps_a"]) + len(nrt["steps_b"])],
+            "interleaved": [sum(s.seconds for s in curve.sweeps), irt["rel_diff_median"], irt["rel_diff_max"],
+                            irt["residual_corr"], sum(len(s) for s in curve.analysis["steps_per_sweep"])]}
+    table = {k: {row: (None if v is None else float(v)) for row, v in zip(_COMPARE_ROWS, vals)}
+             for k, vals in cols.items()}
+    return Protocols(naive, curve, nrt, table)
+
+
+# ----------------------------------------------------------------------------- 3. batch sizes, block curve
+
+@dataclass
+class BaseCurves:
+    """Section 2's output: ``by_batch`` batch size -> network curve; ``block`` block 0 alone, batch 1."""
+
+    by_batch: dict[int, Any]
+    block: Any
+    saved: list[Path]
+
+
+def profile_base(params: Params, st: Setup, proto: Protocols, progress: bool = True) -> BaseCurves:
+    """Profile the other batch sizes and block 0 alone; save every base-model curve under ``data/latency/``."""
+    from .. import latency
+
+    kw = _sweep_kw(params, st)
+    by_batch = {1: proto.curve_b1}
+    todo = [b for b in params.batch_sizes if b != 1]
+    with _bar(len(todo) + 1, "profiles", progress) as bar:
+        for b in todo:
+            by_batch[b] = _profile(params, st.base, st.name, batch_size=b, time_budget_s=params.sweep_budget_s,
+                                   **kw)
+            bar.update()
+        block = _profile(params, st.base, st.name, batch_size=1, part="block0",
+                         time_budget_s=params.sweep_budget_s, **kw)
+        bar.update()
+    saved = [latency.save_curve(c) for c in [*by_batch.values(), block]]
+    return BaseCurves(by_batch, block, saved)
+
+
+def load_base_curve(benchmark: str, batch_size: int = 1, part: str = "network", device: Optional[str] = None):
+    """The saved base-model curve of ``benchmark`` (the newest file for ``device``, or any device).
+
+    Raises:
+        FileNotFoundError: no such curve (run notebook 03).
+        InvalidFileError: the file's curve records another benchmark than ``benchmark``.
+    """
+    from .. import latency
+
+    name = base_model_name(benchmark)
+    found = [p for p in latency.find_curves(name, batch_size, part)
+             if device is None or p.name.startswith(f"{device}__")]
+    if not found:
+        raise FileNotFoundError(f"no {part} curve of {name} (benchmark {benchmark}) at batch {batch_size} in "
+                                f"data/latency/; run notebook 03 with BENCHMARK = {benchmark!r}")
+    path = max(found, key=lambda p: p.stat().st_mtime)
+    curve = latency.load_curve(path)
+    held = curve.environment.get("benchmark", "v1")
+    if curve.model != name or held != benchmark:
+        raise InvalidFileError(f"{path}: holds a curve of {curve.model!r} on benchmark {held!r}; asked for "
+                               f"benchmark {benchmark!r} ({name!r})")
+    return curve
+
+
+def curve_row(c) -> dict[str, Any]:
+    """One table row of a curve: shape, fit, ripple, interval widths, seconds, load and step verdict."""
+    a = c.analysis
+    return {"device": c.device, "model": c.model, "part": c.part, "batch": c.batch_size, "threads": c.threads,
+            "points": len(c.sweeps[0].n), "L(N) ms": c.sweeps[0].median_ms[-1],
+            "L(2)/L(N)": a["fixed_cost_fraction"][0], "linear R^2": a["linear_fit"][0]["r2"],
+            "ripple p95 %": 100 * max(r["p95_abs"] for r in a["ripple"]),
+            "CI half-width max %": 100 * max(a["rel_halfwidth_max"]),
+            "CI half-width median %": 100 * max(a["rel_halfwidth_median"]),
+            "seconds per sweep": float(np.mean([s.seconds for s in c.sweeps])),
+            "load avg": c.sweeps[-1].load_avg[1], "verdict": a["verdict"]}
+
+
+# ----------------------------------------------------------------------------- 4. every curve
+
+@dataclass
+class Curves:
+    """Section 3's output: ``curves`` every curve drawn (files found + this run's block curve);
+    ``records`` one dict per curve (:func:`curve_row` plus its points); ``timm_measured`` model ->
+    curve profiled in this run."""
+
+    curves: list
+    records: list[dict[str, Any]]
+    timm_measured: dict[str, Any]
+
+
+def gather_curves(params: Params, st: Setup, base_curves: BaseCurves) -> Curves:
+    """Profile the timm DeiTs when ``timm_curves`` asks for it; read every curve file in ``data/latency/``.
+
+    Base-model curves of the other benchmark are left out (their model has other tokens and widths).
+    """
+    from .. import latency, models
+
+    measured = {}
+    for name in params.timm_models:
+        if params.timm_curves == "always" or (params.timm_curves == "missing" and not latency.find_curves(name, 1)):
+            m = models.create_timm_model(name)
+            measured[name] = latency.profile(m, name, sweeps=2, batch_size=1, threads=params.threads,
+                                             seed=params.seed, time_budget_s=params.timm_budget_s,
+                                             rounds=params.rounds, max_rounds=params.max_rounds,
+                                             target_rel_ci=params.target_ci)
+            latency.save_curve(measured[name])
+    others = {base_model_name(b) for b in ("v1", "v2")} - {st.name}
+    curves = [c for c in (latency.load_curve(p) for p in latency.find_curves()) if c.model not in others]
+    curves.append(base_curves.block)
+    fresh = {(c.device, c.model, c.part, c.batch_size)
+             for c in [*base_curves.by_batch.values(), base_curves.block, *measured.values()]}
+    records = [{**curve_row(c), "n": c.sweeps[0].n, "median_ms": [s.median_ms for s in c.sweeps],
+                "reliable_steps": c.analysis["reliable_steps"],
+                "measured_here": (c.device, c.model, c.part, c.batch_size) in fresh,
+                "profile_utc": c.environment.get("utc")} for c in curves]
+    return Curves(curves, records, measured)
+
+
+# ----------------------------------------------------------------------------- 5-6. POMT's R and block
+
+@dataclass
+class Choice:
+    """POMT's choice: ``pooled`` the pooled batch-1 curve, ``acc_n`` A(n) on validation, ``choice``
+    :func:`~vitprune_lite.tokens.choose_prune_count`'s output, ``per_sweep`` n* of each sweep alone."""
+
+    pooled: dict[str, np.ndarray]
+    acc_n: np.ndarray
+    choice: dict[str, Any]
+    per_sweep: list[int]
+
+    @property
+    def R(self) -> int:
+        """Tokens to remove."""
+        return int(self.choice["R"])
+
+
+def choose_r(params: Params, st: Setup, curve_b1) -> Choice:
+    """A(n) (random tokens kept, validation), U and ``R = N - argmax U`` from the pooled batch-1 curve."""
+    from .. import latency, tokens
+
+    latency.check_curve(curve_b1, st.base, batch_size=1)
+    pooled = curve_b1.pooled()
+    with _threads(params.compute_threads):
+        acc_n = tokens.random_token_accuracy(st.base, st.x_val, st.y_val, pooled["n"], seed=params.seed)
+    choice = tokens.choose_prune_count(pooled["n"], pooled["median_ms"], acc_n, st.n_tokens, alpha=params.alpha)
+    per_sweep = [int(tokens.choose_prune_count(s.n, s.median_ms, acc_n, st.n_tokens, alpha=params.alpha)["n_star"])
+                 for s in curve_b1.sweeps]
+    return Choice(pooled, np.asarray(acc_n), choice, per_sweep)
+
+
+def choose_layer(params: Params, st: Setup, R: int) -> dict[str, Any]:
+    """The pruning block at ``R``: the default (a quarter of the depth) unless a candidate is more accurate.
+
+    Returns:
+        ``{"layer", "default_layer", "layer_val_acc": {block: validation accuracy}}``.
+    """
+    from .. import measure, tokens
+
+    default = tokens.default_pomt_layer(len(st.base.blocks))
+    with _threads(params.compute_threads):
+        acc = {int(l): measure.accuracy(tokens.reduced_copy(st.base, "pomt", R, layer=int(l)), st.x_val, st.y_val)
+               for l in params.pomt_layers}
+    best = max(acc.values())
+    layer = default if acc.get(default, -1) >= best else max(acc, key=acc.get)
+    return {"layer": int(layer), "default_layer": int(default), "layer_val_acc": acc}
+
+
+# ----------------------------------------------------------------------------- 7. methods
+
+@dataclass
+class Comparison:
+    """Section 6's output.
+
+    Attributes:
+        variants: key (``"dense"``, ``"pomt(24)"``, ``"tome(4)"``, ``"topk(0.6)"``, ...) -> model,
+            including ``"tome(0)"`` and ``"pomt(0)"``.
+        rows: one dict per setting (not the r=0 / R=0 ones): key, method, setting, tokens per
+            block, flops (per image), val_acc, latency_ms (median), ratio_vs_dense, ratio_iqr,
+            flops_ratio, mean_tokens.
+        lat: :func:`~vitprune_lite.measure.measure_latency`'s output.
+        seconds: wall time of the latency measurement.
+        layer, R: POMT's block and chosen R.
+        load_avg: 1-minute load average right after the latency measurement.
+    """
+
+    variants: dict[str, Any]
+    rows: list[dict[str, Any]]
+    lat: dict[str, Any]
+    seconds: float
+    layer: int
+    R: int
+    load_avg: Optional[float] = None
+
+    @property
+    def pomt_key(self) -> str:
+        """The chosen POMT setting's key (``"dense"`` when R = 0)."""
+        return f"pomt({self.R})" if self.R > 0 else "dense"
+
+
+def compare_methods(params: Params, st: Setup, R: int, layer: int, progress: bool = True) -> Comparison:
+    """Every setting's validation accuracy, FLOPs and tokens; then one interleaved batch-1 latency
+    measurement of all of them (``threads``, ``lat_rounds`` rounds, ratios as medians of per-round ratios)."""
+    from tqdm.auto import tqdm
+
+    from .. import measure, tokens
+
+    configs = [("dense", None)] + [("pomt", r) for r in sorted(set(params.pomt_r_grid) | {R}) if r > 0]
+    configs += [("tome", r) for r in params.tome_r] + [("topk", float(k)) for k in params.keep_rates]
+    configs += [("evit", float(k)) for k in params.keep_rates]
+    zero = [("tome", 0), ("pomt", 0)]
+    variants, rows = {}, []
+    x1 = st.x_val[:1]
+    with _threads(params.compute_threads):
+        for method, amount in tqdm(configs + zero, desc="settings", disable=not progress):
+            kw = {"layer": layer} if method == "pomt" else {}
+            m = tokens.reduced_copy(st.base, method, amount, **kw)
+            key = f"{method}({amount})" if method != "dense" else "dense"
+            variants[key] = m
+            if (method, amount) in zero:
+                continue
+            rows.append({"key": key, "method": method, "setting": amount,
+                         "tokens": tokens.schedule_of(m)["tokens"], "flops": measure.count_flops(m, x1),
+                         "val_acc": measure.accuracy(m, st.x_val, st.y_val)})
+    t0 = time.perf_counter()
+    lat = measure.measure_latency(variants, x1, threads=params.threads, rounds=params.lat_rounds,
+                                  min_run_time=params.lat_min_run_time, seed=params.seed)
+    seconds = time.perf_counter() - t0
+    dense_flops = rows[0]["flops"]
+    for r in rows:
+        r["latency_ms"] = lat[r["key"]].median_ms
+        r["ratio_vs_dense"] = measure.latency_ratio(lat, r["key"], "dense")
+        per_round = np.asarray(lat[r["key"]].round_medians_ms) / np.asarray(lat["dense"].round_medians_ms)
+        r["ratio_iqr"] = np.percentile(per_round, [25, 75]).tolist()
+        r["flops_ratio"] = r["flops"] / dense_flops
+        r["mean_tokens"] = float(np.mean(r["tokens"]))
+    return Comparison(variants, rows, lat, seconds, int(layer), int(R), measure.environment()["load_avg_1min"])
+
+
+# ----------------------------------------------------------------------------- 8. matched comparisons
+
+def matched(params: Params, st: Setup, comp: Comparison, choice: Choice) -> dict[str, Any]:
+    """Matched accuracy (the fastest setting of each other method within ``match_tol`` of POMT's
+    validation accuracy) and matched budget (FLOPs closest to POMT's); only the chosen rows are
+    evaluated on the test split and on each device's test split.
+
+    Returns:
+        ``{"final_rows": [...], "matched_accuracy": {"reference", "tolerance", "unreachable"},
+        "pomt_vs_tome_latency_at_matched_accuracy": float or None, "pomt_grid_matched": [...]}``.
+    """
+    from .. import measure, tokens
+
+    rows, lat, pomt_key = comp.rows, comp.lat, comp.pomt_key
+    by_key = {r["key"]: r for r in rows}
+    ref = by_key[pomt_key]
+    others = [r for r in rows if r["method"] not in ("dense", "pomt")]
+    best = tokens.fastest_within(others, ref["val_acc"], tol=params.match_tol)
+    budget: dict[str, dict[str, Any]] = {}
+    for r in others:
+        cur = budget.get(r["method"])
+        if cur is None or abs(r["flops"] - ref["flops"]) < abs(cur["flops"] - ref["flops"]):
+            budget[r["method"]] = r
+    evaluated: dict[str, tuple[float, dict[str, float]]] = {}
+
+    def final(r: dict[str, Any], why: str) -> dict[str, Any]:
+        if r["key"] not in evaluated:
+            m = comp.variants[r["key"]]
+            with _threads(params.compute_threads):
+                evaluated[r["key"]] = (measure.accuracy(m, st.x_test, st.y_test),
+                                       {d: measure.accuracy(m, xd, yd) for d, (xd, yd) in st.device_sets.items()})
+        test_acc, dev = evaluated[r["key"]]
+        return {"row": why, "config": r["key"], "method": r["method"], "val_acc": r["val_acc"],
+                "test_acc": test_acc, "device_acc_mean": float(np.mean(list(dev.values()))),
+                "device_acc": dev, "flops_ratio": r["flops_ratio"], "mean_tokens": r["mean_tokens"],
+                "latency_ms": r["latency_ms"], "ratio_vs_dense": r["ratio_vs_dense"],
+                "ratio_vs_pomt": measure.latency_ratio(lat, r["key"], pomt_key)}
+
+    final_rows = [final(by_key["dense"], "dense"), final(ref, "POMT (chosen R)")]
+    final_rows += [final(r, "matched accuracy") for r in best.values() if r is not None]
+    final_rows += [final(r, "matched budget") for r in budget.values()]
+    tome = best.get("tome")
+    grid = []
+    for r in (q for q in rows if q["method"] == "pomt"):
+        match = tokens.fastest_within(others, r["val_acc"], tol=params.match_tol)
+        row = {"pomt": r["key"], "n after block": st.n_tokens - r["setting"], "val_acc": r["val_acc"],
+               "A(n) random": float(np.interp(st.n_tokens - r["setting"], choice.pooled["n"], choice.acc_n)),
+               "pomt/dense": r["ratio_vs_dense"]}
+        for meth in ("tome", "topk", "evit"):
+            q = match.get(meth)
+            row[f"{meth} match"] = None if q is None else q["key"]
+            row[f"pomt/{meth}"] = None if q is None else measure.latency_ratio(lat, r["key"], q["key"])
+        grid.append(row)
+    return {"final_rows": final_rows,
+            "matched_accuracy": {"reference": pomt_key, "tolerance": params.match_tol,
+                                 "unreachable": [k for k, r in best.items() if r is None]},
+            "pomt_vs_tome_latency_at_matched_accuracy":
+                None if tome is None else measure.latency_ratio(lat, pomt_key, tome["key"]),
+            "pomt_grid_matched": grid}
+
+
+# ----------------------------------------------------------------------------- 9. slower / zero cost
+
+def slower_than_dense(comp: Comparison) -> list[dict[str, Any]]:
+    """Settings whose whole per-round interquartile range of latency / dense lies above 1."""
+    return [{"config": r["key"], "ratio_vs_dense": r["ratio_vs_dense"], "ratio_iqr": r["ratio_iqr"]}
+            for r in comp.rows if r["method"] != "dense" and r["ratio_iqr"][0] > 1.0]
+
+
+def zero_overhead(params: Params, st: Setup, comp: Comparison) -> dict[str, dict[str, Any]]:
+    """ToMe r=0 and POMT R=0: bit-identical logits to dense on the validation subset, and their latency ratio."""
+    import torch
+
+    from .. import measure
+
+    out = {}
+    with _threads(params.compute_threads), torch.inference_mode():
+        ref = comp.variants["dense"](st.x_val)
+        for key in ("tome(0)", "pomt(0)"):
+            out[key] = {"exact": bool(torch.equal(comp.variants[key](st.x_val), ref)),
+                        "ratio_vs_dense": measure.latency_ratio(comp.lat, key, "dense")}
+    return out
+
+
+# ----------------------------------------------------------------------------- 10. DeiT ToMe
+
+def timm_tome(params: Params) -> list[dict[str, Any]]:
+    """ToMe on each timm DeiT at batch 1, timed at the published figures' thread count, beside the
+    published ratios (``benchmarks.tome_bench.PUBLISHED_TOME_B1``); empty when ``timm_tome_r`` is."""
+    import torch
+
+    from .. import measure, models, tokens
+    from ..benchmarks.tome_bench import PUBLISHED_TOME_B1, PUBLISHED_TOME_THREADS
+
+    rows: list[dict[str, Any]] = []
+    for name in params.timm_models if params.timm_tome_r else ():
+        dense = models.create_timm_model(name)
+        ms = {"dense": dense}
+        ms.update({f"r={r}": tokens.patch_tome(copy.deepcopy(dense), r, clip=True) for r in params.timm_tome_r})
+        size = dense.patch_embed.img_size
+        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(params.seed))
+        res = measure.measure_latency(ms, x, threads=PUBLISHED_TOME_THREADS, rounds=params.lat_rounds,
+                                      min_run_time=params.lat_min_run_time, seed=params.seed)
+        for r in params.timm_tome_r:
+            rows.append({"model": name, "r": r, "threads": PUBLISHED_TOME_THREADS, "dense_ms": res["dense"].median_ms,
+                         "ratio_vs_dense": measure.latency_ratio(res, f"r={r}", "dense"),
+                         "published_ratio": PUBLISHED_TOME_B1.get(name, {}).get(r)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- result
+
+@dataclass
+class Result:
+    """What notebook 03 reports (the JSON keys report.py and ``benchmarks.tome_bench`` read are kept).
+
+    Attributes:
+        params: the run's parameters.
+        benchmark: ``params.benchmark`` (repeated at the top for readers of the file).
+        smoke: True when any parameter differs from the full run of this benchmark (a smoke or lab
+            run, or overrides): the claims table then withholds its verdict.
+        seed, threads: ``params.seed`` and the timing thread count.
+        n_tokens, depth: the base model's token count N and blocks.
+        load_avg_start, load_avg_end: 1-minute load average at the start and end.
+        naive_vs_interleaved: :class:`Protocols`' table.
+        curves: :class:`Curves`' records.
+        accuracy_proxy: ``{"n", "acc", "val_images"}``: A(n) on validation.
+        pomt_choice: ``{"n_star", "R", "alpha", "n_tokens", "n_star_per_sweep", "utility", "layer",
+            "default_layer", "layer_val_acc"}``.
+        final_rows, matched_accuracy, pomt_vs_tome_latency_at_matched_accuracy, pomt_grid_matched:
+            :func:`matched`'s output.
+        slower_than_dense_batch1: :func:`slower_than_dense`.
+        methods: :class:`Comparison` rows.
+        method_latency: ``{"seconds", "rounds", "models"}`` of the method measurement.
+        zero_overhead: :func:`zero_overhead`.
+        timm_tome_batch1: :func:`timm_tome`.
+        fixed_cost_fraction: curve label -> L(2)/L(N).
+        seconds: wall time of the run; environment: what it ran on (threads = the timing threads).
+        inputs: identities of the inputs (``checkpoint_sha256``).
+        schema: :data:`SCHEMA_VERSION`.
+    """
+
+    params: Params
+    benchmark: str
+    smoke: bool
+    seed: int
+    threads: int
+    n_tokens: int
+    depth: int
+    load_avg_start: Optional[float]
+    naive_vs_interleaved: dict[str, Any]
+    curves: list[dict[str, Any]]
+    accuracy_proxy: dict[str, Any]
+    pomt_choice: dict[str, Any]
+    final_rows: list[dict[str, Any]]
+    matched_accuracy: dict[str, Any]
+    pomt_vs_tome_latency_at_matched_accuracy: Optional[float]
+    pomt_grid_matched: list[dict[str, Any]]
+    slower_than_dense_batch1: list[dict[str, Any]]
+    methods: list[dict[str, Any]]
+    method_latency: dict[str, Any]
+    zero_overhead: dict[str, Any]
+    timm_tome_batch1: list[dict[str, Any]]
+    fixed_cost_fraction: dict[str, float]
+    load_avg_end: Optional[float] = None
+    seconds: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def collect(cls, params: Params, st: Setup, proto: Protocols, curves: Curves, choice: Choice,
+                layer: dict[str, Any], comp: Comparison, match: dict[str, Any], slower: list[dict[str, Any]],
+                zero: dict[str, Any], timm_rows: list[dict[str, Any]], seconds: float = 0.0) -> "Result":
+        """Assemble the result from the steps' outputs."""
+        from .. import measure
+
+        env = measure.environment()
+        env["threads"] = params.threads
+        pc = {"n_star": int(choice.choice["n_star"]), "R": choice.R, "alpha": params.alpha, "n_tokens": st.n_tokens,
+              "n_star_per_sweep": choice.per_sweep, "utility": np.asarray(choice.choice["utility"]).tolist(), **layer}
+        return cls(params=params, benchmark=params.benchmark, smoke=params != Params(benchmark=params.benchmark),
+                   seed=params.seed, threads=params.threads, n_tokens=st.n_tokens, depth=len(st.base.blocks),
+                   load_avg_start=st.load_avg_start, naive_vs_interleaved=proto.table, curves=curves.records,
+                   accuracy_proxy={"n": choice.pooled["n"].tolist(), "acc": choice.acc_n.tolist(),
+                                   "val_images": len(st.x_val)},
+                   pomt_choice=pc, final_rows=match["final_rows"], matched_accuracy=match["matched_accuracy"],
+                   pomt_vs_tome_latency_at_matched_accuracy=match["pomt_vs_tome_latency_at_matched_accuracy"],
+                   pomt_grid_matched=match["pomt_grid_matched"], slower_than_dense_batch1=slower,
+                   methods=[dict(r) for r in comp.rows],
+                   method_latency={"seconds": comp.seconds, "rounds": params.lat_rounds, "models": len(comp.variants)},
+                   zero_overhead=zero, timm_tome_batch1=timm_rows,
+                   fixed_cost_fraction={f"{c.model} b{c.batch_size} {c.device}": c.analysis["fixed_cost_fraction"][0]
+                                        for c in curves.curves},
+                   load_avg_end=env["load_avg_1min"], seconds=round(seconds, 1), environment=env,
+                   inputs={"checkpoint_sha256": st.meta.get("sha256") or ""})
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write atomically."""
+        from .. import paths
+
+        return paths.write_json_atomic(Path(path), asdict(self))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Result":
+        """Read a file written by :meth:`to_json`; another schema or a malformed file is refused."""
+        from .. import paths
+
+        raw = paths.read_json(Path(path), what="notebook 03 result")
+        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
+            raise InvalidFileError(f"{path}: not a notebook 03 result of schema {SCHEMA_VERSION}")
+        try:
+            p = dict(raw["params"])
+            for k, v in p.items():
+                if isinstance(v, list):
+                    p[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+            raw = {**raw, "params": Params(**p)}
+            raw["pomt_choice"] = {**raw["pomt_choice"],
+                                  "layer_val_acc": {int(k): v for k, v in raw["pomt_choice"]["layer_val_acc"].items()}}
+            return cls(**raw)
+        except (KeyError, TypeError, ValueError, AttributeError, InvalidValueError) as err:
+            raise InvalidFileError(f"{path}: malformed notebook 03 result ({err})") from None
+
+
+def check_result_benchmark(raw: Any, path: str | Path, benchmark: str) -> None:
+    """Refuse notebook 03's results (a :class:`Result` or the file's dict) of another benchmark than ``benchmark``.
+
+    A file written before the benchmark was recorded holds a v1 run.
+
+    Raises:
+        InvalidFileError: naming the file, the benchmark it holds and the one asked for.
+    """
+    held = raw.benchmark if isinstance(raw, Result) else (raw.get("benchmark", "v1") if isinstance(raw, dict) else None)
+    if held != benchmark:
+        raise InvalidFileError(f"{path}: holds notebook 03's result on benchmark {held!r}; asked for "
+                               f"{benchmark!r} (rerun notebook 03 with BENCHMARK = {benchmark!r})")
+
+
+def read_result(path: str | Path, benchmark: str) -> Result:
+    """:meth:`Result.from_json`, refusing a result of another benchmark than ``benchmark``.
+
+    Raises:
+        InvalidFileError: another schema, a malformed file, or a run on another benchmark.
+    """
+    res = Result.from_json(path)
+    check_result_benchmark(res, path, benchmark)
+    if res.params.benchmark != res.benchmark:
+        raise InvalidFileError(f"{path}: malformed notebook 03 result (benchmark {res.benchmark!r} but parameters "
+                               f"of {res.params.benchmark!r})")
+    return res
+
+
+def summary_markdown(res: Result) -> str:
+    """The notebook's "what we found" text, generated from the result."""
+    def name(c: dict[str, Any]) -> str:
+        return f"{c['model']}{'' if c['part'] == 'network' else ' ' + c['part']} b{c['batch']}"
+
+    pc = res.pomt_choice
+    lines = ["**Profiling.** " + "; ".join(
+        f"{name(c)} on {c['device']}: {c['points']} points, {c['seconds per sweep']:.0f} s per sweep, "
+        f"CI half-width max {c['CI half-width max %']:.1f} % (median {c['CI half-width median %']:.1f} %), "
+        f"load average {c['load avg']}" for c in res.curves), "",
+        "**Steps.** " + "; ".join(f"{name(c)} ({c['device']}): {c['verdict']}" for c in res.curves), "",
+        f"**POMT's choice.** n* = {pc['n_star']}, R = {pc['R']} (per sweep n* = {pc['n_star_per_sweep']}), "
+        f"block {pc['layer']}.", "",
+        "| row | config | val | test | devices | FLOPs/dense | batch-1 latency/dense | /POMT |",
+        "|---|---|---|---|---|---|---|---|"]
+    for r in res.final_rows:
+        lines.append(f"| {r['row']} | {r['config']} | {r['val_acc']:.3f} | {r['test_acc']:.3f} | "
+                     f"{r['device_acc_mean']:.3f} | {r['flops_ratio']:.2f} | {r['ratio_vs_dense']:.3f} | "
+                     f"{r['ratio_vs_pomt']:.3f} |")
+    ratio = res.pomt_vs_tome_latency_at_matched_accuracy
+    lines += ["", "**POMT vs ToMe at matched accuracy** (batch 1, POMT latency / ToMe latency): "
+              + ("no ToMe setting reaches POMT's accuracy" if ratio is None else f"{ratio:.3f}"
+                 + (" - POMT is faster" if ratio < 1 else " - POMT is NOT faster here")),
+              f"**Every R of POMT's grid vs the fastest ToMe within {100 * res.params.match_tol:.1f} point:** "
+              + ", ".join(f"{g['pomt']} {g['pomt/dense']:.2f}x dense"
+                          + ("" if g["pomt/tome"] is None else f", {g['pomt/tome']:.2f}x {g['tome match']}")
+                          for g in res.pomt_grid_matched) + ".",
+              "**Slower than dense at batch 1:** "
+              f"{', '.join(s['config'] for s in res.slower_than_dense_batch1) or 'none'}.",
+              "**r=0 / R=0:** " + ", ".join(f"{k} exact={v['exact']}, latency {v['ratio_vs_dense']:.3f}x"
+                                           for k, v in res.zero_overhead.items())]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_naive_vs_interleaved(params: Params, proto: Protocols):
+    """Both protocols' two sweeps side by side, log scale, candidate steps dotted."""
+    import matplotlib.pyplot as plt
+
+    from .. import latency, plots
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)  # log scale: a burst is off by 10x
+    for i, s in enumerate(proto.naive):
+        steps = proto.naive_retest["steps_a" if i == 0 else "steps_b"]
+        latency.plot_sweep(axes[0], s, f"naive sweep {i + 1}", steps=steps)
+    for i, s in enumerate(proto.curve_b1.sweeps):
+        latency.plot_sweep(axes[1], s, f"interleaved sweep {i + 1}",
+                           steps=proto.curve_b1.analysis["steps_per_sweep"][i])
+    axes[0].set_title("naive: each point's repetitions back to back")
+    axes[1].set_title("interleaved: shuffled rounds, median + bootstrap CI")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        plots.annotate_env(ax, proto.curve_b1.environment)
+    fig.suptitle(f"base model ({params.benchmark}), batch 1, {params.threads} threads "
+                 "(dotted: candidate steps of one sweep)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: Curves):
+    """Every curve's first sweep, normalised to L(N), against the token fraction n / N."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    styles: dict[str, str] = {}
+    for c in curves.curves:
+        ls = styles.setdefault(c.device, ["-", "--", "-.", ":"][len(styles) % 4])
+        s = c.sweeps[0]
+        n = np.asarray(s.n)
+        part = "" if c.part == "network" else f" {c.part} alone"
+        ax.plot(n / n.max(), np.asarray(s.median_ms) / s.median_ms[-1], ls=ls, lw=1.2,
+                label=f"{c.model}{part}, b{c.batch_size} ({c.device})")
+    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, label="proportional to n")
+    ax.set(xlabel="n / N (token fraction)", ylabel="L(n) / L(N)", title="latency-workload curves, first sweep of each")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_utility(params: Params, choice: Choice):
+    """L(n), A(n) and U normalised, with n* (dashed) and each sweep's own n* (dotted)."""
+    import matplotlib.pyplot as plt
+
+    p = choice.pooled
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(p["n"], p["median_ms"] / p["median_ms"].max(), label="L(n) / max L (pooled)")
+    ax.plot(p["n"], choice.acc_n / choice.acc_n.max(), label="A(n) / max A (random tokens, val)")
+    ax.plot(p["n"], choice.choice["utility"], label=f"U, alpha = {params.alpha}", lw=2)
+    n_star = choice.choice["n_star"]
+    ax.axvline(n_star, color="k", ls="--", lw=1, label=f"n* = {n_star} (R = {choice.R})")
+    for n_s in choice.per_sweep:
+        ax.axvline(n_s, color="0.5", ls=":", lw=1)
+    ax.set(xlabel="tokens n", title="POMT's choice on the base model (dotted: n* from each sweep alone)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_methods(params: Params, comp: Comparison):
+    """Validation accuracy against measured latency / dense and against FLOPs / dense, per method."""
+    import matplotlib.pyplot as plt
+
+    from .. import measure, plots
+
+    colors = {"dense": "k", "pomt": "tab:red", "tome": "tab:blue", "topk": "tab:green", "evit": "tab:orange"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    for method in dict.fromkeys(r["method"] for r in comp.rows):
+        grp = sorted((r for r in comp.rows if r["method"] == method), key=lambda r: r["flops_ratio"])
+        for ax, col in zip(axes, ("ratio_vs_dense", "flops_ratio")):
+            ax.plot([r[col] for r in grp], [r["val_acc"] for r in grp], marker="o", ms=4, color=colors[method],
+                    label=method)
+    axes[0].axvline(1.0, color="0.6", lw=0.8)
+    axes[0].set(xlabel="batch-1 latency / dense (measured)", ylabel="top-1, public val subset",
+                title=f"accuracy vs measured latency, {params.threads} threads")
+    axes[1].set(xlabel="FLOPs / dense", title="accuracy vs FLOPs")
+    axes[0].legend(fontsize=8)
+    plots.annotate_env(axes[0], {**measure.environment(), "threads": params.threads})
+    fig.tight_layout()
+    return fig
+
+
+def run(params: Params = Params(), progress: bool = False) -> Result:
+    """Every step in order (the notebook calls them one by one, with their tables and figures)."""
+    t0 = time.perf_counter()
+    st = setup(params)
+    proto = naive_vs_interleaved(params, st, progress)
+    base_curves = profile_base(params, st, proto, progress)
+    curves = gather_curves(params, st, base_curves)
+    choice = choose_r(params, st, proto.curve_b1)
+    layer = choose_layer(params, st, choice.R)
+    comp = compare_methods(params, st, choice.R, layer["layer"], progress=progress)
+    match = matched(params, st, comp, choice)
+    return Result.collect(params, st, proto, curves, choice, layer, comp, match, slower_than_dense(comp),
+                          zero_overhead(params, st, comp), timm_tome(params), time.perf_counter() - t0)
