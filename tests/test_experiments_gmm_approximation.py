@@ -178,6 +178,8 @@ def test_tables_and_plots(v1_steps):
             ga.plot_top_bottom(p, setup, s["sels"]), ga.plot_selection_quality(p, setup, s["quality"]),
             ga.plot_membership(p, setup, s["sweep"])]
     assert [len(f.axes) for f in figs[:1] + figs[3:]] == [len(p.feature_spaces), 3, 2]
+    # image titles: v1 names as they are (7 letters), v2's family/fill shortened to both parts
+    assert ga._short_class("diamond") == "diamond" and ga._short_class("triangle/h_stripes") == "tri.h_st"
     for f in figs:
         plt.close(f)
 

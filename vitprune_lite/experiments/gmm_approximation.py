@@ -693,6 +693,15 @@ def plot_samples(params: Params, setup: Setup, emb: Embeddings, fits: Fits, n_sh
     return fig
 
 
+def _short_class(name: str) -> str:
+    """A class name short enough for an image title: ``"triangle/h_stripes"`` -> ``"tri.h_st"`` (v2),
+    ``"diamond"`` as it is (v1, first 7 letters)."""
+    if "/" in name:
+        family, fill = name.split("/", 1)
+        return f"{family[:3]}.{fill[:4]}"
+    return name[:7]
+
+
 def plot_top_bottom(params: Params, setup: Setup, sels: Selections, n_show: int = 8):
     """The best- and worst-ranked pool images per device (default space), titled class/style. Returns the figure."""
     from .. import plots
@@ -703,7 +712,8 @@ def plot_top_bottom(params: Params, setup: Setup, sels: Selections, n_show: int 
         ranking = sels.sel[name][d].ranking
         for where, part in (("top", ranking[:n_show]), ("bottom", ranking[-n_show:])):
             idx += list(part)
-            titles += [f"{bench.classes[pool.labels[i]][:7]}/{bench.styles[pool.styles[i]][:5]}" for i in part]
+            titles += [f"{_short_class(bench.classes[pool.labels[i]])}/{bench.styles[pool.styles[i]][:5]}"
+                       for i in part]
             labels.append(f"{d}\n{where}")
     fig = plots.image_grid(pool.images[idx], ncols=n_show, titles=titles, row_labels=labels, scale=1.0)
     fig.suptitle(f"best- and worst-ranked public images per device ({name})", fontsize=10, y=1.01)
@@ -716,7 +726,10 @@ def plot_selection_quality(params: Params, setup: Setup, quality: dict):
     import matplotlib.pyplot as plt
 
     spaces, devices = params.feature_spaces, setup.devices
-    fig, axes = plt.subplots(1, 3, figsize=(max(15, 1.6 * len(devices) * 3), 3.6))
+    if len(devices) <= 4:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    else:  # one panel per row, so that every device's bars stay readable
+        fig, axes = plt.subplots(3, 1, figsize=(max(10, 1.2 * len(devices)), 9.6))
     width = 0.8 / (len(spaces) + 1)
     x = np.arange(len(devices))
     ticks = dict(xticks=x + width * len(spaces) / 2, xticklabels=devices)
@@ -736,9 +749,6 @@ def plot_selection_quality(params: Params, setup: Setup, quality: dict):
     axes[2].plot(x + width, [quality[(spaces[0], d)]["distance"][ev]["mmd2"]["oracle"] for d in devices], "k_", ms=30,
                  label="oracle (private train)")
     axes[2].set(title=f"MMD² to private test, in {ev} space (lower = closer)", **ticks)
-    if len(devices) > 4:
-        for ax in axes:
-            ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     fig.legend(*axes[2].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=len(spaces) + 2, fontsize=9)
