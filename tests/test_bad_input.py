@@ -1433,8 +1433,11 @@ def test_reproduce_passes_each_notebook_only_its_own_parameters(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(reproduce, "run_notebook", lambda nb, params, **kw: seen.setdefault(nb.name[:2], params))
-    reproduce.reproduce(only=["00", "01"], smoke=True, parameters={"SEED": 2, "K_MAX": 4})
-    assert seen == {"00": {"SEED": 2, "SMOKE": True}, "01": {"SEED": 2, "K_MAX": 4, "SMOKE": True}}
+    # parameters cells of two kinds (the notebooks themselves change), so that each has a name the other lacks
+    cells = {"00": {"SEED": 0, "SMOKE": False}, "01": {"PRESET": "full", "BENCHMARK": "v1", "OVERRIDES": {}}}
+    monkeypatch.setattr(reproduce, "notebook_parameters", lambda nb: dict(cells[nb.name[:2]]))
+    reproduce.reproduce(only=["00", "01"], smoke=True, parameters={"SEED": 2, "BENCHMARK": "v2"})
+    assert seen == {"00": {"SEED": 2, "SMOKE": True}, "01": {"BENCHMARK": "v2", "PRESET": "smoke"}}
 
 
 def test_kernel_runs_over_local_sockets():

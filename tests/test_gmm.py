@@ -9,6 +9,7 @@ import pytest
 from sklearn.mixture import GaussianMixture
 
 from vitprune_lite import data, features, gmm
+from vitprune_lite.errors import InvalidFileError, InvalidValueError
 
 SPACE = features.FeatureSpace("test_space", "1-abc", 2)
 
@@ -288,9 +289,12 @@ def test_precision_counts_exactly(small_bench):
     styles = {data.STYLES.index("blur"), data.STYLES.index("clean")}
     c = np.isin(pub.labels[idx], spec.classes)
     s = np.isin(pub.styles[idx], list(styles))
-    assert gmm.precision(idx, pub, spec) == {"class": c.mean(), "style": s.mean(), "both": (c & s).mean()}
+    assert gmm.precision(idx, pub, spec, styles=small_bench.styles) == {"class": c.mean(), "style": s.mean(),
+                                                                        "both": (c & s).mean()}
     with pytest.raises(ValueError, match="indices"):
-        gmm.precision(np.array([len(pub)]), pub, spec)
+        gmm.precision(np.array([len(pub)]), pub, spec, styles=small_bench.styles)
+    with pytest.raises(InvalidValueError, match="blur"):  # another benchmark's style names
+        gmm.precision(idx, pub, spec, styles=("clean", "noise"))
 
 
 def test_class_balance_counts_device_classes(small_bench):
@@ -303,6 +307,10 @@ def test_class_balance_counts_device_classes(small_bench):
     assert bal["counts"] == {"disk": 3, "ring": 1, "square": 0, "diamond": 0} and bal["min_share"] == 0
     even = np.concatenate([np.flatnonzero(pub.labels == c)[:2] for c in spec.classes])
     assert gmm.class_balance(even, pub, spec)["min_share"] == 1.0
+    renamed = gmm.class_balance(even, pub, spec, classes=[f"c{i}" for i in range(12)])
+    assert renamed["counts"] == {"c0": 2, "c1": 2, "c2": 2, "c9": 2}
+    with pytest.raises(InvalidValueError, match="night_cam"):
+        gmm.class_balance(even, pub, spec, classes=["a", "b"])
 
 
 def test_mmd_and_frechet_behave():
@@ -322,18 +330,30 @@ def test_mmd_and_frechet_behave():
 def test_selected_sets_round_trip(tmp_path):
     sets = {"drone/vit_cls/metric": np.arange(5), "drone/vit_cls/finetune": np.arange(9),
             "drone/random/metric": np.array([7, 3])}
-    path = gmm.save_selected_sets(sets, "vit_cls", tmp_path / "s.npz")
-    back = gmm.load_selected_sets(path)
+    path = gmm.save_selected_sets(sets, "vit_cls", tmp_path / "s.npz", benchmark="v2", seed=3)
+    back = gmm.load_selected_sets(path, benchmark="v2", seed=3)
     assert str(back["default_feature_space"]) == "vit_cls" and back["default_feature_space"].shape == ()
+    assert str(back["benchmark"]) == "v2" and int(back["seed"]) == 3
     for k, v in sets.items():
         assert back[k].dtype == np.int64
         np.testing.assert_array_equal(back[k], v)
     with np.load(path, allow_pickle=False) as z:  # readable without pickle
-        assert set(z.files) == set(sets) | {"default_feature_space"}
+        assert set(z.files) == set(sets) | {"default_feature_space", "benchmark", "seed"}
+    with pytest.raises(InvalidFileError, match=r"s\.npz.*'v2'.*'v1' was asked"):
+        gmm.load_selected_sets(path, benchmark="v1")
+    with pytest.raises(InvalidFileError, match="seed 0 was asked"):
+        gmm.load_selected_sets(path, seed=0)
     with pytest.raises(ValueError, match="device/source"):
-        gmm.save_selected_sets({"drone/metric": np.arange(3)}, "vit_cls", tmp_path / "t.npz")
+        gmm.save_selected_sets({"drone/metric": np.arange(3)}, "vit_cls", tmp_path / "t.npz", benchmark="v1", seed=0)
     with pytest.raises(ValueError, match="not among the sources"):
-        gmm.save_selected_sets(sets, "pixel_stats", tmp_path / "t.npz")
+        gmm.save_selected_sets(sets, "pixel_stats", tmp_path / "t.npz", benchmark="v1", seed=0)
+    with pytest.raises(InvalidValueError, match="v3"):
+        gmm.save_selected_sets(sets, "vit_cls", tmp_path / "t.npz", benchmark="v3", seed=0)
+    np.savez(tmp_path / "old.npz", **{k: np.asarray(v) for k, v in sets.items()},
+             default_feature_space=np.array("vit_cls"))  # written before files recorded their benchmark
+    assert set(gmm.load_selected_sets(tmp_path / "old.npz")) == set(sets) | {"default_feature_space"}
+    with pytest.raises(InvalidFileError, match="record no benchmark"):
+        gmm.load_selected_sets(tmp_path / "old.npz", benchmark="v1")
     with pytest.raises(FileNotFoundError, match="reproduce --only 01"):
         gmm.load_selected_sets(tmp_path / "missing.npz")
 

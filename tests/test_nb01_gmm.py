@@ -8,6 +8,8 @@ import pytest
 
 from conftest import run_smoke
 from vitprune_lite import gmm
+from vitprune_lite.errors import InvalidFileError
+from vitprune_lite.experiments import gmm_approximation as ga
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
@@ -22,7 +24,8 @@ def nb01(nb_out):
 
 def test_01_results(nb01):
     res = nb01
-    assert res["smoke"] is True and res["seed"] == 0
+    assert res["smoke"] is True and res["seed"] == 0 and res["benchmark"] == "v1"
+    assert res["params"] == {**res["params"], "pool_images": 1000, "private_train": 160, "private_test": 80}
     assert res["environment"]["threads"] >= 1
     params = res["parameters"]
     assert set(params["feature_spaces"]) == SPACES and params["default_feature_space"] == "combined"
@@ -62,7 +65,10 @@ def test_01_selection_beats_random(nb01):
 
 
 def test_01_selected_sets_file(nb01, nb_out):
-    sets = gmm.load_selected_sets(nb_out / "data" / "results" / gmm.SELECTED_SETS)
+    path = nb_out / "data" / "results" / gmm.SELECTED_SETS
+    sets = gmm.load_selected_sets(path, benchmark="v1", seed=0)
+    with pytest.raises(InvalidFileError, match="'v2' was asked"):
+        gmm.load_selected_sets(path, benchmark="v2")
     assert str(sets["default_feature_space"]) == "combined"
     n_metric, n_finetune = nb01["parameters"]["n_metric"], nb01["parameters"]["n_finetune"]
     pool_n = nb01["pool"]["n"]
@@ -72,7 +78,13 @@ def test_01_selected_sets_file(nb01, nb_out):
             assert metric.dtype == np.int64 and len(metric) == n_metric and len(finetune) == min(n_finetune, pool_n)
             np.testing.assert_array_equal(finetune[:n_metric], metric)
             assert len(np.unique(finetune)) == len(finetune) and 0 <= finetune.min() and finetune.max() < pool_n
-    assert len(sets) == 1 + len(DEVICES) * len(SPACES | {"random"}) * 2
+    assert len(sets) == 3 + len(DEVICES) * len(SPACES | {"random"}) * 2
+
+
+def test_01_result_reads_back(nb01, nb_out):
+    result = ga.Result.from_json(nb_out / "data" / "results" / "01_gmm_data_approximation.json", benchmark="v1")
+    assert result.params == ga.Params.preset("smoke") and result.seconds > 0
+    assert result.devices == nb01["devices"]
 
 
 def test_01_figures(nb01, nb_out):

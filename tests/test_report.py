@@ -225,3 +225,12 @@ def test_figures_main_inline_others_linked_unknown_ignored():
     assert "01_bic" not in out  # no 01 results, no 01 section
     only_links = report.render({"00": R00}, ["00_devices.png"])
     assert "Figures: [00_devices](figures/00_devices.png)." in only_links and "![" not in only_links
+
+
+def test_01_names_its_benchmark_when_the_results_record_it():
+    assert "benchmark" not in report.section_gmm(R01)  # older results record none
+    v2 = {**R01, "benchmark": "v2"}
+    assert "Metric set (64 public images) (benchmark v2) selected" in report.section_gmm(v2)
+    assert "combined features, benchmark v2;" in report._m_private_upload({"01": v2})[0]
+    assert "(mean over devices of benchmark v2)" in report._m_selection({"01": v2})[0]
+    assert _verdict({"01": v2}, "private_upload") == report.HELD

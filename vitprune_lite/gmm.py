@@ -36,7 +36,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -752,32 +752,42 @@ def device_seed(seed: int, device: str) -> int:
 
 # ----------------------------------------------------------------------------- selection quality
 
-def precision(idx: np.ndarray, pool, spec) -> dict[str, float]:
+def precision(idx: np.ndarray, pool, spec, *, styles: Sequence[str]) -> dict[str, float]:
     """Fraction of selected images that fit the device's task.
 
     Args:
         idx: int ``[n]`` indices into ``pool``.
         pool: the public :class:`~vitprune_lite.data.ImageSet` the indices point into.
         spec: the device's :class:`~vitprune_lite.data.DeviceSpec`.
+        styles: the benchmark's style names, indexed like ``pool.styles`` (``bench.styles``).
 
     Returns:
         ``{"class": share with a device class, "style": share in a device style (probability > 0),
         "both": share with both}``, each in [0, 1].
     """
-    from .data import STYLES
+    idx = _check_idx(idx, pool)
+    styles = tuple(styles)
+    unknown = [s for s in spec.style_mix if s not in styles]
+    if unknown:
+        raise InvalidValueError(f"device {spec.name!r} has styles {unknown} that are not among the benchmark's "
+                                f"styles {list(styles)}; pass the styles of the benchmark the device belongs to "
+                                "(bench.styles)")
+    wanted = [styles.index(s) for s, p in spec.style_mix.items() if p > 0]
+    c = np.isin(pool.labels[idx], list(spec.classes))
+    s = np.isin(pool.styles[idx], wanted)
+    return {"class": float(c.mean()), "style": float(s.mean()), "both": float((c & s).mean())}
 
+
+def _check_idx(idx: np.ndarray, pool) -> np.ndarray:
     idx = np.asarray(idx, dtype=np.int64)
     if len(idx) == 0:
         raise ValueError("idx is empty; nothing to measure")
     if idx.min() < 0 or idx.max() >= len(pool):
         raise ValueError(f"indices must lie in [0, {len(pool)}), got [{idx.min()}, {idx.max()}]")
-    styles = [STYLES.index(s) for s, p in spec.style_mix.items() if p > 0]
-    c = np.isin(pool.labels[idx], list(spec.classes))
-    s = np.isin(pool.styles[idx], styles)
-    return {"class": float(c.mean()), "style": float(s.mean()), "both": float((c & s).mean())}
+    return idx
 
 
-def class_balance(idx: np.ndarray, pool, spec) -> dict:
+def class_balance(idx: np.ndarray, pool, spec, *, classes: Sequence[str] | None = None) -> dict:
     """How evenly the selected in-class images cover the device's classes.
 
     The top of a likelihood ranking can be in-class and still favour one class heavily; a metric
@@ -785,19 +795,22 @@ def class_balance(idx: np.ndarray, pool, spec) -> dict:
 
     Args:
         idx: int ``[n]`` indices into ``pool``; pool: public ImageSet; spec: the DeviceSpec.
+        classes: the benchmark's class names, indexed by label (``bench.classes``; default
+            ``pool.classes``, which the benchmark sets).
 
     Returns:
         ``{"counts": {class name: selected images of that class}, "min_share": smallest count /
         (in-class images / number of device classes)}``; ``min_share`` is 1 for a perfectly even
         cover and 0 when a class is missing.
     """
-    from .data import CLASSES
-
-    idx = np.asarray(idx, dtype=np.int64)
-    if len(idx) == 0:
-        raise ValueError("idx is empty; nothing to measure")
+    idx = _check_idx(idx, pool)
+    names = tuple(pool.classes if classes is None else classes)
+    bad = [c for c in spec.classes if not 0 <= c < len(names)]
+    if bad:
+        raise InvalidValueError(f"device {spec.name!r} has class indices {bad} outside the {len(names)} class "
+                                "names given; pass the classes of the benchmark the device belongs to (bench.classes)")
     labels = pool.labels[idx]
-    counts = {CLASSES[c]: int((labels == c).sum()) for c in spec.classes}
+    counts = {names[c]: int((labels == c).sum()) for c in spec.classes}
     total = sum(counts.values())
     share = min(counts.values()) / (total / len(counts)) if total else 0.0
     return {"counts": counts, "min_share": float(share)}
@@ -885,7 +898,8 @@ def distance_report(sets: Mapping[str, np.ndarray], target: np.ndarray, seed: in
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/(metric|finetune)$")
 
 
-def save_selected_sets(sets: Mapping[str, np.ndarray], default_feature_space: str, path: Path | None = None) -> Path:
+def save_selected_sets(sets: Mapping[str, np.ndarray], default_feature_space: str, path: Path | None = None, *,
+                       benchmark: str, seed: int) -> Path:
     """Write index sets as ``.npz`` (no pickle): keys ``"{device}/{source}/{set}"``, int64 arrays.
 
     Args:
@@ -893,7 +907,14 @@ def save_selected_sets(sets: Mapping[str, np.ndarray], default_feature_space: st
             ``"random"``, ``set`` is ``"metric"`` or ``"finetune"``.
         default_feature_space: the source later notebooks use by default; stored as a 0-d string.
         path: default ``results_dir()/01_selected_sets.npz``.
+        benchmark: the benchmark the indices point into (``"v1"`` or ``"v2"``); stored as a 0-d
+            string so that a reader can refuse sets of another benchmark.
+        seed: the benchmark seed; stored as a 0-d int64.
     """
+    if benchmark not in BENCHMARKS:
+        raise InvalidValueError(f"benchmark {benchmark!r}: accepted {BENCHMARKS}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidValueError(f"seed {seed!r}: accepted an integer >= 0 (the benchmark seed)")
     arrays = {}
     for key, idx in sets.items():
         if not _KEY.match(key):
@@ -906,21 +927,39 @@ def save_selected_sets(sets: Mapping[str, np.ndarray], default_feature_space: st
     if default_feature_space not in sources:
         raise ValueError(f"default_feature_space {default_feature_space!r} is not among the sources {sorted(sources)}")
     arrays["default_feature_space"] = np.array(default_feature_space)
+    arrays["benchmark"] = np.array(benchmark)
+    arrays["seed"] = np.array(int(seed), dtype=np.int64)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return paths.write_bytes_atomic(Path(path or paths.results_dir() / SELECTED_SETS), buf.getvalue())
 
 
-def load_selected_sets(path: Path | str | None = None) -> dict[str, np.ndarray]:
+#: The benchmarks a selected-sets file may record (:data:`vitprune_lite.data.BENCHMARK_NAMES`).
+BENCHMARKS = ("v1", "v2")
+_META_KEYS = ("default_feature_space", "benchmark", "seed")
+
+
+def load_selected_sets(path: Path | str | None = None, *, benchmark: str | None = None,
+                       seed: int | None = None) -> dict[str, np.ndarray]:
     """Read the index sets written by notebook 01.
+
+    Args:
+        path: default ``results_dir()/01_selected_sets.npz``.
+        benchmark: when given, the file must have been made from this benchmark (``"v1"`` or
+            ``"v2"``); indices of one benchmark's pool mean nothing in another's.
+        seed: when given, the file must have been made from this benchmark seed.
 
     Returns:
         ``{"{device}/{source}/{set}": int64 [n] indices into bench.public["train"], ...,
-        "default_feature_space": 0-d str array}``.
+        "default_feature_space": 0-d str array}``, plus ``"benchmark"`` (0-d str) and ``"seed"``
+        (0-d int64) when the file records them.
 
     Raises:
         FileNotFoundError: the file does not exist yet (run notebook 01 first).
+        InvalidFileError: the file is damaged, or was made from another benchmark or seed than asked.
     """
+    if benchmark is not None and benchmark not in BENCHMARKS:
+        raise InvalidValueError(f"benchmark {benchmark!r}: accepted {BENCHMARKS}")
     path = Path(path or paths.results_dir() / SELECTED_SETS)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run notebooks/01_gmm_data_approximation.ipynb first "
@@ -931,9 +970,19 @@ def load_selected_sets(path: Path | str | None = None) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
         raise InvalidFileError(f"selected sets {path} cannot be read ({type(err).__name__}: {err}); rerun "
                                f"notebook 01 to rewrite it") from None
-    bad = [k for k, v in sets.items() if k != "default_feature_space"
+    bad = [k for k, v in sets.items() if k not in _META_KEYS
            and (not _KEY.match(k) or v.ndim != 1 or not np.issubdtype(v.dtype, np.integer) or (v < 0).any())]
     if bad or "default_feature_space" not in sets:
         raise InvalidFileError(f"selected sets {path}: {'entries ' + str(bad[:5]) if bad else 'no default_feature_space'} "
                                f"do not hold 1-D non-negative integer index sets keyed 'device/source/metric|finetune'")
+    held_bench = str(sets["benchmark"]) if "benchmark" in sets and sets["benchmark"].shape == () else None
+    held_seed = int(sets["seed"]) if "seed" in sets and sets["seed"].shape == () else None
+    if benchmark is not None and held_bench != benchmark:
+        held = f"sets of benchmark {held_bench!r}" if held_bench else "sets that record no benchmark (an older file)"
+        raise InvalidFileError(f"selected sets {path} hold {held}, but benchmark {benchmark!r} was asked for; "
+                               f"rerun notebook 01 with BENCHMARK = {benchmark!r} to write them")
+    if seed is not None and held_seed != seed:
+        held = f"seed {held_seed}" if held_seed is not None else "no seed record (an older file)"
+        raise InvalidFileError(f"selected sets {path} were made from benchmark {held_bench!r} with {held}, but "
+                               f"seed {seed} was asked for; rerun notebook 01 with that seed to write them")
     return sets

@@ -127,8 +127,9 @@ def section_gmm(r: Mapping[str, Any]) -> str:
                          f"{pct(p['class'])} vs {pct(q['class'])}", f"{pct(p['style'])} vs {pct(q['style'])}",
                          f"{s['membership_auc']:.3f}"])
     n_metric = r.get("parameters", {}).get("n_metric")
+    bench = f" (benchmark {r['benchmark']})" if r.get("benchmark") else ""
     lines = ["### 01 GMM data approximation", "",
-             f"Metric set{f' ({n_metric} public images)' if n_metric else ''} selected by the device's "
+             f"Metric set{f' ({n_metric} public images)' if n_metric else ''}{bench} selected by the device's "
              "uploaded GMM, against as many random public images. Precision = share of the selected "
              "images whose class (style) belongs to the device's task. Membership AUC: 0.5 means the "
              "upload does not tell the device's own images from unseen ones.", "",
@@ -258,8 +259,9 @@ def _m_private_upload(results: Results) -> Optional[tuple[str, str]]:
     aucs = [d["spaces"][space]["membership_auc"] for d in devs.values()]
     up = max(d["spaces"][space]["upload_bytes"] for d in devs.values())
     raw = min(d["spaces"][space]["raw_bytes"] for d in devs.values())
+    bench = _get(results, "01", "benchmark")
     text = (f"upload ≤ {up:,} B vs {raw:,} B of raw images; membership AUC {min(aucs):.3f}-{max(aucs):.3f} "
-            f"({space} features; 0.5 = no leak, held if ≤ 0.60)")
+            f"({space} features{f', benchmark {bench}' if bench else ''}; 0.5 = no leak, held if ≤ 0.60)")
     return text, HELD if max(aucs) <= 0.6 else NOT_HELD
 
 
@@ -270,7 +272,9 @@ def _m_selection(results: Results) -> Optional[tuple[str, str]]:
         return None
     sel = mean(d["spaces"][space]["precision"]["metric"]["class"] for d in devs.values())
     rnd = mean(d["spaces"][space]["random_precision"]["metric"]["class"] for d in devs.values())
-    text = f"metric-set class precision {pct(sel)} vs {pct(rnd)} random (mean over devices)"
+    bench = _get(results, "01", "benchmark")
+    text = (f"metric-set class precision {pct(sel)} vs {pct(rnd)} random "
+            f"(mean over devices{f' of benchmark {bench}' if bench else ''})")
     gap = _get(results, "02", "summary_50", "gmm_minus_random_mean")
     if gap is None:
         return text + "; effect on pruned accuracy not measured yet", PARTLY if sel > rnd else NOT_HELD

@@ -6,9 +6,11 @@ per step that takes the ``Params`` and the previous steps' outputs, and a ``Resu
 and reads its own JSON file (``to_json`` / ``from_json``, with a schema version). A notebook is
 then the parameters cell, one call per section and the table or figure of its output.
 
-- :mod:`~vitprune_lite.experiments.base_model`: notebook 00 - the benchmark, the base model and
+- :mod:`~vitprune_lite.experiments.base_model`: notebook 00, the benchmark, the base model and
   what it learned, with the cross-device check.
-- :mod:`~vitprune_lite.experiments.head_channel_importance`: notebook 02 - thirteen ways to score
+- :mod:`~vitprune_lite.experiments.gmm_approximation`: notebook 01, a Gaussian mixture per device
+  stands in for its private data (uploads, selection of public images, privacy audit).
+- :mod:`~vitprune_lite.experiments.head_channel_importance`: notebook 02, thirteen ways to score
   heads and channels, each pruned to TAP-ViTs' five budgets; recovery, the TCS audit, speed-up
   against FLOPs, and the TAP-ViTs faithfulness check.
 - :mod:`~vitprune_lite.experiments.device_specificity`: does pruning on a device's own data beat
