@@ -152,7 +152,7 @@ def planner_cases(base, cals: dict[str, Any], args) -> dict[str, Any]:
     bench = data.load_benchmark(0)
     public = pipelines.PublicData(*bench.public["train"].tensors())
     try:
-        sets = gmm.load_selected_sets()
+        sets = gmm.load_selected_sets(benchmark="v1")
         space = str(sets["default_feature_space"])
         finetune = {d: sets[f"{d}/{space}/finetune"] for d in args.devices if f"{d}/{space}/finetune" in sets}
     except FileNotFoundError:

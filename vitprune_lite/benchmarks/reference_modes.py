@@ -105,7 +105,7 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
     pool = bench.public["train"]
     public = pipelines.PublicData(*pool.tensors())
     tests = {d: bench.device(d)["test"].tensors() for d in devices}
-    sets = gmm.load_selected_sets()
+    sets = gmm.load_selected_sets(benchmark="v1")
     budget = S["budget"]
     rec = {"ft_steps": S["ft_steps"], "ft_batch": S["ft_batch"], "ft_lr": S["ft_lr"],
            "val_fraction": S["val_fraction"], "seed": S["seed"]}

@@ -31,7 +31,6 @@ lab``) or call :func:`run`.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -283,10 +282,7 @@ def _read_sets(params: Params) -> tuple[dict[str, np.ndarray], Path]:
     from .. import gmm, paths
 
     path = Path(params.selected_sets) if params.selected_sets else paths.results_dir() / gmm.SELECTED_SETS
-    kwargs = {}
-    if "benchmark" in inspect.signature(gmm.load_selected_sets).parameters:  # readers that check the benchmark
-        kwargs["benchmark"] = params.benchmark
-    return gmm.load_selected_sets(path, **kwargs), path
+    return gmm.load_selected_sets(path, benchmark=params.benchmark), path
 
 
 def load_inputs(params: Params, bench=None, model=None) -> Inputs:

@@ -247,6 +247,7 @@ def check_sets(sets: Mapping[str, Any], benchmark: str, path: Any = "notebook 01
         InvalidFileError: the sets were selected on another benchmark.
     """
     sets = dict(sets)
+    sets.pop("seed", None)
     held = str(np.asarray(sets.pop("benchmark", "v1")))
     if held != benchmark:
         raise InvalidFileError(f"{path} holds index sets selected on benchmark {held!r}, but benchmark "
@@ -266,7 +267,7 @@ def load(params: Params, sets: Optional[Mapping[str, Any]] = None, sets_path: An
 
     if sets is None:
         path = Path(sets_path) if sets_path else paths.results_dir() / gmm.SELECTED_SETS
-        sets = check_sets(gmm.load_selected_sets(path), params.benchmark, path)
+        sets = check_sets(gmm.load_selected_sets(path, benchmark=params.benchmark), params.benchmark, path)
     else:
         sets = check_sets(sets, params.benchmark)
     bench = data.benchmark_module(params.benchmark).load_benchmark(params.seed)
