@@ -61,7 +61,7 @@ def test_token_settings_must_fit_the_model():
 
 # ----------------------------------------------------------------------------- selected sets
 
-def _write_sets(path, bench, n_devices=1, top=None):
+def _write_sets(path, bench, n_devices=1, top=None, benchmark="v1"):
     from vitprune_lite import gmm
 
     idx = np.arange(len(bench.public["train"]))
@@ -72,7 +72,7 @@ def _write_sets(path, bench, n_devices=1, top=None):
         if top is not None:
             fine[-1] = top
         sets[f"{d}/random/metric"], sets[f"{d}/random/finetune"] = s.metric, fine
-    gmm.save_selected_sets(sets, "random", path)
+    gmm.save_selected_sets(sets, "random", path, benchmark=benchmark, seed=0)
     return path
 
 
@@ -131,7 +131,7 @@ def v2_result(tmp_path_factory):
     from vitprune_lite import data
 
     bench = data.benchmark_module("v2").load_benchmark(0)
-    sets = _write_sets(tmp_path_factory.mktemp("v2") / "sets.npz", bench)
+    sets = _write_sets(tmp_path_factory.mktemp("v2") / "sets.npz", bench, benchmark="v2")
     return fc.run(fc.Params.preset("smoke", benchmark="v2", selected_sets=str(sets)), bench=bench, progress=False)
 
 
