@@ -14,6 +14,20 @@ def _is_int(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, np.integer))
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON gives it back: mappings as dicts with str keys, tuples and arrays as lists,
+    numpy scalars as Python numbers (what a ``Result`` holds after a ``to_json`` / ``from_json`` round trip)."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def check_benchmark(params: Any) -> None:
     """``params.benchmark`` is ``"v1"`` or ``"v2"``."""
     if params.benchmark not in ("v1", "v2"):

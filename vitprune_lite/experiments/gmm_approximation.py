@@ -499,18 +499,6 @@ def save_sets(params: Params, setup: Setup, sels: Selections, path: Optional[Pat
 
 # ----------------------------------------------------------------------------- result
 
-def _plain(obj: Any) -> Any:
-    """JSON's types: dicts with str keys, lists, floats, ints, str, bool, None."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
 
 @dataclass
 class Result:
@@ -556,7 +544,7 @@ class Result:
         """Write the result atomically (the file is either the old one or the whole new one)."""
         from .. import paths
 
-        return paths.write_json_atomic(Path(path), _plain(asdict(self)))
+        return paths.write_json_atomic(Path(path), _params.plain(asdict(self)))
 
     @classmethod
     def from_json(cls, path: str | Path, benchmark: Optional[str] = None) -> "Result":
@@ -620,10 +608,10 @@ def collect(params: Params, setup: Setup, emb: Embeddings, fits: Fits, quality: 
                    "n_train": len(setup.private[d]["train"]), "n_test": len(setup.private[d]["test"]),
                    "spaces": {name: space_entry(name, d) for name in params.feature_spaces}} for d in setup.devices}
     return Result(params=params, smoke=params.is_reduced(), seed=params.seed, benchmark=params.benchmark,
-                  parameters=_plain(parameters), pool={"split": "public/train", "n": int(len(setup.pool_index))},
-                  base_model_sha256=setup.meta.get("sha256"), embed_seconds=_plain(emb.seconds),
-                  sampling_temperature={"feature_space": params.default_feature_space, "devices": _plain(temperatures)},
-                  devices=_plain(devices), seconds=round(float(wall), 1), environment=_plain(measure.environment()))
+                  parameters=_params.plain(parameters), pool={"split": "public/train", "n": int(len(setup.pool_index))},
+                  base_model_sha256=setup.meta.get("sha256"), embed_seconds=_params.plain(emb.seconds),
+                  sampling_temperature={"feature_space": params.default_feature_space, "devices": _params.plain(temperatures)},
+                  devices=_params.plain(devices), seconds=round(float(wall), 1), environment=_params.plain(measure.environment()))
 
 
 def summary_lines(result: Result) -> list[str]:

@@ -796,19 +796,6 @@ def summary_50(params: Params, inp: Inputs, pruned: Pruned) -> dict[str, Any]:
     return out
 
 
-def _plain(obj: Any) -> Any:
-    """``obj`` as JSON gives it back: tuples as lists, numpy scalars as Python numbers, keys as strings."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def _tuples(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
     """JSON lists back to the tuples of ``cls``'s tuple fields."""
     out = dict(raw)
@@ -881,7 +868,7 @@ class Result:
                  {} if faith is None else {"file": Path(faith_path).name, "loaded": loaded,
                                            "params": asdict(faith.params), "table": faith.table()},
                  sp["speedup_ratio_min"], sp["speedup_ratio_median"]]
-        return cls(params, smoke, params.benchmark, *[_plain(p) for p in parts], round(seconds, 1),
+        return cls(params, smoke, params.benchmark, *[_params.plain(p) for p in parts], round(seconds, 1),
                    measure.environment())
 
     def to_json(self, path: str | Path) -> Path:
