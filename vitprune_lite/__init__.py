@@ -12,6 +12,7 @@ Modules, one concept each:
 - ``compat``      keeps ``import timm`` working when torchvision's compiled ops cannot load.
 - ``paths``       where data, figures and results live; atomic writes.
 - ``errors``      the exception types raised for bad input (one per kind of problem).
+- ``methods``     the registry of methods: one name, display label and plot style per method.
 - ``variants``    ``variant="project" | "reference"``: this project's implementation or the
                   authors' published code, for every method (``docs/deviations.md``).
 - ``data``        the embedded synthetic benchmark (public pool + private device tasks) and
