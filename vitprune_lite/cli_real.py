@@ -10,10 +10,19 @@ import json
 import os
 import sys
 
+from . import methods
+
 COMMANDS = ("prune", "upload", "recover")
-# Kept in step with realscale.METHODS (tests check): listing them here keeps --help cheap.
-METHOD_NAMES = ("tap_vits", "one_size_fits_all", "toast", "torch_pruning", "torch_pruning_taylor", "taylor",
-                "magnitude_l1", "magnitude_l2", "random")
+
+# Kept in step with realscale.METHODS (tests check): listing them here keeps --help cheap. Names,
+# labels and summaries are the registry's (vitprune_lite.methods), checked at import.
+METHOD_NAMES = tuple(methods.check(n) for n in (
+    "tap_vits", "one_size_fits_all", "toast", "torch_pruning", "torch_pruning_taylor", "taylor",
+    "magnitude_l1", "magnitude_l2", "random"))
+
+
+def _method_help() -> str:
+    return "one of: " + "; ".join(f"{n} ({methods.get(n).summary})" for n in METHOD_NAMES)
 
 
 def _pool_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--checkpoint", default=None, help="weights for --model, or a model file saved by prune/recover")
     pr.add_argument("--pretrained", action="store_true", help="timm hub weights (cached, or hub reachable)")
     pr.add_argument("--data", required=True, help="root with train/<class>/* and val/<class>/*")
-    pr.add_argument("--method", required=True, help=f"one of: {', '.join(METHOD_NAMES)}")
+    pr.add_argument("--method", required=True, help=_method_help())
     pr.add_argument("--budget", type=float, required=True, help="fraction of block parameters kept, in (0, 1]")
     pr.add_argument("--upload", default=None, help="device upload (tap_vits): JSON written by `upload`")
     pr.add_argument("--out", required=True, help="output folder: pruned.safetensors, report.json")

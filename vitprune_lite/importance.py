@@ -15,7 +15,7 @@ Units, per block ``i`` (one dict of tensors per block in :class:`UnitScores`):
 
 Criteria (:data:`CRITERIA`):
 
-- ``"tap"``: TAP-ViTs composite neuron importance (arXiv 2601.02437): HSIC relevance of a unit
+- ``"tap_vits"``: TAP-ViTs composite neuron importance (arXiv 2601.02437): HSIC relevance of a unit
   to the model's own softmax output, HSIC redundancy with its layer, activation magnitude, each
   min-max normalised within the layer and mixed with the paper's weights. HSIC samples are
   images (a unit's activations over a subsample of token positions form one sample), and the
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import surgery, variants, vit
+from . import methods, surgery, variants, vit
 from .errors import InvalidValueError
 
 from timm.layers import Mlp  # noqa: E402  (after the package's torchvision shim)
@@ -63,9 +63,9 @@ __all__ = [
     "rbf_gram", "probe_sparsity", "VARIANT_CRITERIA", "Budget", "check_budget",
 ]
 
-CRITERIA = ("tap", "taylor", "magnitude_l1", "magnitude_l2", "random", "toast", "toast_heads")
+CRITERIA = ("tap_vits", "taylor", "magnitude_l1", "magnitude_l2", "random", "toast", "toast_heads")
 #: Criteria that read images (the others read weights only).
-DATA_CRITERIA = ("tap", "taylor")
+DATA_CRITERIA = ("tap_vits", "taylor")
 
 #: TAP-ViTs' five (MLP keep, attention keep) budgets: 90/80/70/60/50 % of block parameters.
 TAP_BUDGETS: tuple[tuple[float, float], ...] = (
@@ -79,7 +79,7 @@ PROBE_SPARSITIES = (0.9, 0.8, 0.7, 0.6, 0.5)
 #: Token positions per HSIC sample in the project's TAP importance (the authors' code: all).
 TAP_TOKENS = 32
 #: Criteria whose authors' code has a ``variant="reference"`` here.
-VARIANT_CRITERIA = ("tap", "toast", "toast_heads")
+VARIANT_CRITERIA = ("tap_vits", "toast", "toast_heads")
 
 
 # ----------------------------------------------------------------------------- containers
@@ -89,7 +89,7 @@ class UnitScores:
     """Scores per unit for every block (higher = more important).
 
     Attributes:
-        criterion: the criterion's name, e.g. ``"tap"``.
+        criterion: the criterion's name (a :mod:`vitprune_lite.methods` name), e.g. ``"tap_vits"``.
         blocks: one dict per block with ``"mlp"`` ``[M]``, ``"attn"`` ``[H, D]``, ``"heads"``
             ``[H]`` and, for ToaSt, ``"qk"`` / ``"vo"`` ``[H, D]``; float32 CPU tensors.
         components: TAP only: per block ``{"mlp_rel", "mlp_red", "mlp_act", "attn_rel", ...}``,
@@ -464,7 +464,7 @@ def tap_importance(
     info = {"images": len(x), "tokens": len(pos), "batch_size": batch_size,
             "batches": len(batches), "bandwidths": list(bandwidths), "seed": seed,
             "variant": variant, "forward_seconds": t_fwd, "seconds": time.perf_counter() - t0}
-    return UnitScores("tap", out_blocks, comps, info)
+    return UnitScores("tap_vits", out_blocks, comps, info)
 
 
 
@@ -634,16 +634,15 @@ def score(model: nn.Module, criterion: str, x: Optional[Tensor] = None,
 
     Args:
         model: timm ViT with plain ``Attention``/``SlimAttention`` and ``Mlp`` blocks.
-        criterion: one of :data:`CRITERIA`; ``"tap"`` and ``"taylor"`` need ``x``.
+        criterion: one of :data:`CRITERIA`; ``"tap_vits"`` and ``"taylor"`` need ``x``.
         x: the images to score on (the metric set); ignored by weight-only criteria.
         y: labels for ``"taylor"`` (optional).
         **options: passed to the criterion's function (e.g. ``tokens_per_image``, ``seed``).
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; accepted: {', '.join(CRITERIA)}")
+    methods.check(criterion, CRITERIA, "criterion")
     if criterion in DATA_CRITERIA and x is None:  # the criterion checks the model and images
         raise ValueError(f"criterion {criterion!r} needs images x [N, 3, H, W]")
-    if criterion == "tap":
+    if criterion == "tap_vits":
         return tap_importance(model, x, **options)
     if criterion == "taylor":
         return taylor_scores(model, x, y, **options)

@@ -24,14 +24,18 @@ The pipelines (:data:`PIPELINES`):
   for every device - the baseline TAP-ViTs argues against.
 - :func:`toast`: ToaSt (METHODS.md section 2): coupled QK/VO dimension pruning from the weights,
   block 0 dense, the same recovery on random public images, then Token Channel Selection in
-  ``sample`` mode. Data-free: one model for every device.
+  ``sample`` mode (method ``toast_tcs``; ``toast`` when TCS is off). Data-free: one model for
+  every device.
 - :func:`torch_pruning`: the torch-pruning library (whole heads + MLP channels) at the same
-  parameter budget, the same recovery.
+  parameter budget, the same recovery (method ``torch_pruning``, or ``torch_pruning_taylor``
+  with Taylor importance).
 - :func:`token_reduction`: POMT, ToMe, Top-K or EViT on the dense model; no training.
 - :func:`combined_plan`: given a latency budget in milliseconds, choose a TAP-ViTs structure and
   a token schedule together from the device's latency curve, maximising validation accuracy.
 - :func:`oracle`: TAP-ViTs scored and recovered on the device's private training data - the
   upper bound no real deployment reaches.
+
+Each :class:`PrunedModel` records its method under its :mod:`vitprune_lite.methods` name.
 
 Structured methods share :func:`prune_and_recover` (or :func:`recover` where another library
 prunes), so their recoveries are identical: same steps, data order, learning rate and selection
@@ -49,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import gmm, importance, latency, measure, models, peers, surgery, tcs, tokens, variants, vit
+from . import gmm, importance, latency, measure, methods, models, peers, surgery, tcs, tokens, variants, vit
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class PrunedModel:
     """A pipeline's output.
 
     Attributes:
-        method: pipeline name.
+        method: the method's :mod:`vitprune_lite.methods` name (e.g. ``"toast_tcs"``).
         device: the device it was built for (``"*"``: every device).
         model: the pruned model (eval mode).
         report: JSON-serialisable facts: budget, sizes, FLOPs, validation accuracies, timings.
@@ -206,7 +210,7 @@ def prune_and_recover(
     finetune_idx: np.ndarray,
     budget: tuple[float, float],
     *,
-    criterion: str = "tap",
+    criterion: str = "tap_vits",
     adaptive: bool = True,
     alpha: float = 1.1,
     score_options: Optional[Mapping[str, Any]] = None,
@@ -379,7 +383,7 @@ def toast(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_fine
     report.update(selection="random", flops=measure.count_flops(model, public.x[:1]),
                   flops_without_tcs=flops_no_tcs,
                   tcs={"fc1": fc1, "fc2": fc2, "mode": "sample", "variant": variant})
-    return PrunedModel("toast", "*", model, report)
+    return PrunedModel("toast_tcs" if any(fc1) or any(fc2) else "toast", "*", model, report)
 
 
 def torch_pruning(base: nn.Module, request: DeviceRequest, public: PublicData, *, n_finetune: int = 6400,
@@ -401,11 +405,12 @@ def torch_pruning(base: nn.Module, request: DeviceRequest, public: PublicData, *
     model, info = peers.torch_pruning_prune(base, budget, importance_kind=importance_kind, **xy)
     t1 = time.perf_counter()
     model, rec = recover(model, public, sel.finetune, **options)
-    report = {"criterion": f"torch_pruning_{importance_kind}", "budget": list(budget),
+    name = "torch_pruning" if importance_kind == "magnitude" else f"torch_pruning_{importance_kind}"
+    report = {"criterion": methods.check(name), "budget": list(budget),
               "block_params_kept_target": budget.block_param_fraction, "selection": "random",
               "torch_pruning": info, **rec, **size_report(base, model, public.x[:1]),
               "seconds": {"prune": t1 - t0, "recover": time.perf_counter() - t1}}
-    return PrunedModel("torch_pruning", "*", model, report)
+    return PrunedModel(name, "*", model, report)
 
 
 def token_reduction(base: nn.Module, request: DeviceRequest, public: Optional[PublicData] = None, *,

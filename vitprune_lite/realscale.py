@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import folder_data, structure
+from . import folder_data, methods, structure
 
 BASE_VIT = "base_vit"
 
@@ -99,32 +99,32 @@ def _criterion(name: str) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class Method:
-    """One pruning method as the command line runs it.
+    """One pruning method as the command line runs it (its name, label and summary are in
+    :mod:`vitprune_lite.methods`).
 
     Attributes:
         run: ``(base, public, (mlp_keep, attn_keep), seed) -> pipelines.PrunedModel``, no recovery.
         reads_images: scores on the scoring set (else weights only; a couple of images suffice).
         needs_upload: reads a device upload (TAP-ViTs).
-        summary: one line for ``--help``.
     """
 
     run: Callable[..., Any]
     reads_images: bool
     needs_upload: bool
-    summary: str
 
 
-#: name -> method; every entry calls the notebooks' pipeline or importance code.
+#: name (:mod:`vitprune_lite.methods`) -> method; every entry calls the notebooks' pipeline or
+#: importance code; :data:`vitprune_lite.cli_real.METHOD_NAMES` lists the same names (tests check).
 METHODS: dict[str, Method] = {
-    "tap_vits": Method(_run_tap_vits, True, True, "TAP-ViTs: upload-selected metric set, HSIC + KL layer ratios"),
-    "one_size_fits_all": Method(_run_one_size, True, False, "TAP-ViTs scoring on a random public sample"),
-    "toast": Method(_run_toast, False, False, "ToaSt coupled QK/VO dimensions from weights, block 0 dense"),
-    "torch_pruning": Method(_torch_pruning("magnitude"), False, False, "torch-pruning, heads + MLP, magnitude"),
-    "torch_pruning_taylor": Method(_torch_pruning("taylor"), True, False, "torch-pruning, heads + MLP, Taylor"),
-    "taylor": Method(_criterion("taylor"), True, False, "first-order Taylor, uniform ratios"),
-    "magnitude_l1": Method(_criterion("magnitude_l1"), False, False, "L1 weight magnitude, uniform ratios"),
-    "magnitude_l2": Method(_criterion("magnitude_l2"), False, False, "L2 weight magnitude, uniform ratios"),
-    "random": Method(_criterion("random"), False, False, "seeded random scores (the floor)"),
+    "tap_vits": Method(_run_tap_vits, True, True),
+    "one_size_fits_all": Method(_run_one_size, True, False),
+    "toast": Method(_run_toast, False, False),  # TCS off: the file holds the coupled structure
+    "torch_pruning": Method(_torch_pruning("magnitude"), False, False),
+    "torch_pruning_taylor": Method(_torch_pruning("taylor"), True, False),
+    "taylor": Method(_criterion("taylor"), True, False),
+    "magnitude_l1": Method(_criterion("magnitude_l1"), False, False),
+    "magnitude_l2": Method(_criterion("magnitude_l2"), False, False),
+    "random": Method(_criterion("random"), False, False),
 }
 
 
@@ -162,8 +162,7 @@ def check_prune_args(*, model: Optional[str], checkpoint: Optional[str], data: s
             does not read one (or missing for one that does), bad sizes.
         FileNotFoundError: missing data folder, split, checkpoint or upload.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    methods.check(method, tuple(METHODS))
     if not isinstance(budget, (int, float)) or not 0 < budget <= 1:
         raise ValueError(f"budget {budget!r} is the fraction of block parameters kept; accepted (0, 1], e.g. 0.5")
     spec = METHODS[method]
