@@ -12,7 +12,7 @@ Steps, one function each (the notebook calls them in this order):
 5. :func:`prune_all` - every criterion at every TAP-ViTs budget (:func:`build` makes one model),
    zero-shot accuracy, parameters and FLOPs;
 6. :func:`recovery` - the standard recovery (:func:`vitprune_lite.pipelines.recover`, as in
-   notebook 04) of ``tap_gmm`` and the ``ft_top`` criteria best on validation data, at 50 %;
+   notebook 04) of ``tap_vits`` and the ``ft_top`` criteria best on validation data, at 50 %;
 7. :func:`tcs_audit` - Token Channel Selection evaluated one image at a time, in shuffled and in
    class-sorted batches;
 8. :func:`timing` - measured speed-up against FLOP speed-up of every pruned model;
@@ -34,24 +34,30 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from .. import methods
 from ..errors import InvalidFileError, InvalidValueError
 from . import _params
 
-__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DATA_FREE", "SOURCES", "Inputs",
-           "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
+__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DATA_FREE", "SOURCES", "TAP_SOURCE",
+           "Inputs", "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
            "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing", "faithfulness",
            "faithfulness_file", "speed_summary", "summary_50", "plot_head_importance", "plot_mlp_channels",
            "plot_rank_correlation", "plot_accuracy_vs_budget", "plot_speedup"]
 
 SCHEMA_VERSION = 1
-#: Every criterion the notebook compares, in legend order.
-ALL_CRITERIA = ("tap_gmm", "tap_random", "tap_oracle", "tap_gmm_uniform", "taylor_gmm", "magnitude_l1",
-                "magnitude_l2", "random", "toast", "toast_tcs", "toast_heads", "tp_magnitude", "tp_taylor")
+#: Every criterion the notebook compares, in legend order (names of :mod:`vitprune_lite.methods`).
+ALL_CRITERIA = ("tap_vits", "one_size_fits_all", "oracle", "tap_vits_uniform", "taylor", "magnitude_l1",
+                "magnitude_l2", "random", "toast", "toast_tcs", "toast_heads", "torch_pruning",
+                "torch_pruning_taylor")
 #: Criteria that read no device data: one model serves every device.
 DATA_FREE = frozenset({"magnitude_l1", "magnitude_l2", "random", "toast", "toast_tcs", "toast_heads",
-                       "tp_magnitude"})
+                       "torch_pruning"})
 #: The three metric sets per device.
 SOURCES = ("gmm", "random", "oracle")
+#: The criteria that prune with TAP-ViTs' composite scores, and the metric set each scores on:
+#: ``tap_vits`` on the GMM-selected public images, ``one_size_fits_all`` on a random public subset
+#: (notebook 01's, drawn per device), ``oracle`` on the device's private training images.
+TAP_SOURCE = {"tap_vits": "gmm", "one_size_fits_all": "random", "oracle": "oracle", "tap_vits_uniform": "gmm"}
 _WEIGHT_CRITERIA = ("magnitude_l1", "magnitude_l2", "random", "toast", "toast_heads")
 _FAITH_PRESETS = ("full", "lab", "smoke")
 
@@ -73,9 +79,9 @@ class Params:
         hsic_batch: images per HSIC sample set.
         alpha: TAP-ViTs softmax temperature factor of the layer keep ratios.
         probes: probe sparsities of the layer sensitivity.
-        criteria: criteria pruned and compared (:data:`ALL_CRITERIA`; ``tap_gmm`` is required).
+        criteria: criteria pruned and compared (:data:`ALL_CRITERIA`; ``tap_vits`` is required).
         test_images: private test images per device (0: the whole split).
-        ft_top: besides ``tap_gmm``, recover the ``ft_top`` criteria best on validation data.
+        ft_top: besides ``tap_vits``, recover the ``ft_top`` criteria best on validation data.
         ft_steps, ft_batch, ft_lr, val_fraction: the standard recovery (:func:`vitprune_lite.pipelines.recover`).
         ft_images: images taken from each device's fine-tune set (0: all of it).
         tcs_fc1: TCS share of FFN input channels dropped, per block (padded with 0 to the depth).
@@ -133,10 +139,12 @@ class Params:
         if not isinstance(self.probes, tuple) or not self.probes or any(
                 not _number(p) or not 0 < p < 1 for p in self.probes):
             raise InvalidValueError(f"Params.probes = {self.probes!r}: accepted a non-empty tuple of sparsities in (0, 1)")
-        if (not isinstance(self.criteria, tuple) or "tap_gmm" not in self.criteria
+        if (not isinstance(self.criteria, tuple) or "tap_vits" not in self.criteria
                 or any(c not in ALL_CRITERIA for c in self.criteria) or len(set(self.criteria)) != len(self.criteria)):
-            raise InvalidValueError(f"Params.criteria = {self.criteria!r}: accepted a tuple of distinct names "
-                                    f"from {ALL_CRITERIA}, including 'tap_gmm' (the method under study)")
+            unknown = [c for c in self.criteria if c not in ALL_CRITERIA] if isinstance(self.criteria, tuple) else []
+            raise InvalidValueError(f"Params.criteria = {self.criteria!r}" + (f" (unknown: {unknown})" if unknown else "")
+                                    + f": accepted a tuple of distinct names from {ALL_CRITERIA}, including "
+                                    "'tap_vits' (the method under study)")
         if not _number(self.ft_lr) or not 0 < self.ft_lr < 1:
             raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}: accepted a learning rate in (0, 1)")
         if not _number(self.val_fraction) or not 0 < self.val_fraction < 1:
@@ -175,8 +183,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lab": {"devices": ("night_cam", "drone"), "metric_images": 320, "sens_images": 32, "audit_public": 500,
             "lat_rounds": 1, "lat_min_run": 0.02},
     "smoke": {"devices": ("night_cam",), "metric_images": 32, "sens_images": 8, "tokens": 8, "hsic_batch": 16,
-              "probes": (0.5,), "criteria": ("tap_gmm", "tap_random", "tap_oracle", "magnitude_l2", "toast",
-                                             "toast_tcs", "tp_magnitude"),
+              "probes": (0.5,), "criteria": ("tap_vits", "one_size_fits_all", "oracle", "magnitude_l2", "toast",
+                                             "toast_tcs", "torch_pruning"),
               "test_images": 32, "ft_top": 0, "ft_steps": 2, "ft_batch": 16, "ft_images": 160, "audit_batch": 16,
               "audit_public": 48, "lat_rounds": 1, "lat_min_run": 0.002, "lat_all_budgets": False, "threads": 1,
               "faithfulness": "smoke"},
@@ -445,7 +453,7 @@ def rank_correlations(inp: Inputs, scores: Scores) -> dict[str, Any]:
         "sources": {device: {"gmm~oracle" | "random~oracle" | "gmm~random": {"mlp", "attn"}}}}``.
     """
     d0 = inp.devices[0]
-    named = {"tap·gmm": scores.tap[(d0, "gmm")], "tap·oracle": scores.tap[(d0, "oracle")],
+    named = {"tap_vits": scores.tap[(d0, "gmm")], "oracle": scores.tap[(d0, "oracle")],
              "taylor": scores.taylor[d0], **{c: scores.weight[c] for c in ("magnitude_l1", "magnitude_l2", "toast",
                                                                            "random")}}
     names = list(named)
@@ -466,8 +474,8 @@ def plot_rank_correlation(corr: Mapping[str, Any]):
         m = np.asarray(c[key])
         im = ax.imshow(m, vmin=-1, vmax=1, cmap="coolwarm")
         ax.set(xticks=range(len(names)), yticks=range(len(names)), title=f"{key} units ({c['device']})")
-        ax.set_xticklabels(names, rotation=45, ha="right")
-        ax.set_yticklabels(names)
+        ax.set_xticklabels([methods.label(n) for n in names], rotation=45, ha="right")
+        ax.set_yticklabels([methods.label(n) for n in names])
         for i in range(len(names)):
             for j in range(len(names)):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
@@ -481,28 +489,30 @@ def build(params: Params, inp: Inputs, src: Sources, scores: Scores, crit: str, 
           budget: tuple[float, float]):
     """A pruned copy of the base model for one criterion, device and budget (:data:`ALL_CRITERIA`).
 
-    ``tap_<source>``: composite scores of that metric set with KL-adaptive layer ratios
-    (``tap_gmm_uniform``: the same ratio in every layer); ``taylor_gmm`` and the weight-only
-    criteria: uniform ratios; ``toast_tcs``: ``toast`` with Token Channel Selection (``sample``
-    mode); ``tp_*``: torch-pruning (whole heads and MLP channels).
+    ``tap_vits``, ``one_size_fits_all``, ``oracle``: composite scores of their metric set
+    (:data:`TAP_SOURCE`) with KL-adaptive layer ratios (``tap_vits_uniform``: the ``gmm`` scores,
+    the same ratio in every layer); ``taylor`` (on the ``gmm`` set with its public labels) and the
+    weight-only criteria: uniform ratios; ``toast_tcs``: ``toast`` with Token Channel Selection
+    (``sample`` mode); ``torch_pruning`` / ``torch_pruning_taylor`` (Taylor on the ``gmm`` set):
+    the torch-pruning library (whole heads and MLP channels).
     """
     from .. import importance, peers, tcs
 
     model = inp.model
-    if crit.startswith("tap_"):
-        s = crit.split("_")[1]
-        ratios = (None if crit.endswith("uniform")
+    if crit in TAP_SOURCE:
+        s = TAP_SOURCE[crit]
+        ratios = (None if crit == "tap_vits_uniform"
                   else importance.adaptive_ratios(scores.sens[(device, s)], budget, params.alpha))
         return importance.prune_copy(model, importance.make_plan(model, scores.tap[(device, s)], budget,
                                                                  layer_ratios=ratios))
-    if crit == "taylor_gmm":
+    if crit == "taylor":
         return importance.prune_copy(model, importance.make_plan(model, scores.taylor[device], budget))
     if crit == "toast_tcs":
         fc1, fc2 = _tcs_ratios(params, inp)
         return tcs.patch(build(params, inp, src, scores, "toast", device, budget), fc1, fc2, mode="sample")
-    if crit == "tp_magnitude":
+    if crit == "torch_pruning":
         return peers.torch_pruning_prune(model, budget, example_inputs=inp.x1())[0]
-    if crit == "tp_taylor":
+    if crit == "torch_pruning_taylor":
         x, y = src.sets[(device, "gmm")]
         return peers.torch_pruning_prune(model, budget, importance_kind="taylor", example_inputs=inp.x1(), x=x, y=y)[0]
     if crit in scores.weight:
@@ -569,16 +579,6 @@ def accuracy_table(params: Params, inp: Inputs, pruned: Pruned, label: Optional[
     return rows
 
 
-def _styles(criteria) -> dict[str, dict[str, Any]]:
-    import matplotlib.pyplot as plt
-
-    palette = plt.get_cmap("tab20").colors
-    styles = {c: dict(color=palette[(2 * i) % 20 + (2 * i) // 20]) for i, c in enumerate(criteria)}
-    styles.update({"tap_gmm": dict(color="C3", lw=2.5), "tap_random": dict(color="C1", lw=1.5),
-                   "tap_oracle": dict(color="k", lw=1.5, ls="--"), "tap_gmm_uniform": dict(color="C3", ls=":")})
-    return {c: styles[c] for c in criteria}
-
-
 def plot_accuracy_vs_budget(params: Params, inp: Inputs, pruned: Pruned):
     """One panel per device: private test accuracy against the share of block parameters kept
     (dashed: the dense model)."""
@@ -586,14 +586,13 @@ def plot_accuracy_vs_budget(params: Params, inp: Inputs, pruned: Pruned):
 
     from .. import importance
 
-    styles = _styles(params.criteria)
     frac = [importance.block_param_fraction(*b) for b in inp.budgets]
     n = len(inp.devices)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
     for ax, d in zip(axes[0], inp.devices):
         for crit in params.criteria:
-            ax.plot(frac, [pruned.results[d][lab][crit]["acc"] for lab in inp.labels], marker="o", ms=3,
-                    label=crit, **styles[crit])
+            ax.plot(frac, [pruned.results[d][lab][crit]["acc"] for lab in inp.labels], ms=4,
+                    label=methods.label(crit), **methods.style(crit).line())
         ax.axhline(pruned.dense["acc"][d], color="0.5", ls="--", lw=1)
         ax.set(title=d, xlabel="block parameters kept", ylabel="private test accuracy", ylim=(0, 1.02))
         ax.invert_xaxis()
@@ -609,7 +608,7 @@ def recovery(params: Params, inp: Inputs, src: Sources, pruned: Pruned, progress
 
     Each device's fine-tune set (notebook 01's, the first ``ft_images``) is split by
     :func:`vitprune_lite.pipelines.split_validation` with ``seed``; the criteria to recover are
-    ``tap_gmm`` and the ``ft_top`` others with the best zero-shot accuracy on that validation
+    ``tap_vits`` and the ``ft_top`` others with the best zero-shot accuracy on that validation
     split (mean over devices), and :func:`~vitprune_lite.pipelines.recover` holds out the same
     split. Adds ``"acc_recovered"`` (private test) to ``pruned.results``.
 
@@ -633,8 +632,8 @@ def recovery(params: Params, inp: Inputs, src: Sources, pruned: Pruned, progress
     with _threads(params.threads):
         val_zero = {c: float(np.mean([measure.accuracy(pruned.models[_key(c, d, lab)], *vals[d]) for d in inp.devices]))
                     for c in params.criteria}
-        others = sorted((c for c in params.criteria if c != "tap_gmm"), key=lambda c: -val_zero[c])
-        chosen = ["tap_gmm"] + others[:params.ft_top]
+        others = sorted((c for c in params.criteria if c != "tap_vits"), key=lambda c: -val_zero[c])
+        chosen = ["tap_vits"] + others[:params.ft_top]
         runs = {}
         for d in inp.devices:
             for crit in chosen:
@@ -726,13 +725,12 @@ def plot_speedup(params: Params, speed: Mapping[tuple, Mapping[int, Mapping[str,
 
     from .. import measure, plots
 
-    styles = _styles(params.criteria)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, batch in zip(axes, (1, 32)):
-        for j, crit in enumerate(params.criteria):
+        for crit in params.criteria:
             pts = [v[batch] for (c, _, _), v in speed.items() if c == crit]
-            ax.scatter([p["flop_speedup"] for p in pts], [p["speedup"] for p in pts], s=14, label=crit,
-                       color=styles[crit]["color"], marker="o" if j < 10 else "s")
+            ax.scatter([p["flop_speedup"] for p in pts], [p["speedup"] for p in pts], s=14,
+                       label=methods.label(crit), **methods.style(crit).point())
         top = max(v[batch]["flop_speedup"] for v in speed.values()) * 1.05
         ax.plot([1, top], [1, top], "k-", lw=0.8, label="speed-up = FLOP speed-up")
         ax.plot([1, top], [0.9, 0.9 * top], "k:", lw=0.8, label="0.9 x FLOP speed-up")
@@ -783,9 +781,10 @@ def faithfulness(params: Params, inp: Inputs):
 
 def summary_50(params: Params, inp: Inputs, pruned: Pruned) -> dict[str, Any]:
     """TAP at the 50 % budget per device and source, and the mean gaps gmm - random and oracle - gmm
-    (present when all three ``tap_*`` sources were pruned)."""
+    (present when ``tap_vits``, ``one_size_fits_all`` and ``oracle``, one per source, were all pruned)."""
     lab = inp.lab50
-    tap = {d: {s: pruned.results[d][lab][f"tap_{s}"]["acc"] for s in SOURCES if f"tap_{s}" in params.criteria}
+    crit_of = {s: c for c, s in TAP_SOURCE.items() if c != "tap_vits_uniform"}
+    tap = {d: {s: pruned.results[d][lab][crit_of[s]]["acc"] for s in SOURCES if crit_of[s] in params.criteria}
            for d in inp.devices}
     out: dict[str, Any] = {"tap_acc": tap}
     if all(len(v) == 3 for v in tap.values()):
