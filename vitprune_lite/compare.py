@@ -94,6 +94,7 @@ def pareto_axes(ax, points: Sequence[Mapping[str, Any]], x: str, y: str = "acc",
 
     Args:
         points: aggregated rows (:func:`aggregate`) with ``"method"``, ``x``, ``y`` and ``y_std``.
+        styles: method -> keyword arguments of ``ax.errorbar`` (a ``"label"`` replaces the method name).
         front_exclude: methods drawn but left out of the front (e.g. the oracle).
     """
     styles = styles or {}
@@ -103,9 +104,8 @@ def pareto_axes(ax, points: Sequence[Mapping[str, Any]], x: str, y: str = "acc",
             by_method[p["method"]].append(p)
     for m, ps in by_method.items():
         ps = sorted(ps, key=lambda p: p[x])
-        kw = {"marker": "o", "ms": 4, "capsize": 2, "lw": 1, **styles.get(m, {})}
-        ax.errorbar([p[x] for p in ps], [p[y] for p in ps], yerr=[p.get(f"{y}_std", 0.0) for p in ps],
-                    label=m, **kw)
+        kw = {"marker": "o", "ms": 4, "capsize": 2, "lw": 1, "label": m, **styles.get(m, {})}
+        ax.errorbar([p[x] for p in ps], [p[y] for p in ps], yerr=[p.get(f"{y}_std", 0.0) for p in ps], **kw)
     allp = [p for m, ps in by_method.items() if m not in front_exclude for p in ps]
     if allp:
         f = pareto_front([p[x] for p in allp], [p[y] for p in allp])

@@ -7,8 +7,8 @@ split. Steps, one function each:
 1. :func:`load_inputs` - the benchmark, the base model, notebook 01's selected sets
    (``01_selected_sets.npz``) and each device's private train/test splits; the token settings
    are checked against the model's token count;
-2. :func:`build_models` - per seed and parameter budget: ``one_size_fits_all``, ``toast``
-   (+ TCS) and ``torch_pruning`` once for all devices, ``tap_vits`` and the ``oracle`` per
+2. :func:`build_models` - per seed and parameter budget: ``one_size_fits_all``, ``toast_tcs``
+   (ToaSt + TCS) and ``torch_pruning`` once for all devices, ``tap_vits`` and the ``oracle`` per
    device; the token methods (``pomt``, ``tome``, ``topk``) once, on the dense model;
 3. :func:`evaluate` - private test accuracy of every model a device would receive;
 4. :func:`measure_latencies` - the first seed's models timed interleaved with the dense model
@@ -43,7 +43,7 @@ from ..errors import InvalidFileError, InvalidValueError
 from . import _params
 from .device_specificity import paired_gap
 
-__all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "STRUCTURED", "RESULT_FILE", "MAX_MARGIN", "STYLES", "Inputs",
+__all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "STRUCTURED", "RESULT_FILE", "MAX_MARGIN", "Inputs",
            "Evaluation", "Result", "check_token_settings", "load_inputs", "build_models", "evaluate",
            "measure_latencies", "calibrate_planner", "combined_plans", "combined_means", "summarise",
            "differences_table", "plot_predicted_vs_measured", "plot_pareto", "run", "main"]
@@ -52,8 +52,8 @@ SCHEMA_VERSION = 1
 RESULT_FILE = "04_final_comparisons.json"
 
 #: The structured (parameter-budget) methods, in the order tables show them; the oracle is their
-#: upper bound and never a deployable winner.
-STRUCTURED = ("tap_vits", "one_size_fits_all", "toast", "torch_pruning")
+#: upper bound and never a deployable winner. Names of :mod:`vitprune_lite.methods`.
+STRUCTURED = ("tap_vits", "one_size_fits_all", "toast_tcs", "torch_pruning")
 #: The largest margin the planner applies (:func:`vitprune_lite.pipelines.choose_plan` needs one
 #: below 1); a calibrated margin of 100 % or more is used as this, so no plan counts as predicted
 #: within budget.
@@ -378,7 +378,7 @@ def build_models(params: Params, inp: Inputs, progress: bool = True) -> dict[tup
             built[("one_size_fits_all", setting, "*", seed)] = pipelines.one_size_fits_all(
                 model, shared, public, n_metric=params.n_metric, n_finetune=params.n_finetune, seed=seed,
                 cache=cache, **rec, **tap)
-            built[("toast", setting, "*", seed)] = pipelines.toast(model, shared, public, n_finetune=params.n_finetune,
+            built[("toast_tcs", setting, "*", seed)] = pipelines.toast(model, shared, public, n_finetune=params.n_finetune,
                                                                   seed=seed, **rec)
             built[("torch_pruning", setting, "*", seed)] = pipelines.torch_pruning(
                 model, shared, public, n_finetune=params.n_finetune, seed=seed, **rec)
@@ -534,7 +534,7 @@ def combined_plans(params: Params, inp: Inputs, built: Mapping[tuple, Any], eval
     try:
         jobs = [(seed, d) for seed in params.seeds for d in inp.devices]
         for seed, d in _progress(jobs, progress, len(jobs), "plans"):
-            structures = {"dense": inp.model} | {f"tap {s}": m.model for (meth, s, dev, sd), m in built.items()
+            structures = {"dense": inp.model} | {f"tap_vits {s}": m.model for (meth, s, dev, sd), m in built.items()
                                                  if meth == "tap_vits" and dev == d and sd == seed}
             _, val_idx = pipelines.split_validation(inp.selection[d].finetune[:params.n_finetune],
                                                     params.val_fraction, seed)
@@ -681,7 +681,8 @@ def summarise(params: Params, inp: Inputs, evaluation: Evaluation, latencies: Ma
     return {"aggregate": agg, "per_budget": per_budget, "main_budget": _setting(params.budgets[-1]),
             "summary": summary, "combined_overall": overall, "planner_check": pipelines.summarise_checks(combined),
             "differences": _differences(params, inp, evaluation, "tap_vits", (*STRUCTURED[1:], "oracle")),
-            "toast_differences": _differences(params, inp, evaluation, "toast", ("one_size_fits_all", "torch_pruning"))}
+            "toast_differences": _differences(params, inp, evaluation, "toast_tcs",
+                                              ("one_size_fits_all", "torch_pruning"))}
 
 
 @dataclass
@@ -819,22 +820,15 @@ def plot_predicted_vs_measured(validation_rows: Sequence[Mapping[str, Any]], com
     return fig
 
 
-#: Line styles of the Pareto panels, one per method.
-STYLES: dict[str, dict[str, Any]] = {
-    "dense": dict(color="k", marker="*", ms=10), "tap_vits": dict(color="C3", lw=2),
-    "one_size_fits_all": dict(color="C1"), "toast": dict(color="C2"), "torch_pruning": dict(color="C4"),
-    "pomt": dict(color="C0"), "tome": dict(color="C9"), "topk": dict(color="C8"),
-    "oracle": dict(color="0.3", ls="--", marker="x")}
-
-
 def plot_pareto(aggregate: Sequence[Mapping[str, Any]], devices: Sequence[str], n_seeds: int, lat_threads: int):
     """One row per device: test accuracy (mean ± sd over seeds) against batch-1 latency, batch-32
     latency and FLOPs, with the Pareto front over the deployable points (the oracle drawn, not on
     the front). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    from .. import compare, measure
+    from .. import compare, measure, methods
 
+    styles = {m: {**methods.style(m).line(), "label": methods.label(m)} for m in {p["method"] for p in aggregate}}
     axes_spec = [("ms_b1", "latency, batch 1 (ms)"), ("ms_b32", "latency, batch 32 (ms)"),
                  ("flops", "FLOPs per image")]
     fig, axes = plt.subplots(len(devices), 3, figsize=(13, 3.3 * len(devices)), squeeze=False)
@@ -842,7 +836,7 @@ def plot_pareto(aggregate: Sequence[Mapping[str, Any]], devices: Sequence[str], 
         pts = [p for p in aggregate if p["device"] == d]
         for c, (key, label) in enumerate(axes_spec):
             ax = axes[r, c]
-            compare.pareto_axes(ax, pts, key, "acc", styles=STYLES, front_exclude=("oracle",))
+            compare.pareto_axes(ax, pts, key, "acc", styles=styles, front_exclude=("oracle",))
             ax.set(xlabel=label, ylabel=f"{d}: test accuracy" if c == 0 else None)
             ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="lower right")

@@ -944,15 +944,14 @@ def plot_methods(params: Params, comp: Comparison):
     """Validation accuracy against measured latency / dense and against FLOPs / dense, per method."""
     import matplotlib.pyplot as plt
 
-    from .. import measure, plots
+    from .. import measure, methods, plots
 
-    colors = {"dense": "k", "pomt": "tab:red", "tome": "tab:blue", "topk": "tab:green", "evit": "tab:orange"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
     for method in dict.fromkeys(r["method"] for r in comp.rows):
         grp = sorted((r for r in comp.rows if r["method"] == method), key=lambda r: r["flops_ratio"])
         for ax, col in zip(axes, ("ratio_vs_dense", "flops_ratio")):
-            ax.plot([r[col] for r in grp], [r["val_acc"] for r in grp], marker="o", ms=4, color=colors[method],
-                    label=method)
+            ax.plot([r[col] for r in grp], [r["val_acc"] for r in grp], ms=4, label=methods.label(method),
+                    **methods.style(method).line())
     axes[0].axvline(1.0, color="0.6", lw=0.8)
     axes[0].set(xlabel="batch-1 latency / dense (measured)", ylabel="top-1, public val subset",
                 title=f"accuracy vs measured latency, {params.threads} threads")
