@@ -139,7 +139,7 @@ def _check_result(r: fc.Result, n_classes: int) -> None:
     dense = r.dense
     (d,) = r.parameters["devices"]
     assert r.smoke is True and r.seeds == [0] and r.main_budget == "50%"
-    assert {x["method"] for x in r.rows} == {"dense", "tap_vits", "one_size_fits_all", "toast", "torch_pruning",
+    assert {x["method"] for x in r.rows} == {"dense", "tap_vits", "one_size_fits_all", "toast_tcs", "torch_pruning",
                                             "oracle", "pomt", "tome", "topk"}
     assert dense["acc"][d] > 1.5 / n_classes  # the dense model is well above chance on its device
     for row in r.rows:
@@ -156,7 +156,7 @@ def _check_result(r: fc.Result, n_classes: int) -> None:
         assert g["lo"] <= g["mean"] <= g["hi"] and set(g["by_device"]) == {d}
     assert set(r.toast_differences["50%"]) == {"one_size_fits_all", "torch_pruning"}
     for other, g in r.toast_differences["50%"].items():
-        assert g["mean"] == pytest.approx(tap["toast"] - tap[other]) and g["lo"] <= g["mean"] <= g["hi"]
+        assert g["mean"] == pytest.approx(tap["toast_tcs"] - tap[other]) and g["lo"] <= g["mean"] <= g["hi"]
     # the planner: budgets and measured latencies in the notebook's dense milliseconds
     margin = r.predictor["margin"]
     assert r.predictor["validation"]["ratio"]["n"] == 4
@@ -247,7 +247,7 @@ def test_report_reads_the_result(v1_result, tmp_path):
     assert got[1] == expected
     text, verdict = report._m_tap_vs_all({"04": raw})
     assert "TAP-ViTs minus one_size_fits_all" in text and "(95 %)" in text
-    diffs = [raw["differences"]["50%"][m] for m in ("one_size_fits_all", "toast", "torch_pruning")]
+    diffs = [raw["differences"]["50%"][m] for m in ("one_size_fits_all", "toast_tcs", "torch_pruning")]
     if any(d["hi"] < 0 for d in diffs):
         assert verdict == report.NOT_HELD
     elif all(d["lo"] > 0 for d in diffs):
@@ -256,7 +256,7 @@ def test_report_reads_the_result(v1_result, tmp_path):
     assert "ToaSt minus one_size_fits_all" in text and "ToaSt minus" in text
     td = [raw["toast_differences"]["50%"][m] for m in ("one_size_fits_all", "torch_pruning")]
     flops = {p["method"]: p["flops"] for p in raw["aggregate"] if p["setting"] == "50%"}
-    if any(d["hi"] < 0 for d in td) and flops["toast"] >= min(flops["one_size_fits_all"], flops["torch_pruning"]):
+    if any(d["hi"] < 0 for d in td) and flops["toast_tcs"] >= min(flops["one_size_fits_all"], flops["torch_pruning"]):
         assert verdict == report.NOT_HELD
     # the old layout (no intervals) still reads: the per-device tally
     old = {k: v for k, v in raw.items() if k != "differences"}
@@ -279,7 +279,7 @@ def test_figures(v1_result):
 def test_differences_table(v1_result):
     rows = fc.differences_table(v1_result.differences)
     others = set(v1_result.differences["50%"])
-    assert {r["tap_vits minus"] for r in rows} == others == {"one_size_fits_all", "toast", "torch_pruning", "oracle"}
+    assert {r["tap_vits minus"] for r in rows} == others == {"one_size_fits_all", "toast_tcs", "torch_pruning", "oracle"}
     assert len(rows) == len(others) * 2  # one device and the mean
     for r in rows:
         g = v1_result.differences[r["budget"]][r["tap_vits minus"]]

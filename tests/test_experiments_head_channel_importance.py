@@ -99,14 +99,14 @@ def test_pruning_shrinks_as_budgets_tighten(steps):
         r50 = pruned.results[d]["50"]
         assert r50["toast_tcs"]["params"] == r50["toast"]["params"] and r50["toast_tcs"]["flops"] < r50["toast"]["flops"]
     # data-free criteria build one model for every device
-    assert ("toast", None, "50") in pruned.models and ("tap_gmm", inp.devices[0], "50") in pruned.models
+    assert ("toast", None, "50") in pruned.models and ("tap_vits", inp.devices[0], "50") in pruned.models
 
 
 def test_recovery_is_the_standard_one(steps):
     from vitprune_lite import pipelines
 
     params, inp, pruned, ft = steps["params"], steps["inp"], steps["pruned"], steps["ft"]
-    assert ft["criteria"][0] == "tap_gmm" and len(ft["criteria"]) == 1 + params.ft_top
+    assert ft["criteria"][0] == "tap_vits" and len(ft["criteria"]) == 1 + params.ft_top
     idx = np.asarray(inp.sets[f"{inp.devices[0]}/{inp.space}/finetune"])[:params.ft_images]
     train, val = pipelines.split_validation(np.arange(len(idx)), params.val_fraction, params.seed)
     for key, run in ft["runs"].items():
@@ -178,7 +178,8 @@ def test_faithfulness_file_per_benchmark():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("benchmark", "v3"), ("criteria", ("toast",)), ("criteria", ("tap_gmm", "nope")), ("ft_lr", 2.0),
+    ("benchmark", "v3"), ("criteria", ("toast",)), ("criteria", ("tap_vits", "nope")), ("criteria", ("tap_gmm",)),
+    ("ft_lr", 2.0),
     ("val_fraction", 0.0), ("probes", (1.5,)), ("tcs_fc2", (0.5, 1.0)), ("faithfulness", "quick"),
     ("devices", ("",)), ("metric_images", 1), ("lat_all_budgets", 1), ("tokens", True)])
 def test_bad_params_are_refused(field, value):

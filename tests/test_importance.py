@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vitprune_lite import importance as imp
 from vitprune_lite import measure, surgery
+from vitprune_lite.errors import InvalidValueError
 
 
 @pytest.fixture()
@@ -157,15 +158,17 @@ def test_taylor_is_zero_for_a_unit_without_effect(tiny_vit, images):
 
 def test_score_interface_and_errors(tiny_vit, images):
     for c in imp.CRITERIA:
-        s = imp.score(tiny_vit, c, images[:8], tokens=4, batch_size=4) if c == "tap" \
+        s = imp.score(tiny_vit, c, images[:8], tokens=4, batch_size=4) if c == "tap_vits" \
             else imp.score(tiny_vit, c, images[:8])
         assert s.criterion == c and len(s) == 2 and s[0]["mlp"].shape == (192,)
     with pytest.raises(ValueError, match="unknown criterion"):
         imp.score(tiny_vit, "snip", images)
+    with pytest.raises(InvalidValueError, match=r"unknown criterion 'tap'; accepted: tap_vits, taylor"):
+        imp.score(tiny_vit, "tap", images)  # the old name is refused, the accepted ones listed
     with pytest.raises(ValueError, match="needs images"):
-        imp.score(tiny_vit, "tap")
+        imp.score(tiny_vit, "tap_vits")
     with pytest.raises(ValueError, match="empty"):
-        imp.score(tiny_vit, "tap", images[:0])
+        imp.score(tiny_vit, "tap_vits", images[:0])
     with pytest.raises(ValueError, match="unsupported model"):
         imp.score(torch.nn.Linear(3, 3), "magnitude_l2")
     with pytest.raises(ValueError, match="at least 2"):

@@ -35,7 +35,7 @@ def test_02_head_channel_importance(nb_out):
         assert s["changed_shuffled"] == 0 and s["changed_sorted"] == 0, where
         assert set(rep["batch"]) == set(s)
     assert res["tcs_flops"]["tcs"] < res["tcs_flops"]["dense"]
-    assert "tap_gmm" in res["finetune"]["criteria"]
+    assert "tap_vits" in res["finetune"]["criteria"]
     for key, run in res["finetune"]["runs"].items():  # the standard recovery: keeps the better on validation
         d, crit = key.split("/")
         assert run["kept"] in ("pruned", "finetuned") and 0 <= run["test_acc"] <= 1

@@ -22,7 +22,7 @@ def test_04_final_comparisons(nb_out):
     assert res["schema"] == 1 and res["params"]["benchmark"] == "v1" and res["params"]["max_devices"] == 1
     (d,) = res["parameters"]["devices"]
     methods = {r["method"] for r in res["rows"]}
-    assert methods == {"dense", "tap_vits", "one_size_fits_all", "toast", "torch_pruning", "oracle",
+    assert methods == {"dense", "tap_vits", "one_size_fits_all", "toast_tcs", "torch_pruning", "oracle",
                        "pomt", "tome", "topk"}
     dense = res["dense"]
     for r in res["rows"]:
@@ -30,13 +30,13 @@ def test_04_final_comparisons(nb_out):
         if r["method"] != "dense":
             assert r["flops"] < dense["flops"]  # every method removes work
     # structured methods meet the same parameter budget (within rounding of heads for torch-pruning)
-    struct = [r for r in res["rows"] if r["method"] in ("tap_vits", "one_size_fits_all", "toast", "oracle")]
-    assert len({r["params"] for r in struct if r["method"] != "toast"}) >= 1
+    struct = [r for r in res["rows"] if r["method"] in ("tap_vits", "one_size_fits_all", "toast_tcs", "oracle")]
+    assert len({r["params"] for r in struct if r["method"] != "toast_tcs"}) >= 1
     for r in struct:
         assert r["params"] < dense["params"]
     # recovery was chosen on validation, never on test: every structured report says what it kept
     for key, rep in res["reports"].items():
-        if key.split("|")[0] in ("tap_vits", "one_size_fits_all", "toast", "torch_pruning", "oracle"):
+        if key.split("|")[0] in ("tap_vits", "one_size_fits_all", "toast_tcs", "torch_pruning", "oracle"):
             assert rep["kept"] in ("pruned", "finetuned") and rep["n_val"] > 0
     # the combined plan: one row per kind and latency budget; it is never worse on validation
     kinds = {}

@@ -34,7 +34,7 @@ def test_tap_vits_is_select_score_ratios_plan_surgery(setup, tiny_vit):
     # the same steps by hand give the same model
     sel = gmm.select(request.upload, public.features, n_metric=16, n_finetune=40)
     xm = public.x[sel.metric]
-    s = importance.score(tiny_vit, "tap", xm, **FAST["score_options"])
+    s = importance.score(tiny_vit, "tap_vits", xm, **FAST["score_options"])
     ratios = importance.adaptive_ratios(importance.layer_sensitivity(tiny_vit, xm, s, max_images=8), BUDGET)
     ref = importance.prune_copy(tiny_vit, importance.make_plan(tiny_vit, s, BUDGET, layer_ratios=ratios))
     assert torch.equal(out.model(public.x[:8]), ref(public.x[:8]))
@@ -133,6 +133,7 @@ def test_toast_pipeline_is_coupled_pruning_plus_sample_mode_tcs(setup, tiny_vit)
     out = pipelines.toast(tiny_vit, request, public, n_finetune=40, ft_steps=0, tcs_fc1=0.0, tcs_fc2=0.5, **REC)
     r = out.report
     assert out.device == "*" and r["criterion"] == "toast" and r["tcs"]["mode"] == "sample"
+    assert out.method == "toast_tcs"  # ToaSt with TCS, under its registry name
     assert r["flops"] < r["flops_without_tcs"] < r["dense_flops"]
     assert [s["fc2_keep"] for s in __import__("vitprune_lite.tcs").tcs.settings(out.model)]
     # block 0's attention stays dense, the others are re-packed per head
@@ -149,6 +150,7 @@ def test_torch_pruning_pipeline_meets_the_budget_and_recovers(setup, tiny_vit):
     r = out.report
     assert r["finetune"]["steps"] == 2 and r["n_val"] == 10 and r["params"] < r["dense_params"]
     assert r["torch_pruning"]["heads_kept"] == [b.attn.num_heads for b in out.model.blocks]
+    assert out.method == r["criterion"] == "torch_pruning"
     out.model(public.x[:4])  # the repaired attention runs
 
 

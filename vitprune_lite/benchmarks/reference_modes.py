@@ -122,7 +122,7 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
         for v in variants.VARIANTS:
             opts = {"tokens": S["score_tokens"]} if v == "project" else {}
             pruned, rep = pipelines.prune_and_recover(
-                base, public, metric, finetune, budget, criterion="tap", sens_images=S["sens_images"],
+                base, public, metric, finetune, budget, criterion="tap_vits", sens_images=S["sens_images"],
                 score_options=opts, variant=v, **{**rec, "ft_steps": 0})
             tuned, info = pipelines.recover(pruned, public, finetune, **rec)
             correct.setdefault(("tap_vits", v, "zero_shot"), {})[d] = _correct(pruned, tests, [d])[d]

@@ -377,11 +377,11 @@ def ratios(params: Params, model, sets: MetricSets, progress: bool = False) -> L
                 if v == "reference":
                     options["variant"] = "reference"
                     sparsities = (importance.probe_sparsity(budget),)
-                scores = importance.score(model, "tap", x, y, **options)
+                scores = importance.score(model, "tap_vits", x, y, **options)
                 sens = importance.layer_sensitivity(model, x, scores, sparsities=sparsities,
                                                     max_images=params.sens_images, variant=v)
                 r = importance.adaptive_ratios(sens, budget, variant=v)
-                key = pipelines._cache_key(model, "tap", x, y, True, params.sens_images, options)
+                key = pipelines._cache_key(model, "tap_vits", x, y, True, params.sens_images, options)
                 cache[key + ((sparsities,) if v == "reference" else ())] = (scores, sens)
                 out[d][name][v] = {"mlp": [float(a) for a in r["mlp"]], "attn": [float(a) for a in r["attn"]],
                                    "kl_mlp": [float(a) for a in sens["mlp"]],
@@ -460,7 +460,7 @@ def prune(params: Params, bench, model, sets: MetricSets, layer_ratios: LayerRat
             ms = sets.sets[d][name]
             for v in VARIANTS:
                 pruned, rep = pipelines.prune_and_recover(
-                    model, ms.pool, ms.metric, ms.finetune, budget, criterion="tap", sens_images=params.sens_images,
+                    model, ms.pool, ms.metric, ms.finetune, budget, criterion="tap_vits", sens_images=params.sens_images,
                     score_options=_score_options(params, v), cache=layer_ratios.cache, variant=v,
                     ft_steps=0, seed=params.seeds[0], **rec)
                 want = layer_ratios.ratios[d][name][v]
