@@ -239,8 +239,8 @@ def test_predict_ms_reads_the_curve():
 def test_choose_plan_filters_and_falls_back_to_the_fastest():
     cands = [{"structure": "dense", "tokens": "none", "predicted_ms": 10.0, "val_acc": 0.9},
              {"structure": "dense", "tokens": "pomt", "predicted_ms": 8.0, "val_acc": 0.85},
-             {"structure": "tap", "tokens": "none", "predicted_ms": 7.0, "val_acc": 0.8},
-             {"structure": "tap", "tokens": "pomt", "predicted_ms": 6.0, "val_acc": 0.8}]
+             {"structure": "tap_vits 50%", "tokens": "none", "predicted_ms": 7.0, "val_acc": 0.8},
+             {"structure": "tap_vits 50%", "tokens": "pomt", "predicted_ms": 6.0, "val_acc": 0.8}]
     c, met = pipelines.choose_plan(cands, 8.5)
     assert met and c is cands[1]
     c, met = pipelines.choose_plan(cands, 7.5)  # tie on accuracy: the faster

@@ -477,7 +477,7 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
 
     Args:
         base: the dense model the curve was profiled on.
-        structures: name -> model, e.g. ``{"dense": base, "tap 50%": ...}`` (not changed).
+        structures: name -> model, e.g. ``{"dense": base, "tap_vits 50%": ...}`` (not changed).
         val: ``(x [n, 3, H, W], y [n])`` validation images and labels.
         curve: the device's batch-1 network latency curve for ``base``.
         predictor: the device's batch-1 latency predictor for ``base`` (instead of ``curve``).
