@@ -141,10 +141,10 @@ def run(threads: int = 2, devices: Optional[Sequence[str]] = None, ft_steps: Opt
                                                   adaptive=False, variant=v, **{**rec, "ft_steps": 0})
         tuned, info = pipelines.recover(pruned, public, sel.finetune, **rec)
         for stage, m in (("zero_shot", pruned), ("recovered", tuned)):
-            correct[("toast_coupled", v, stage)] = _correct(m, tests, devices)
+            correct[("toast", v, stage)] = _correct(m, tests, devices)  # names of vitprune_lite.methods
             with_tcs = tcs.patch(copy.deepcopy(m), pipelines.TCS_FC1, pipelines.TCS_FC2, mode="sample", variant=v)
-            correct[("toast", v, stage)] = _correct(with_tcs, tests, devices)
-        for name in ("toast", "toast_coupled"):
+            correct[("toast_tcs", v, stage)] = _correct(with_tcs, tests, devices)
+        for name in ("toast", "toast_tcs"):
             extra[(name, v)] = {"params": rep["params"] / rep["dense_params"], "kept": info["kept"],
                                 "widths": rep["widths"]}
     print(f"toast: done ({time.perf_counter() - t_start:.0f} s)", flush=True)

@@ -5,9 +5,9 @@ ToaSt's 2.9-GFLOP ``deit_small_patch16_224`` configuration (random weights): blo
 block 0 dense), Token Channel Selection with fc2 ratio 0.9 on blocks 10-11 and fc1 ratio 0.3 on
 block 11. Measured, interleaved in one run at batch 1 and 32:
 
-- ``coupled``: the re-packed attention pruning alone (surgery, no masks);
+- ``toast``: the re-packed coupled attention pruning alone (surgery, no masks);
 - ``tcs_sample`` / ``tcs_batch``: gathered TCS alone, per-image and batch-shared selection;
-- ``toast``: both (sample-mode TCS).
+- ``toast_tcs``: both (sample-mode TCS).
 
 Figure of merit: (measured speed-up) / (FLOP speed-up); target >= 0.9. The published code,
 measured on this kind of machine: 1.37x at batch 1 and 1.25x at batch 32 against a FLOP ratio
@@ -53,10 +53,10 @@ def build(name: str = "deit_small_patch16_224") -> dict[str, torch.nn.Module]:
     coupled = surgery.apply_plan(copy.deepcopy(dense), coupled_plan(dense)).eval()
     variants = {
         "dense": dense,
-        "coupled": coupled,
+        "toast": coupled,  # method names of vitprune_lite.methods: ToaSt without / with TCS
         "tcs_sample": tcs.patch(copy.deepcopy(dense), fc1, fc2, mode="sample"),
         "tcs_batch": tcs.patch(copy.deepcopy(dense), fc1, fc2, mode="batch"),
-        "toast": tcs.patch(copy.deepcopy(coupled), fc1, fc2, mode="sample"),
+        "toast_tcs": tcs.patch(copy.deepcopy(coupled), fc1, fc2, mode="sample"),
     }
     return variants
 
