@@ -142,8 +142,9 @@ class Params:
         if (not isinstance(self.criteria, tuple) or "tap_vits" not in self.criteria
                 or any(c not in ALL_CRITERIA for c in self.criteria) or len(set(self.criteria)) != len(self.criteria)):
             unknown = [c for c in self.criteria if c not in ALL_CRITERIA] if isinstance(self.criteria, tuple) else []
-            raise InvalidValueError(f"Params.criteria = {self.criteria!r}" + (f" (unknown: {unknown})" if unknown else "")
-                                    + f": accepted a tuple of distinct names from {ALL_CRITERIA}, including "
+            bad = f" (unknown: {unknown})" if unknown else ""
+            raise InvalidValueError(f"Params.criteria = {self.criteria!r}{bad}: accepted a tuple of distinct "
+                                    f"names from {ALL_CRITERIA}, including "
                                     "'tap_vits' (the method under study)")
         if not _number(self.ft_lr) or not 0 < self.ft_lr < 1:
             raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}: accepted a learning rate in (0, 1)")
