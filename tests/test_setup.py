@@ -109,3 +109,61 @@ def test_cli_refuses_unknown_notebook(capsys):
 
     assert main(["reproduce", "--only", "99"]) == 1
     assert "no notebook numbered" in capsys.readouterr().err
+
+
+def _notebook_sources(nb: Path) -> list[tuple[str, str]]:
+    import json
+
+    return [(c["cell_type"], "".join(c["source"])) for c in json.loads(nb.read_text())["cells"]]
+
+
+def _user_facing_texts() -> dict[str, str]:
+    """README (its generated results section left out), docs/*.md and the notebooks' sources."""
+    readme = (ROOT / "README.md").read_text()
+    begin, end = readme.index("<!-- results:begin -->"), readme.index("<!-- results:end -->")
+    texts = {"README.md": readme[:begin] + readme[end:]}
+    texts |= {f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
+    texts |= {f"notebooks/{nb.name}": "\n".join(s for _, s in _notebook_sources(nb)) for nb in reproduce.notebooks()}
+    return texts
+
+
+def test_docs_and_notebooks_stand_on_their_own():
+    # A user has only the project: no pointers to notes kept outside it.
+    texts = _user_facing_texts()
+    assert "docs/methods.md" in texts and len(texts) > 5
+    bad = {name: s for name, text in texts.items() for s in ("METHODS.md", "../shared") if s in text}
+    assert not bad, f"files pointing outside the project (write it into docs/methods.md instead): {bad}"
+
+
+def _slug(heading: str) -> str:
+    """The anchor a Markdown renderer gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_into_docs_methods_resolve():
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", (ROOT / "docs" / "methods.md").read_text(), re.M)}
+    links = [(name, a) for name, text in _user_facing_texts().items()
+             for a in re.findall(r"methods\.md#([\w\-]+)", text)]
+    links += [("docs/methods.md", a) for a in re.findall(r"\]\(#([\w\-]+)\)", (ROOT / "docs" / "methods.md").read_text())]
+    assert len(links) >= 4
+    missing = [(name, a) for name, a in links if a not in anchors]
+    assert not missing, f"links to headings that docs/methods.md does not have: {missing}; headings: {sorted(anchors)}"
+
+
+@pytest.mark.parametrize("prefix, n_mechanisms", [("02_", 3), ("03_", 2)])
+def test_from_scratch_cells_are_short_and_checked(prefix, n_mechanisms):
+    nb = next(p for p in reproduce.notebooks() if p.name.startswith(prefix))
+    cells = _notebook_sources(nb)
+    start = next(i for i, (t, s) in enumerate(cells) if t == "markdown" and s.startswith("## From scratch"))
+    section = cells[start:]
+    code = [s for t, s in section if t == "code"]
+    assert all(len(s.splitlines()) <= 15 for s in code), f"{nb.name}: a From-scratch code cell is over 15 lines"
+    found = 0
+    for i, (t, s) in enumerate(section[:-2]):
+        if t == "markdown" and "from scratch.**" in s:
+            (t1, scratch), (t2, check) = section[i + 1], section[i + 2]
+            assert t1 == t2 == "code", f"{nb.name}: '{s[:40]}' must be followed by a from-scratch and a check cell"
+            assert "vitprune_lite" not in scratch, f"{nb.name}: the from-scratch cell after '{s[:40]}' uses the package"
+            assert "vitprune_lite" in check and "assert" in check, f"{nb.name}: the check after '{s[:40]}' checks nothing"
+            found += 1
+    assert found == n_mechanisms
