@@ -167,3 +167,26 @@ def test_from_scratch_cells_are_short_and_checked(prefix, n_mechanisms):
             assert "vitprune_lite" in check and "assert" in check, f"{nb.name}: the check after '{s[:40]}' checks nothing"
             found += 1
     assert found == n_mechanisms
+
+
+EXPERIMENT_OF = {"00_": "base_model", "01_": "gmm_approximation", "02_": "head_channel_importance",
+                 "03_": "latency_curve", "04_": "final_comparisons"}
+
+
+@pytest.mark.parametrize("prefix", sorted(EXPERIMENT_OF))
+def test_exercises_name_real_parameters(prefix):
+    import dataclasses
+    import importlib
+
+    nb = next(p for p in reproduce.notebooks() if p.name.startswith(prefix))
+    fields = {f.name for f in dataclasses.fields(importlib.import_module(
+        f"vitprune_lite.experiments.{EXPERIMENT_OF[prefix]}").Params)}
+    exercises = [s for t, s in _notebook_sources(nb) if t == "markdown" and s.startswith("**Exercise")]
+    named = []
+    for text in exercises:
+        assert "Predict" in text, f"{nb.name}: an exercise must ask for a prediction first: {text[:60]!r}"
+        keys = re.findall(r"[{,] *\"(\w+)\":", text) + [b.lower() for b in re.findall(r"`(BENCHMARK) =", text)]
+        unknown = [k for k in keys if k not in fields]
+        assert not unknown, f"{nb.name}: exercise {text[:40]!r} names {unknown}, not fields of its Params"
+        named += keys
+    assert len(exercises) >= 2 and len(named) >= 2, f"{nb.name}: needs two exercises naming a Params field"
