@@ -190,3 +190,10 @@ def test_exercises_name_real_parameters(prefix):
         assert not unknown, f"{nb.name}: exercise {text[:40]!r} names {unknown}, not fields of its Params"
         named += keys
     assert len(exercises) >= 2 and len(named) >= 2, f"{nb.name}: needs two exercises naming a Params field"
+
+
+def test_every_notebook_states_its_run_time_per_preset_at_the_top():
+    for nb in reproduce.notebooks():
+        first = _notebook_sources(nb)[0][1]
+        line = next((ln for ln in first.splitlines() if ln.startswith("Run time on 2 CPU threads:")), "")
+        assert all(f"{p} about" in line for p in ("full", "lab", "smoke")), f"{nb.name}: no run-time line per preset at the top"
