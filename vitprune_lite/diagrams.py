@@ -113,30 +113,31 @@ def qk_vo_coupling(num_heads: int = 4, head_dim: int = 32, width: int = 128, kee
         raise InvalidValueError(f"qk_vo_coupling: keep = {keep!r}; accepted 1..head_dim = {head_dim}")
     rng = np.random.default_rng(seed)
     kept = {pair: set(rng.choice(head_dim, keep, replace=False).tolist()) for pair in ("qk", "vo")}
+    span, row = 32.0, 32.0 / head_dim  # the stack of rows is always drawn 32 units tall
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6))
     panels = (("qk", ("Q", "K"), "query dim d and key dim d\nare removed together",
                "#3f7fbf"),
               ("vo", ("V", "O^T"), "value dim d and proj column d\nare removed together", "#c8642a"))
     for ax, (pair, names, note, color) in zip(axes, panels):
-        ax.set_xlim(-3.2, 10.5)
-        ax.set_ylim(-6.2, head_dim + 4.2)
+        ax.set_xlim(-1.6, 10.0)
+        ax.set_ylim(-3.0, span + 8.0)
         ax.axis("off")
         for d in range(head_dim):
-            y = head_dim - 1 - d
+            y = (head_dim - 1 - d) * row
             on = d in kept[pair]
             for x0 in (0.0, 5.0):
-                ax.add_patch(Rectangle((x0, y), 4.6, 0.9, facecolor=color if on else "#dddddd",
+                ax.add_patch(Rectangle((x0, y), 4.6, 0.9 * row, facecolor=color if on else "#dddddd",
                                        edgecolor="white", linewidth=0.4))
         for x0, n in zip((0.0, 5.0), names):
-            ax.text(x0 + 2.3, head_dim + 0.6, f"{n} rows of head h\n[{head_dim}, {width}]", ha="center",
+            ax.text(x0 + 2.3, span + 0.6, f"{n} rows of head h\n[{head_dim}, {width}]", ha="center",
                     va="bottom", fontsize=9)
-        ax.text(-0.4, head_dim / 2, f"dim d = 0..{head_dim - 1}", rotation=90, ha="right", va="center", fontsize=9)
-        ax.text(4.8, head_dim + 3.3, f"[{names[0]} | {names[1]}]: {note}", ha="center", va="bottom", fontsize=10)
-        ax.text(4.8, -1.2, f"coloured: the {keep} kept dims (same rows on both sides), grey: removed",
+        ax.text(-0.4, span / 2, f"dim d = 0..{head_dim - 1}", rotation=90, ha="right", va="center", fontsize=9)
+        ax.text(4.8, span + 4.6, f"[{names[0]} | {names[1]}]: {note}", ha="center", va="bottom", fontsize=10)
+        ax.text(4.8, -1.2, f"coloured: the {keep} kept dims, grey: removed\n(the same rows on both sides)",
                 ha="center", va="top", fontsize=8.5)
     H, D, C, k = num_heads, head_dim, width, keep
-    fig.text(0.5, 0.045, f"every one of the {H} heads keeps {k} of {D} dims, so the layer re-packs densely:   "
+    fig.text(0.5, 0.02, f"every one of the {H} heads keeps {k} of {D} dims, so the layer re-packs densely:\n"
              f"qkv.weight [{3 * H * D}, {C}] -> [{3 * H * k}, {C}]     proj.weight [{C}, {H * D}] -> [{C}, {H * k}]",
              ha="center", fontsize=9.5, weight="bold")
     fig.suptitle("ToaSt: coupled dimensions inside one attention head", fontsize=12)
