@@ -88,5 +88,6 @@ def test_01_result_reads_back(nb01, nb_out):
 
 
 def test_01_figures(nb01, nb_out):
-    for fig in ("01_bic", "01_samples_vs_private", "01_top_bottom", "01_selection_quality", "01_membership"):
+    for fig in ("01_bic", "01_samples_vs_private", "01_top_bottom", "01_selection_quality", "01_membership",
+                "01_device_cloud_flow"):
         assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000

@@ -109,3 +109,91 @@ def test_cli_refuses_unknown_notebook(capsys):
 
     assert main(["reproduce", "--only", "99"]) == 1
     assert "no notebook numbered" in capsys.readouterr().err
+
+
+def _notebook_sources(nb: Path) -> list[tuple[str, str]]:
+    import json
+
+    return [(c["cell_type"], "".join(c["source"])) for c in json.loads(nb.read_text())["cells"]]
+
+
+def _user_facing_texts() -> dict[str, str]:
+    """README (its generated results section left out), docs/*.md and the notebooks' sources."""
+    readme = (ROOT / "README.md").read_text()
+    begin, end = readme.index("<!-- results:begin -->"), readme.index("<!-- results:end -->")
+    texts = {"README.md": readme[:begin] + readme[end:]}
+    texts |= {f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
+    texts |= {f"notebooks/{nb.name}": "\n".join(s for _, s in _notebook_sources(nb)) for nb in reproduce.notebooks()}
+    return texts
+
+
+def test_docs_and_notebooks_stand_on_their_own():
+    # A user has only the project: no pointers to notes kept outside it.
+    texts = _user_facing_texts()
+    assert "docs/methods.md" in texts and len(texts) > 5
+    bad = {name: s for name, text in texts.items() for s in ("METHODS.md", "../shared") if s in text}
+    assert not bad, f"files pointing outside the project (write it into docs/methods.md instead): {bad}"
+
+
+def _slug(heading: str) -> str:
+    """The anchor a Markdown renderer gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_into_docs_methods_resolve():
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", (ROOT / "docs" / "methods.md").read_text(), re.M)}
+    links = [(name, a) for name, text in _user_facing_texts().items()
+             for a in re.findall(r"methods\.md#([\w\-]+)", text)]
+    links += [("docs/methods.md", a) for a in re.findall(r"\]\(#([\w\-]+)\)", (ROOT / "docs" / "methods.md").read_text())]
+    assert len(links) >= 4
+    missing = [(name, a) for name, a in links if a not in anchors]
+    assert not missing, f"links to headings that docs/methods.md does not have: {missing}; headings: {sorted(anchors)}"
+
+
+@pytest.mark.parametrize("prefix, n_mechanisms", [("02_", 3), ("03_", 2)])
+def test_from_scratch_cells_are_short_and_checked(prefix, n_mechanisms):
+    nb = next(p for p in reproduce.notebooks() if p.name.startswith(prefix))
+    cells = _notebook_sources(nb)
+    start = next(i for i, (t, s) in enumerate(cells) if t == "markdown" and s.startswith("## From scratch"))
+    section = cells[start:]
+    code = [s for t, s in section if t == "code"]
+    assert all(len(s.splitlines()) <= 15 for s in code), f"{nb.name}: a From-scratch code cell is over 15 lines"
+    found = 0
+    for i, (t, s) in enumerate(section[:-2]):
+        if t == "markdown" and "from scratch.**" in s:
+            (t1, scratch), (t2, check) = section[i + 1], section[i + 2]
+            assert t1 == t2 == "code", f"{nb.name}: '{s[:40]}' must be followed by a from-scratch and a check cell"
+            assert "vitprune_lite" not in scratch, f"{nb.name}: the from-scratch cell after '{s[:40]}' uses the package"
+            assert "vitprune_lite" in check and "assert" in check, f"{nb.name}: the check after '{s[:40]}' checks nothing"
+            found += 1
+    assert found == n_mechanisms
+
+
+EXPERIMENT_OF = {"00_": "base_model", "01_": "gmm_approximation", "02_": "head_channel_importance",
+                 "03_": "latency_curve", "04_": "final_comparisons"}
+
+
+@pytest.mark.parametrize("prefix", sorted(EXPERIMENT_OF))
+def test_exercises_name_real_parameters(prefix):
+    import dataclasses
+    import importlib
+
+    nb = next(p for p in reproduce.notebooks() if p.name.startswith(prefix))
+    fields = {f.name for f in dataclasses.fields(importlib.import_module(
+        f"vitprune_lite.experiments.{EXPERIMENT_OF[prefix]}").Params)}
+    exercises = [s for t, s in _notebook_sources(nb) if t == "markdown" and s.startswith("**Exercise")]
+    named = []
+    for text in exercises:
+        assert "Predict" in text, f"{nb.name}: an exercise must ask for a prediction first: {text[:60]!r}"
+        keys = re.findall(r"[{,] *\"(\w+)\":", text) + [b.lower() for b in re.findall(r"`(BENCHMARK) =", text)]
+        unknown = [k for k in keys if k not in fields]
+        assert not unknown, f"{nb.name}: exercise {text[:40]!r} names {unknown}, not fields of its Params"
+        named += keys
+    assert len(exercises) >= 2 and len(named) >= 2, f"{nb.name}: needs two exercises naming a Params field"
+
+
+def test_every_notebook_states_its_run_time_per_preset_at_the_top():
+    for nb in reproduce.notebooks():
+        first = _notebook_sources(nb)[0][1]
+        line = next((ln for ln in first.splitlines() if ln.startswith("Run time on 2 CPU threads:")), "")
+        assert all(f"{p} about" in line for p in ("full", "lab", "smoke")), f"{nb.name}: no run-time line per preset at the top"
