@@ -1,7 +1,7 @@
 """TAP-ViTs' data side: a device summarises its private images as a Gaussian mixture; the cloud
 uses the mixture to pick matching public images.
 
-The exchange, in three steps (METHODS.md, section 1, steps 1-2):
+The exchange, in three steps (docs/methods.md, "TAP-ViTs": device side and cloud side):
 
 1. **Device** (:func:`fit_upload`, :func:`device_upload`): embed the private *training* images
    with a frozen extractor (:mod:`vitprune_lite.features`), fit a ``GaussianMixture`` for every

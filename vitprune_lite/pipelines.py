@@ -17,12 +17,12 @@ never the device's test split.
 
 The pipelines (:data:`PIPELINES`):
 
-- :func:`tap_vits`: TAP-ViTs (METHODS.md section 1): GMM upload -> metric and fine-tune sets
+- :func:`tap_vits`: TAP-ViTs (docs/methods.md, "TAP-ViTs"): GMM upload -> metric and fine-tune sets
   (:func:`vitprune_lite.gmm.select`) -> composite neuron importance + KL layer sensitivity
   (:mod:`vitprune_lite.importance`) -> surgery -> recovery fine-tune (:func:`vitprune_lite.models.fit`).
 - :func:`one_size_fits_all`: the same steps on a random public subset (no upload), one model
   for every device - the baseline TAP-ViTs argues against.
-- :func:`toast`: ToaSt (METHODS.md section 2): coupled QK/VO dimension pruning from the weights,
+- :func:`toast`: ToaSt (docs/methods.md, "ToaSt"): coupled QK/VO dimension pruning from the weights,
   block 0 dense, the same recovery on random public images, then Token Channel Selection in
   ``sample`` mode (method ``toast_tcs``; ``toast`` when TCS is off). Data-free: one model for
   every device.
@@ -352,7 +352,7 @@ def one_size_fits_all(base: nn.Module, request: DeviceRequest, public: PublicDat
 
 #: ToaSt's Token Channel Selection schedule for the 6-block base model: fraction of FFN input
 #: channels (fc1) and MLP hidden units (fc2) dropped per block - the later, more redundant blocks
-#: drop most (METHODS.md section 2; notebook 02 audits it).
+#: drop most (docs/methods.md, "Token Channel Selection"; notebook 02 audits it).
 TCS_FC1 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.3)
 TCS_FC2 = (0.0, 0.0, 0.0, 0.5, 0.9, 0.9)
 

@@ -1,6 +1,6 @@
 """Notebook 01's experiment: a Gaussian mixture per device stands in for its private data.
 
-TAP-ViTs' data side (METHODS.md, section 1, steps 1-2), measured in three feature spaces:
+TAP-ViTs' data side (docs/methods.md, "TAP-ViTs": device side and cloud side), measured in three feature spaces:
 
 1. :func:`load` - the benchmark, the selection pool (``bench.public["train"]``), each device's
    private splits and the base model;
