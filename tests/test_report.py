@@ -425,3 +425,15 @@ def test_cli_report_check_and_write(tmp_path, monkeypatch, capsys):
     assert main(["report"]) == 0
     assert main(["report", "--check"]) == 0
     assert "| public test | 90.0 % [89.0 %, 91.0 %] (n = 2,000) |" in (tmp_path / "README.md").read_text()
+
+
+def test_cli_report_names_a_refused_file_and_still_writes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VITPRUNE_ROOT", str(tmp_path))
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "data" / "results" / "02_head_channel_importance.json").write_text('{"schema": 1, "params"')
+    (tmp_path / "README.md").write_text(README.format(begin=report.BEGIN, end=report.END))
+    assert main(["report"]) == 0
+    assert "warning: not read: data/results/02_head_channel_importance.json is not valid JSON" in \
+        capsys.readouterr().err.replace("notebook 02 result ", "")
+    assert "The results file `data/results/02_head_channel_importance.json` was not read" in \
+        (tmp_path / "README.md").read_text()
