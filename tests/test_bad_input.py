@@ -1201,12 +1201,13 @@ def _(c):
     paths.read_json(c.tmp / "r.json")
 
 
-@case("results/load_results with a truncated file", "InvalidFileError", "03_latency.json")
+@case("results/a notebook's Result.from_json with a truncated file", "InvalidFileError",
+      "03_latency_curve_profiling.json")
 def _(c):
-    from vitprune_lite import report
+    from vitprune_lite.experiments import latency_curve
 
-    (c.tmp / "03_latency.json").write_text('{"a": [1, 2')
-    report.load_results(c.tmp)
+    (c.tmp / "03_latency_curve_profiling.json").write_text('{"a": [1, 2')
+    latency_curve.Result.from_json(c.tmp / "03_latency_curve_profiling.json")
 
 
 @case("results/write to a folder's path", "InvalidValueError", "adir")

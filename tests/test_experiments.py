@@ -173,7 +173,7 @@ def test_cross_device_cached_by_params_and_checkpoint(nb00_v1, tmp_path, monkeyp
     assert result.cross_device["gap"] == first.gap and result.cross_device["block_param_share"] == pytest.approx(0.5, abs=0.02)
     from vitprune_lite import report
 
-    text = report.section_base(json.loads(result.to_json(tmp_path / "r.json").read_text()))
+    text = report.section_base(bm.Result.from_json(result.to_json(tmp_path / "r.json")))
     assert "Cross-device check (4 devices" in text and "public test" in text
 
 

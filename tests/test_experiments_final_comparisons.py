@@ -235,32 +235,31 @@ def test_result_round_trip_and_refusals(v1_result, tmp_path):
 
 
 def test_report_reads_the_result(v1_result, tmp_path):
+    import dataclasses
+
     from vitprune_lite import report
 
-    raw = json.loads(v1_result.to_json(tmp_path / "04_final_comparisons.json").read_text())
-    text = report.section_final(raw)
+    back = fc.Result.from_json(v1_result.to_json(tmp_path / "04_final_comparisons.json"))
+    text = report.section_final(back)
     assert "### 04 Final comparisons" in text and "night_cam" in text and "95 %" in text
-    got = report._m_tap_vs_one_size({"04": raw})
-    g = raw["differences"]["50%"]["one_size_fits_all"]
-    assert f"{100 * g['lo']:+.1f}" in got[0] and f"{100 * g['hi']:+.1f}" in got[0]
-    expected = report.HELD if g["lo"] > 0 else report.NOT_HELD if g["mean"] <= 0 else report.PARTLY
-    assert got[1] == expected
-    text, verdict = report._m_tap_vs_all({"04": raw})
-    assert "TAP-ViTs minus one_size_fits_all" in text and "(95 %)" in text
-    diffs = [raw["differences"]["50%"][m] for m in ("one_size_fits_all", "toast_tcs", "torch_pruning")]
+    text, verdict = report._m_tap_vs_one_size({"04": back})
+    g = back.differences["50%"]["one_size_fits_all"]
+    assert f"{100 * g['lo']:+.1f}" in text and f"{100 * g['hi']:+.1f}" in text
+    assert verdict == (report.HELD if g["lo"] > 0 else report.NOT_HELD if g["hi"] < 0 else report.NOT_RESOLVED)
+    text, verdict = report._m_tap_vs_all({"04": back})
+    assert "TAP-ViTs minus one-size-fits-all" in text and "(95 %)" in text
+    diffs = [back.differences["50%"][m] for m in ("one_size_fits_all", "toast_tcs", "torch_pruning")]
     if any(d["hi"] < 0 for d in diffs):
         assert verdict == report.NOT_HELD
     elif all(d["lo"] > 0 for d in diffs):
         assert verdict == report.HELD
-    text, verdict = report._m_toast_recovered({"04": raw})
-    assert "ToaSt minus one_size_fits_all" in text and "ToaSt minus" in text
-    td = [raw["toast_differences"]["50%"][m] for m in ("one_size_fits_all", "torch_pruning")]
-    flops = {p["method"]: p["flops"] for p in raw["aggregate"] if p["setting"] == "50%"}
-    if any(d["hi"] < 0 for d in td) and flops["toast_tcs"] >= min(flops["one_size_fits_all"], flops["torch_pruning"]):
-        assert verdict == report.NOT_HELD
-    # the old layout (no intervals) still reads: the per-device tally
-    old = {k: v for k, v in raw.items() if k != "differences"}
-    assert "interval" not in report._m_tap_vs_one_size({"04": old})[0]
+    else:
+        assert verdict == report.NOT_RESOLVED
+    text, verdict = report._m_toast_recovered({"04": back})
+    assert "ToaSt + TCS minus one-size-fits-all" in text and "torch-pruning" in text
+    # without the intervals the per-device tally is no verdict
+    text, verdict = report._m_tap_vs_one_size({"04": dataclasses.replace(back, differences={})})
+    assert "hold no interval" in text and verdict == report.NOT_RESOLVED
 
 
 def test_figures(v1_result):

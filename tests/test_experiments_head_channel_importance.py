@@ -149,15 +149,19 @@ def test_result_round_trip_and_benchmark_check(steps):
 
 
 def test_report_reads_the_result(steps):
-    from vitprune_lite import paths, report
+    from vitprune_lite import report
 
     s = steps
     res = hci.Result.collect(s["params"], s["inp"], s["scores"], s["corr"], s["pruned"], s["ft"], s["audit"],
                              s["speed"], None, False, s["out"] / "none.json", 1.0, smoke=True)
-    raw = paths.read_json(res.to_json(s["out"] / "02_head_channel_importance.json"))
-    text = report.section_importance(raw)
-    assert "### 02 Head and channel importance" in text and "toast_tcs" in text
-    assert report._m_toast_flops_split({"02": raw}) is not None and report._m_tap_vs_peers({"02": raw}) is not None
+    back = hci.Result.from_json(res.to_json(s["out"] / "02_head_channel_importance.json"))
+    text = report.section_importance(back)
+    assert "### 02 Head and channel importance" in text and "| ToaSt + TCS |" in text
+    assert report._m_toast_flops_split({"02": back})[1] in (report.HELD, report.NOT_HELD)  # exact FLOP counts
+    text, verdict = report._m_tap_vs_peers({"02": back})
+    assert verdict == report.NOT_RESOLVED and "no interval" in text  # notebook 02 holds point accuracies only
+    assert {row[3] for row in report.claims_rows({"02": back}, [c for c in report.CLAIMS if c.get("uses") == ("02",)])} \
+        == {report.NO_VERDICT}  # a smoke run
 
 
 def test_sets_of_another_benchmark_are_refused():

@@ -52,11 +52,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd in cli_real.COMMANDS:
         return cli_real.main(args)
     if args.cmd == "report":
-        from .report import update_readme
+        from . import paths
+        from .report import Refused, load_results, update_readme
 
         stale = update_readme(write=not args.check)
         print(("README.md results section is stale: run `python -m vitprune_lite report`" if args.check else
                "README.md results section rewritten") if stale else "README.md results section is up to date")
+        for res in load_results(paths.root() / "data" / "results").values():
+            if isinstance(res, Refused):  # its section says so; say it here too
+                print(f"warning: not read: {res.reason}", file=sys.stderr)
         return int(stale and args.check)
     if args.cmd == "reproduce":
         from .reproduce import NotebookFailed, export_html, parse_param, reproduce

@@ -1,59 +1,138 @@
 """The README's results section, generated from ``data/results/*.json``.
 
-Nothing in the README's results section is typed by hand: :func:`render` turns whichever
-results files exist into markdown tables, and :func:`update_readme` writes them between the
+Nothing in the README's results section is typed by hand: :func:`load_results` reads each
+notebook's file with its experiment module's ``Result.from_json``, :func:`render` turns the
+typed results into markdown tables, and :func:`update_readme` writes them between the
 ``<!-- results:begin -->`` and ``<!-- results:end -->`` markers. ``python -m vitprune_lite
 report`` rewrites the section; ``--check`` only says whether it is stale (the test suite does
 the same, so a README that disagrees with the committed JSON fails ``make test``).
 
-Notebooks 02-04 are still evolving, so their sections read the JSON defensively: a missing
-file is skipped, and a file whose layout is not recognised yields a one-line note naming the
-missing key instead of an exception.
+A notebook without a results file gets a "no results yet" section; a file that ``from_json``
+refuses (another schema, malformed, not JSON) gets a section that quotes the reason.
 
 The "claimed vs measured" table reads the papers' headline claims from :data:`CLAIMS` (quoted
-from the abstracts in the seeds and from METHODS.md) and matches each to a measurement
-extractor; a claim whose measurement is not in the results yet says "not measured yet".
+from the abstracts and from docs/methods.md) and matches each to a measurement in
+:data:`MEASURES`. A verdict follows the measured effect's 95 % interval (:func:`interval_verdict`):
+"held" when it lies wholly on the claimed side, "did not hold" when wholly on the other,
+"not resolved" when it straddles; where the results hold no interval the row says what the
+verdict rests on, and a difference of point estimates alone is never a win. Smoke and lab
+runs get no verdict.
 """
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
+from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from . import paths
+from .errors import InvalidFileError
+from .experiments import base_model, final_comparisons, gmm_approximation, head_channel_importance, latency_curve
 
 BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
 
 # Verdict wording is shared so the table reads consistently.
-HELD, NOT_HELD, PARTLY, NOT_YET = "held", "did not hold", "partly", "not measured yet"
+HELD, NOT_RESOLVED, NOT_HELD = "held", "not resolved", "did not hold"
+NOT_YET, NO_VERDICT, NOT_COMPARABLE = "not measured yet", "no verdict (smoke or lab run)", "not comparable"
 
-Results = Mapping[str, Mapping[str, Any]]
+
+@dataclass(frozen=True)
+class Notebook:
+    """A notebook whose results the README shows: its number, results file, heading and module."""
+
+    number: str
+    file: str
+    title: str
+    module: ModuleType
+
+
+NOTEBOOKS: dict[str, Notebook] = {n.number: n for n in (
+    Notebook("00", "00_base_model.json", "00 Base model", base_model),
+    Notebook("01", "01_gmm_data_approximation.json", "01 GMM data approximation", gmm_approximation),
+    Notebook("02", "02_head_channel_importance.json", "02 Head and channel importance", head_channel_importance),
+    Notebook("03", "03_latency_curve_profiling.json", "03 Latency curve and token methods", latency_curve),
+    Notebook("04", "04_final_comparisons.json", "04 Final comparisons", final_comparisons),
+)}
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A results file that its ``Result.from_json`` refused.
+
+    Attributes:
+        file: the file's name in ``data/results``.
+        reason: the refusal's message.
+    """
+
+    file: str
+    reason: str
+
+
+#: Notebook number -> its typed ``Result`` or :class:`Refused`; notebooks without a file are absent.
+Results = Mapping[str, Any]
+
+# Display names of methods.
+# TODO: replace with vitprune_lite.methods.label once that registry lands.
+_LABELS = {
+    "tap_vits": "TAP-ViTs", "tap_vits_uniform": "TAP-ViTs, uniform ratios", "one_size_fits_all": "one-size-fits-all",
+    "oracle": "oracle", "taylor": "Taylor", "magnitude_l1": "L1 magnitude", "magnitude_l2": "L2 magnitude",
+    "random": "random", "toast": "ToaSt (coupled QK/VO)", "toast_tcs": "ToaSt + TCS", "toast_heads": "ToaSt, heads only",
+    "torch_pruning": "torch-pruning", "torch_pruning_taylor": "torch-pruning (Taylor)", "dense": "dense",
+}
+
+
+def label(name: str) -> str:
+    """A method's display name (the name itself when it has none)."""
+    return _LABELS.get(name, name)
 
 
 # --------------------------------------------------------------------------- loading
-def load_results(results_dir: Optional[Path] = None) -> dict[str, dict]:
-    """Read every ``NN_*.json`` results file.
+def load_results(results_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Read each notebook's results file with its module's ``Result.from_json``.
 
     Args:
         results_dir: folder to read (default :func:`paths.results_dir`).
 
     Returns:
-        ``{"00": {...}, "01": {...}, ...}`` keyed by the two-digit notebook number; notebooks
-        without a results file are absent.
+        ``{"00": base_model.Result, "02": Refused, ...}`` keyed by notebook number: a
+        :class:`Refused` where ``from_json`` refused the file (its message names the file relative
+        to the repository); notebooks without a results file are absent.
     """
     folder = Path(results_dir) if results_dir is not None else paths.results_dir()
-    out: dict[str, dict] = {}
-    for f in sorted(folder.glob("[0-9][0-9]_*.json")):
-        out[f.name[:2]] = paths.read_json(f)
+    out: dict[str, Any] = {}
+    for nb, info in NOTEBOOKS.items():
+        path = folder / info.file
+        if not path.exists():
+            continue
+        try:
+            out[nb] = info.module.Result.from_json(path)
+        except InvalidFileError as err:
+            out[nb] = Refused(info.file, str(err).replace(str(path), f"data/results/{info.file}"))
     return out
+
+
+def reduced(result: Any) -> bool:
+    """Whether a result comes from a smoke or lab run: its ``smoke`` flag, or any parameter that its
+    module's ``smoke`` or ``lab`` preset changes differs from the full run on the same benchmark."""
+    module = next(n.module for n in NOTEBOOKS.values() if isinstance(result, n.module.Result))
+    full = module.Params(benchmark=result.params.benchmark)
+    keys = (set(module.PRESETS["smoke"]) | set(module.PRESETS["lab"])) - {"benchmark"}
+    return bool(result.smoke) or any(getattr(result.params, k) != getattr(full, k) for k in keys)
 
 
 # --------------------------------------------------------------------------- formatting
 def pct(x: Optional[float], digits: int = 1) -> str:
     """A fraction in [0, 1] as a percentage string; ``None`` as an en dash."""
     return "–" if x is None else f"{100 * float(x):.{digits}f} %"
+
+
+def points(g: Mapping[str, float]) -> str:
+    """A difference ``{"mean", "lo", "hi"}`` (fractions) as ``+1.2 [+0.3, +2.1]`` percentage points."""
+    return f"{100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -70,28 +149,27 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
 
 
-def _provenance(res: Mapping[str, Any], name: str) -> str:
-    env = res.get("environment", {}) or {}
+def _provenance(res: Any, name: str) -> str:
+    env = res.environment
     bits = [f"`data/results/{name}`"]
-    if env.get("git_rev"):
-        bits.append(f"git {env['git_rev']}" + (" (dirty tree)" if env.get("git_dirty") else ""))
-    if env.get("threads") is not None:
+    if env["git_rev"]:
+        bits.append(f"git {env['git_rev']}" + (" (dirty tree)" if env["git_dirty"] else ""))
+    if env["threads"] is not None:
         bits.append(f"{env['threads']} thread{'' if env['threads'] == 1 else 's'}")
-    if env.get("load_avg_1min") is not None:
+    if env["load_avg_1min"] is not None:
         bits.append(f"load average {float(env['load_avg_1min']):.1f}")
     note = "Source: " + ", ".join(bits) + "."
-    if res.get("smoke"):
+    if res.smoke:
         note += " **Smoke run: small sizes, not the full results.**"
+    elif reduced(res):
+        note += " **Lab run: reduced sizes, not the full results.**"
     return note
 
 
 # --------------------------------------------------------------------------- sections
-def section_base(r: Mapping[str, Any]) -> str:
+def section_base(res: base_model.Result) -> str:
     """Notebook 00: the benchmark, the dense base model's size and accuracies (95 % intervals), and
     the cross-device gap when it was measured."""
-    from .experiments import base_model
-
-    res = base_model.Result.from_dict(dict(r), "data/results/00_base_model.json")
     m, acc = res.model, res.accuracy
     lines = ["### 00 Base model", "",
              f"Benchmark {res.params.benchmark} (generator {res.benchmark['generator_version']}): "
@@ -115,22 +193,20 @@ def section_base(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def section_gmm(r: Mapping[str, Any]) -> str:
+def section_gmm(r: gmm_approximation.Result) -> str:
     """Notebook 01: chosen K, metric-set precision vs random and membership AUC, per device and space."""
-    default = r.get("parameters", {}).get("default_feature_space")
+    default = r.parameters["default_feature_space"]
     rows = []
-    for d, dev in r["devices"].items():
+    for d, dev in r.devices.items():
         for space, s in dev["spaces"].items():
             p, q = s["precision"]["metric"], s["random_precision"]["metric"]
             rows.append([d, space + (" (default)" if space == default else ""), s["k"],
                          f"{s['upload_bytes']:,} / {s['raw_bytes']:,}",
                          f"{pct(p['class'])} vs {pct(q['class'])}", f"{pct(p['style'])} vs {pct(q['style'])}",
                          f"{s['membership_auc']:.3f}"])
-    n_metric = r.get("parameters", {}).get("n_metric")
-    bench = f" (benchmark {r['benchmark']})" if r.get("benchmark") else ""
     lines = ["### 01 GMM data approximation", "",
-             f"Metric set{f' ({n_metric} public images)' if n_metric else ''}{bench} selected by the device's "
-             "uploaded GMM, against as many random public images. Precision = share of the selected "
+             f"Metric set ({r.parameters['n_metric']} public images) (benchmark {r.benchmark}) selected by the "
+             "device's uploaded GMM, against as many random public images. Precision = share of the selected "
              "images whose class (style) belongs to the device's task. Membership AUC: 0.5 means the "
              "upload does not tell the device's own images from unseen ones.", "",
              md_table(["device", "feature space", "K (BIC)", "upload / raw bytes", "class precision vs random",
@@ -138,88 +214,77 @@ def section_gmm(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _labels(r: Mapping[str, Any]) -> list[str]:
-    return [b["label"] for b in r["budgets"]]
+def _criteria_means(r: head_channel_importance.Result, lab: str) -> dict[str, dict[str, float]]:
+    """Notebook 02 at budget ``lab``: criterion -> mean over devices of ``params``, ``flops``, ``acc``."""
+    crits = list(r.results[r.devices[0]][lab])
+    return {c: {k: mean(r.results[d][lab][c][k] for d in r.devices) for k in ("params", "flops", "acc")}
+            for c in crits}
 
 
-def section_importance(r: Mapping[str, Any]) -> str:
+def section_importance(r: head_channel_importance.Result) -> str:
     """Notebook 02: zero-shot accuracy per criterion at the smallest budget, mean over devices."""
-    lab = _labels(r)[-1]
-    devices = list(r["results"])
-    crits = list(r["results"][devices[0]][lab])
-    dense = r["dense"]
-    rows = [["dense", f"{dense['params']:,}", "1.00", pct(mean(dense["acc"][d] for d in devices))]]
-    for c in crits:
-        cells = [r["results"][d][lab][c] for d in devices]
-        rows.append([c, f"{round(mean(x['params'] for x in cells)):,}",
-                     f"{mean(x['flops'] for x in cells) / dense['flops']:.2f}",
-                     pct(mean(x["acc"] for x in cells))])
-    bench = f" of benchmark {r['benchmark']}" if r.get("benchmark") else ""
+    lab = r.budgets[-1]["label"]
+    dense = r.dense
+    rows = [["dense", f"{dense['params']:,}", "1.00", pct(mean(dense["acc"][d] for d in r.devices))]]
+    for c, m in _criteria_means(r, lab).items():
+        rows.append([label(c), f"{round(m['params']):,}", f"{m['flops'] / dense['flops']:.2f}", pct(m["acc"])])
+    n = len(r.devices)
     lines = ["### 02 Head and channel importance", "",
              f"Structured pruning to {lab} % of the block parameters, no recovery fine-tune; accuracy "
-             f"on the devices' private test splits, mean over {len(devices)} device{'' if len(devices) == 1 else 's'}"
-             f"{bench}.", "",
+             f"on the devices' private test splits, mean over {n} device{'' if n == 1 else 's'} of benchmark "
+             f"{r.benchmark}.", "",
              md_table(["criterion", "params", "FLOPs / dense", "accuracy"], rows)]
-    gap = r.get("summary_50", {})
-    if "gmm_minus_random_mean" in gap:
+    gap = r.summary_50
+    if "gmm_minus_random_mean" in gap:  # present when all three metric sets were scored
         lines += ["", f"TAP scored on GMM-selected vs random public images: "
                       f"{100 * gap['gmm_minus_random_mean']:+.1f} points; oracle (device data) vs GMM: "
-                      f"{100 * gap['oracle_minus_gmm_mean']:+.1f} points."]
+                      f"{100 * gap['oracle_minus_gmm_mean']:+.1f} points (point estimates, no interval)."]
     return "\n".join(lines)
 
 
-def section_latency(r: Mapping[str, Any]) -> str:
+def section_latency(r: latency_curve.Result) -> str:
     """Notebook 03: POMT's chosen schedule against dense and token-method peers (batch 1)."""
     rows = [[x["row"], x["config"], pct(x["test_acc"]), pct(x["device_acc_mean"]), f"{x['flops_ratio']:.2f}",
-             f"{x['ratio_vs_dense']:.3f}"] for x in r["final_rows"]]
-    lines = ["### 03 Latency curve and token methods", ""]
-    bench = r.get("benchmark", "v1")  # files written before the benchmark was recorded are v1 runs
-    if bench != "v1":
-        lines += [f"On the {bench} benchmark's base model ({r.get('n_tokens', '?')} tokens).", ""]
-    lines.append(md_table(["row", "config", "public test", "devices (mean)", "FLOPs / dense",
-                           "batch-1 latency / dense"], rows))
-    ratio = r.get("pomt_vs_tome_latency_at_matched_accuracy")
-    if ratio is not None:
-        lines += ["", f"POMT / ToMe batch-1 latency at matched accuracy: {ratio:.3f}."]
+             f"{x['ratio_vs_dense']:.3f}"] for x in r.final_rows]
+    lines = ["### 03 Latency curve and token methods", "",
+             f"On the {r.benchmark} benchmark's base model ({r.n_tokens} tokens).", "",
+             md_table(["row", "config", "public test", "devices (mean)", "FLOPs / dense",
+                       "batch-1 latency / dense"], rows)]
+    if r.pomt_vs_tome_latency_at_matched_accuracy is not None:
+        lines += ["", "POMT / ToMe batch-1 latency at matched accuracy: "
+                      f"{r.pomt_vs_tome_latency_at_matched_accuracy:.3f}."]
     return "\n".join(lines)
 
 
-def section_final(r: Mapping[str, Any]) -> str:
+#: Notebook 04's columns: the deployable structured methods and the oracle.
+_FINAL_METHODS = ("tap_vits", "one_size_fits_all", "toast_tcs", "torch_pruning", "oracle")
+
+
+def section_final(r: final_comparisons.Result) -> str:
     """Notebook 04: every method after identical recovery, per device; the combined plan."""
-    seeds = r.get("seeds") or []
-    main = r.get("main_budget")
-    rows = []
-    for s in r["summary"]:
-        if s["budget"].endswith("params"):
-            rows.append([s["device"], s["budget"], s["best"], pct(s["tap_vits"]), pct(s["one_size_fits_all"]),
-                         pct(s["toast"]), pct(s["torch_pruning"]), pct(s["oracle"]), pct(s["dense"])])
+    main, n_seeds = r.main_budget, len(r.seeds)
+    rows = [[s["device"], s["budget"], label(s["best"]), *[pct(s[m]) for m in _FINAL_METHODS], pct(s["dense"])]
+            for s in r.summary if s["budget"].endswith("params")]
     lines = ["### 04 Final comparisons", "",
              f"Private test accuracy per device after pruning to {main} of the block parameters and an "
-             f"identical recovery fine-tune, mean over {len(seeds)} seed{'' if len(seeds) == 1 else 's'}; "
+             f"identical recovery fine-tune, mean over {n_seeds} seed{'' if n_seeds == 1 else 's'}; "
              "best = best mean among the deployable methods (the oracle reads the device's private data).", "",
-             md_table(["device", "budget", "best", "TAP-ViTs", "one-size-fits-all", "ToaSt + TCS",
-                       "torch-pruning", "oracle", "dense"], rows)]
-    diffs = (r.get("differences") or {}).get(main)
-    if diffs:
-        names = {"one_size_fits_all": "one-size-fits-all", "toast": "ToaSt + TCS", "torch_pruning": "torch-pruning",
-                 "oracle": "oracle"}
+             md_table(["device", "budget", "best", *[label(m) for m in _FINAL_METHODS], "dense"], rows)]
+    if main in r.differences:
         lines += ["", "TAP-ViTs minus each method, mean over devices with its 95 % paired bootstrap interval "
                       "(seeds and test images resampled): "
-                  + "; ".join(f"{names.get(m, m)} {100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, "
-                              f"{100 * g['hi']:+.1f}] points" for m, g in diffs.items()) + "."]
-    lat = [s for s in r["summary"] if s["budget"].endswith("latency")]
+                  + "; ".join(f"{label(m)} {points(g)} points" for m, g in r.differences[main].items()) + "."]
+    lat = [s for s in r.summary if s["budget"].endswith("latency")]
     if lat:
-        dense_ms = r.get("dense", {}).get("ms_b1")
-
         def cell(s: Mapping[str, Any], kind: str) -> str:
             return f"{pct(s[kind])}, {s[kind + ' ms']:.2f} ms, met {100 * s[kind + ' met']:.0f} %"
 
-        check = r["predictor"]["validation"]["ratio"]
+        check = r.predictor["validation"]["ratio"]
         lines += ["", "Combined plan (structure + tokens chosen together with this machine's latency predictor, "
-                      f"a margin of {100 * r['predictor']['margin']:.1f} %: its held-out plans were predicted within "
+                      f"a margin of {100 * r.predictor['margin']:.1f} %: its held-out plans were predicted within "
                       f"10 % of their measured latency relative to dense for {100 * check['within_10']:.0f} % of "
-                      f"{check['n']}) against each ingredient alone, under batch-1 latency budgets"
-                      + (f" (dense: {dense_ms:.2f} ms here)" if dense_ms else "") + ". Each cell: test accuracy, "
+                      f"{check['n']}) against each ingredient alone, under batch-1 latency budgets "
+                      f"(dense: {r.dense['ms_b1']:.2f} ms here). Each cell: test accuracy, "
                       "measured latency, share of seeds whose measured latency met the budget; best = the most "
                       "accurate among those that met it in at least half of the seeds.", "",
                   md_table(["device", "budget", "best", "combined", "structure only", "tokens only", "combined plan"],
@@ -228,296 +293,280 @@ def section_final(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
-    "00": ("00_base_model.json", section_base),
-    "01": ("01_gmm_data_approximation.json", section_gmm),
-    "02": ("02_head_channel_importance.json", section_importance),
-    "03": ("03_latency_curve_profiling.json", section_latency),
-    "04": ("04_final_comparisons.json", section_final),
+SECTIONS: dict[str, Callable[[Any], str]] = {
+    "00": section_base, "01": section_gmm, "02": section_importance, "03": section_latency, "04": section_final,
 }
 
 
-# --------------------------------------------------------------------------- claims
-def _get(results: Results, nb: str, *keys: Any) -> Any:
-    """``results[nb][k0][k1]...`` or ``None`` when any step is missing."""
-    cur: Any = results.get(nb)
-    for k in keys:
-        if cur is None:
-            return None
-        try:
-            cur = cur[k]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return cur
+# --------------------------------------------------------------------------- verdicts
+def interval_verdict(lo: float, hi: float, threshold: float = 0.0, above: bool = True) -> str:
+    """The verdict of a claim from its measured effect's interval ``[lo, hi]``.
+
+    Args:
+        lo, hi: the interval's ends (a 95 % interval, or an interquartile range where that is all
+            the results hold; the row says which).
+        threshold: the boundary of the claimed side (0: no difference).
+        above: the claim is that the effect lies above ``threshold`` (False: below).
+
+    Returns:
+        :data:`HELD` when the whole interval lies on the claimed side, :data:`NOT_HELD` when it lies
+        wholly on the other side, :data:`NOT_RESOLVED` when it touches or straddles ``threshold``.
+    """
+    if not above:
+        lo, hi, threshold = -hi, -lo, -threshold
+    return HELD if lo > threshold else NOT_HELD if hi < threshold else NOT_RESOLVED
 
 
-def _m_private_upload(results: Results) -> Optional[tuple[str, str]]:
-    devs = _get(results, "01", "devices")
-    space = _get(results, "01", "parameters", "default_feature_space") or "combined"
-    if not devs:
-        return None
-    aucs = [d["spaces"][space]["membership_auc"] for d in devs.values()]
-    up = max(d["spaces"][space]["upload_bytes"] for d in devs.values())
-    raw = min(d["spaces"][space]["raw_bytes"] for d in devs.values())
-    bench = _get(results, "01", "benchmark")
+def _no_interval(what: str) -> str:
+    return f"; {what} hold no interval, so no difference of point estimates counts: not resolved"
+
+
+# --------------------------------------------------------------------------- claims: notebook 01
+def _default_spaces(r: gmm_approximation.Result) -> tuple[str, list[Mapping[str, Any]]]:
+    space = r.parameters["default_feature_space"]
+    return space, [dev["spaces"][space] for dev in r.devices.values()]
+
+
+def _m_private_upload(results: Results) -> tuple[str, str]:
+    r = results["01"]
+    space, cells = _default_spaces(r)
+    aucs = [c["membership_auc"] for c in cells]
+    up, raw = max(c["upload_bytes"] for c in cells), min(c["raw_bytes"] for c in cells)
     text = (f"upload ≤ {up:,} B vs {raw:,} B of raw images; membership AUC {min(aucs):.3f}-{max(aucs):.3f} "
-            f"({space} features{f', benchmark {bench}' if bench else ''}; 0.5 = no leak, held if ≤ 0.60)")
+            f"({space} features, benchmark {r.benchmark}; 0.5 = no leak, held if ≤ 0.60); the results hold no "
+            "interval of the AUC: the verdict rests on the largest device's AUC against 0.60")
     return text, HELD if max(aucs) <= 0.6 else NOT_HELD
 
 
-def _m_selection(results: Results) -> Optional[tuple[str, str]]:
-    devs = _get(results, "01", "devices")
-    space = _get(results, "01", "parameters", "default_feature_space") or "combined"
-    if not devs:
-        return None
-    sel = mean(d["spaces"][space]["precision"]["metric"]["class"] for d in devs.values())
-    rnd = mean(d["spaces"][space]["random_precision"]["metric"]["class"] for d in devs.values())
-    bench = _get(results, "01", "benchmark")
-    text = (f"metric-set class precision {pct(sel)} vs {pct(rnd)} random "
-            f"(mean over devices{f' of benchmark {bench}' if bench else ''})")
-    gap = _get(results, "02", "summary_50", "gmm_minus_random_mean")
-    if gap is None:
-        return text + "; effect on pruned accuracy not measured yet", PARTLY if sel > rnd else NOT_HELD
-    text += f"; pruned accuracy GMM vs random metric set {100 * gap:+.1f} points"
-    return text, (HELD if sel > rnd and gap > 0 else PARTLY if sel > rnd else NOT_HELD)
+def precision_gap(r: gmm_approximation.Result) -> dict[str, float]:
+    """Metric-set class precision minus random's, mean over devices, with a 95 % interval.
+
+    Each device's two precisions are shares of ``n_metric`` images; the interval is the normal
+    approximation of the difference of two proportions, combined over devices.
+
+    Returns:
+        ``{"mean", "lo", "hi", "selected", "random"}`` (fractions).
+    """
+    _, cells = _default_spaces(r)
+    n = r.parameters["n_metric"]
+    sel = [c["precision"]["metric"]["class"] for c in cells]
+    rnd = [c["random_precision"]["metric"]["class"] for c in cells]
+    var = sum(p * (1 - p) / n + q * (1 - q) / n for p, q in zip(sel, rnd)) / len(cells) ** 2
+    gap = mean(sel) - mean(rnd)
+    half = 1.96 * math.sqrt(var)
+    return {"mean": gap, "lo": gap - half, "hi": gap + half, "selected": mean(sel), "random": mean(rnd)}
 
 
-def _tally(wins: int, n: int) -> str:
-    """Verdict for "better in ``wins`` of ``n`` comparisons": all held, none did not, else partly."""
-    return HELD if wins == n else NOT_HELD if wins == 0 else PARTLY
+def _m_selection(results: Results) -> tuple[str, str]:
+    r = results["01"]
+    g = precision_gap(r)
+    text = (f"metric-set class precision {pct(g['selected'])} vs {pct(g['random'])} random (mean over devices of "
+            f"benchmark {r.benchmark}): {points(g)} points (95 % interval over the {r.parameters['n_metric']} "
+            "images of each set)")
+    r02 = results.get("02")
+    if isinstance(r02, head_channel_importance.Result) and "gmm_minus_random_mean" in r02.summary_50:
+        text += (f"; pruned accuracy GMM vs random metric set {100 * r02.summary_50['gmm_minus_random_mean']:+.1f} "
+                 "points (notebook 02, no interval: not part of the verdict)")
+    return text, interval_verdict(g["lo"], g["hi"])
 
 
-def _budget_accs(r: Mapping[str, Any], crit: str) -> Optional[dict[str, float]]:
-    """Mean accuracy over devices per budget label for one criterion, or None if absent."""
-    out = {}
-    for lab in _labels(r):
-        vals = [r["results"][d][lab][crit]["acc"] for d in r["results"] if crit in r["results"][d][lab]]
-        if not vals:
-            return None
-        out[lab] = mean(vals)
-    return out
+# --------------------------------------------------------------------------- claims: notebook 02
+#: Notebook 02's criteria that are TAP-ViTs itself or its variants (other metric sets, uniform ratios).
+_TAP_VARIANTS = frozenset({"tap_vits", "tap_vits_uniform", "one_size_fits_all", "oracle"})
+#: Notebook 02's weight-only baselines that ToaSt's coupled scores are compared with.
+_WEIGHT_BASELINES = ("magnitude_l1", "magnitude_l2", "random", "torch_pruning")
 
 
-def _m_tap_vs_peers(results: Results) -> Optional[tuple[str, str]]:
-    r = results.get("02")
-    if not r or "results" not in r:
-        return None
-    tap = _budget_accs(r, "tap_gmm")
-    if tap is None:
-        return None
-    d0 = next(iter(r["results"]))
-    peers = [c for c in r["results"][d0][_labels(r)[0]] if not c.startswith("tap_")]
-    if not peers:
-        return None
-    best = {lab: max((_budget_accs(r, c) or {}).get(lab, 0.0) for c in peers) for lab in tap}
-    wins = sum(tap[lab] >= best[lab] for lab in tap)
-    text = f"TAP (GMM) ≥ best other criterion at {wins} of {len(tap)} budgets (zero-shot, mean over devices)"
-    return text, _tally(wins, len(tap))
+def _wins(r: head_channel_importance.Result, crit: str, others: Sequence[str]) -> tuple[int, int]:
+    """At how many of notebook 02's budgets ``crit``'s mean accuracy is at least the best of ``others``."""
+    labs = [b["label"] for b in r.budgets]
+    means = {lab: _criteria_means(r, lab) for lab in labs}
+    return sum(means[lab][crit]["acc"] >= max(means[lab][c]["acc"] for c in others) for lab in labs), len(labs)
 
 
-def _m_toast_vs_baselines(results: Results) -> Optional[tuple[str, str]]:
-    r = results.get("02")
-    if not r or "results" not in r:
-        return None
-    toast = _budget_accs(r, "toast")
-    if toast is None:
-        return None
-    d0 = next(iter(r["results"]))
-    base = [c for c in ("magnitude_l1", "magnitude_l2", "random", "tp_magnitude")
-            if c in r["results"][d0][_labels(r)[0]]]
-    if not base:
-        return None
-    best = {lab: max(_budget_accs(r, c)[lab] for c in base) for lab in toast}
-    wins = sum(toast[lab] >= best[lab] for lab in toast)
-    text = (f"ToaSt (coupled QK/VO) ≥ best weight-only baseline ({', '.join(base)}) at {wins} of "
-            f"{len(toast)} budgets (zero-shot)")
-    return text, _tally(wins, len(toast))
+def _m_tap_vs_peers(results: Results) -> tuple[str, str]:
+    r = results["02"]
+    peers = [c for c in r.results[r.devices[0]][r.budgets[0]["label"]] if c not in _TAP_VARIANTS]
+    wins, n = _wins(r, "tap_vits", peers)
+    text = (f"TAP-ViTs ≥ best other criterion at {wins} of {n} budgets (zero-shot point accuracies, mean over "
+            "devices)" + _no_interval("notebook 02's results"))
+    return text, NOT_RESOLVED
 
 
-def _m_toast_above_dense(results: Results) -> Optional[tuple[str, str]]:
-    r = results.get("02")
-    if not r or "results" not in r or "dense" not in r:
-        return None
-    crit = "toast_tcs" if _budget_accs(r, "toast_tcs") is not None else "toast"
-    accs = _budget_accs(r, crit)
-    if accs is None:
-        return None
-    devices = list(r["results"])
-    dense = mean(r["dense"]["acc"][d] for d in devices)
-    red = {lab: 1 - mean(r["results"][d][lab][crit]["flops"] for d in devices) / r["dense"]["flops"]
-           for lab in accs}
+def _m_toast_vs_baselines(results: Results) -> tuple[str, str]:
+    r = results["02"]
+    base = [c for c in _WEIGHT_BASELINES if c in r.results[r.devices[0]][r.budgets[0]["label"]]]
+    wins, n = _wins(r, "toast", base)
+    text = (f"ToaSt (coupled QK/VO) ≥ best weight-only baseline ({', '.join(label(c) for c in base)}) at {wins} "
+            f"of {n} budgets (zero-shot point accuracies)" + _no_interval("notebook 02's results"))
+    return text, NOT_RESOLVED
+
+
+def _m_toast_above_dense(results: Results) -> tuple[str, str]:
+    r = results["02"]
+    dense_acc = mean(r.dense["acc"][d] for d in r.devices)
+    red = {b["label"]: 1 - _criteria_means(r, b["label"])["toast_tcs"]["flops"] / r.dense["flops"]
+           for b in r.budgets}
     lab = min(red, key=lambda k: abs(red[k] - 0.394))
-    delta = accs[lab] - dense
-    text = (f"{crit} at {100 * red[lab]:.1f} % FLOPs reduction: {100 * delta:+.1f} points vs dense "
-            "(per-sample evaluation, zero-shot)")
-    return text, HELD if delta > 0 else NOT_HELD  # the claim is a gain over dense, not a tie
+    delta = _criteria_means(r, lab)["toast_tcs"]["acc"] - dense_acc
+    text = (f"ToaSt + TCS at {100 * red[lab]:.1f} % FLOPs reduction: {100 * delta:+.1f} points vs dense "
+            "(per-sample evaluation, zero-shot)" + _no_interval("notebook 02's results"))
+    return text, NOT_RESOLVED
 
 
-def _m_toast_flops_split(results: Results) -> Optional[tuple[str, str]]:
-    r = results.get("02")
-    if not r or "tcs_flops" not in r or "results" not in r:
-        return None
-    dense = r["dense"]["flops"]
-    tcs_cut = 1 - r["tcs_flops"]["tcs"] / r["tcs_flops"]["dense"]
-    lab = _labels(r)[-1]
-    devices = list(r["results"])
-    attn_cut = 1 - mean(r["results"][d][lab]["toast"]["flops"] for d in devices) / dense
+def _m_toast_flops_split(results: Results) -> tuple[str, str]:
+    r = results["02"]
+    tcs_cut = 1 - r.tcs_flops["tcs"] / r.tcs_flops["dense"]
+    lab = r.budgets[-1]["label"]
+    attn_cut = 1 - _criteria_means(r, lab)["toast"]["flops"] / r.dense["flops"]
     text = (f"coupled QK/VO pruning at {lab} % of block parameters removes {100 * attn_cut:.1f} % of FLOPs; "
-            f"TCS alone on the dense model {100 * tcs_cut:.1f} %")
+            f"TCS alone on the dense model {100 * tcs_cut:.1f} % (FLOP counts are exact: the verdict rests on them)")
     return text, HELD if attn_cut > tcs_cut else NOT_HELD
 
 
-def _pomt_row(results: Results) -> Optional[Mapping[str, Any]]:
-    rows = _get(results, "03", "final_rows") or []
-    return next((x for x in rows if str(x.get("row", "")).startswith("POMT")), None)
+# --------------------------------------------------------------------------- claims: notebook 03
+def _iqr(r: latency_curve.Result, key: str) -> tuple[float, float]:
+    """Interquartile range of a setting's per-round batch-1 latency / dense."""
+    (row,) = [m for m in r.methods if m["key"] == key]
+    return row["ratio_iqr"][0], row["ratio_iqr"][1]
 
 
-def _m_pomt_latency(results: Results) -> Optional[tuple[str, str]]:
-    row = _pomt_row(results)
-    if row is None:
-        return None
+def _pomt_row(r: latency_curve.Result) -> Mapping[str, Any]:
+    (row,) = [x for x in r.final_rows if x["row"] == "POMT (chosen R)"]
+    return row
+
+
+def _m_pomt_latency(results: Results) -> tuple[str, str]:
+    r = results["03"]
+    row = _pomt_row(r)
     cut = 1 - row["ratio_vs_dense"]
+    lo, hi = _iqr(r, row["config"])
     text = (f"batch-1 latency {100 * cut:.1f} % lower than dense" if cut >= 0
             else f"batch-1 latency {-100 * cut:.1f} % higher than dense (slower)")
-    return text, HELD if cut >= 0.09 else PARTLY if cut > 0 else NOT_HELD
+    text += (f" ({row['config']}; interquartile range of the per-round ratios {lo:.3f}-{hi:.3f} of dense; "
+             "held when the whole range is at least 9 % below dense)")
+    return text, interval_verdict(lo, hi, threshold=0.91, above=False)
 
 
-def _m_others_slower(results: Results) -> Optional[tuple[str, str]]:
-    slower = _get(results, "03", "slower_than_dense_batch1")
-    if slower is None:
-        return None
-    names = [s.get("config", str(s)) if isinstance(s, Mapping) else str(s) for s in slower]
-    names = [n for n in names if not n.lower().startswith("pomt")]  # the claim is about the *other* methods
-    text = f"{len(names)} token-method settings slower than dense at batch 1" + (
-        f": {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" if names else "")
-    return text, HELD if names else NOT_HELD
+def _m_others_slower(results: Results) -> tuple[str, str]:
+    r = results["03"]
+    others = [m for m in r.methods if m["method"] not in ("dense", "pomt")]  # the claim is about the *other* methods
+    slower = [m["key"] for m in others if m["ratio_iqr"][0] > 1]
+    faster = [m["key"] for m in others if m["ratio_iqr"][1] < 1]
+    text = (f"{len(slower)} of {len(others)} token-method settings slower than dense at batch 1 over their whole "
+            "interquartile range of per-round ratios"
+            + (f": {', '.join(slower[:4])}{' ...' if len(slower) > 4 else ''}" if slower else ""))
+    if slower:
+        return text, HELD
+    return text, NOT_HELD if len(faster) == len(others) else NOT_RESOLVED
 
 
-def _m_pomt_vs_tome(results: Results) -> Optional[tuple[str, str]]:
-    if "03" not in results or "pomt_vs_tome_latency_at_matched_accuracy" not in results["03"]:
-        return None
-    ratio = results["03"]["pomt_vs_tome_latency_at_matched_accuracy"]
-    if ratio is None:
-        return "no ToMe setting reached POMT's accuracy", PARTLY
-    return f"POMT / ToMe batch-1 latency at matched accuracy {ratio:.3f}", HELD if ratio < 1 else NOT_HELD
+def _m_pomt_vs_tome(results: Results) -> tuple[str, str]:
+    r = results["03"]
+    ratio = r.pomt_vs_tome_latency_at_matched_accuracy
+    tome = [x for x in r.final_rows if x["row"] == "matched accuracy" and x["method"] == "tome"]
+    if ratio is None or not tome:
+        return "no ToMe setting reached POMT's validation accuracy: no matched comparison", NOT_RESOLVED
+    pomt_key = _pomt_row(r)["config"]
+    p, t = _iqr(r, pomt_key), _iqr(r, tome[0]["config"])
+    text = (f"POMT / ToMe batch-1 latency at matched accuracy {ratio:.3f} ({pomt_key} vs {tome[0]['config']}; "
+            f"interquartile ranges of latency / dense {p[0]:.3f}-{p[1]:.3f} vs {t[0]:.3f}-{t[1]:.3f}: held when "
+            "POMT's lies wholly below ToMe's)")
+    verdict = HELD if p[1] < t[0] else NOT_HELD if p[0] > t[1] else NOT_RESOLVED
+    return text, verdict
 
 
-def _final_accs(results: Results) -> Optional[tuple[Mapping[str, Any], list[str], dict[str, dict[str, float]]]]:
-    """Notebook 04 at its main budget: ``(results, devices, {method: {device: mean acc}})``."""
-    r = results.get("04")
-    if not r or "aggregate" not in r:
-        return None
-    main = r["main_budget"]
-    devices = list(r["parameters"]["devices"])
+# --------------------------------------------------------------------------- claims: notebook 04
+def _final_accs(r: final_comparisons.Result) -> dict[str, dict[str, float]]:
+    """Notebook 04 at its main budget: ``{method: {device: mean accuracy over seeds}}``."""
     accs: dict[str, dict[str, float]] = {}
-    for p in r["aggregate"]:
-        if p["setting"] == main:
+    for p in r.aggregate:
+        if p["setting"] == r.main_budget:
             accs.setdefault(p["method"], {})[p["device"]] = p["acc"]
-    return r, devices, accs
+    return accs
 
 
-def _m_tap_vs_one_size(results: Results) -> Optional[tuple[str, str]]:
-    got = _final_accs(results)
-    if got is None:
-        return None
-    r, devices, accs = got
-    diff = [accs["tap_vits"][d] - accs["one_size_fits_all"][d] for d in devices]
-    wins = sum(x > 0 for x in diff)
-    g = _get(results, "04", "differences", r["main_budget"], "one_size_fits_all")
-    if g is None:  # results written before the intervals: the per-device tally
-        text = (f"device-specific TAP-ViTs vs one shared model, after identical recovery at {r['main_budget']} "
-                f"parameters: {100 * mean(diff):+.1f} points (mean over devices, {len(r['seeds'])} seeds); "
-                f"better on {wins} of {len(devices)} devices")
-        return text, _tally(wins, len(devices))
-    text = (f"device-specific TAP-ViTs vs one shared model, after identical recovery at {r['main_budget']} "
-            f"parameters: {100 * g['mean']:+.1f} points [95 % interval {100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}] "
-            f"(mean over devices, {len(r['seeds'])} seeds); better on {wins} of {len(devices)} devices")
-    # the verdict follows the interval: held only where it excludes no gain
-    return text, HELD if g["lo"] > 0 else NOT_HELD if g["mean"] <= 0 else PARTLY
+def _m_tap_vs_one_size(results: Results) -> tuple[str, str]:
+    r = results["04"]
+    accs, devices, main = _final_accs(r), r.parameters["devices"], r.main_budget
+    wins = sum(accs["tap_vits"][d] > accs["one_size_fits_all"][d] for d in devices)
+    text = (f"device-specific TAP-ViTs vs one shared model, after identical recovery at {main} parameters")
+    if main not in r.differences:
+        diff = mean(accs["tap_vits"][d] - accs["one_size_fits_all"][d] for d in devices)
+        return (text + f": {100 * diff:+.1f} points (mean over devices, {len(r.seeds)} seeds); better on {wins} of "
+                f"{len(devices)} devices" + _no_interval("the results")), NOT_RESOLVED
+    g = r.differences[main]["one_size_fits_all"]
+    text += (f": {100 * g['mean']:+.1f} points [95 % interval {100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}] "
+             f"(mean over devices, {len(r.seeds)} seeds); better on {wins} of {len(devices)} devices")
+    return text, interval_verdict(g["lo"], g["hi"])
 
 
-def _m_tap_vs_all(results: Results) -> Optional[tuple[str, str]]:
-    got = _final_accs(results)
-    if got is None:
-        return None
-    r, devices, accs = got
-    others = [m for m in ("one_size_fits_all", "toast", "torch_pruning") if m in accs]
+def _m_tap_vs_all(results: Results) -> tuple[str, str]:
+    r = results["04"]
+    accs, devices, main = _final_accs(r), r.parameters["devices"], r.main_budget
+    others = ("one_size_fits_all", "toast_tcs", "torch_pruning")
     best = {d: max(accs[m][d] for m in others) for d in devices}
     wins = sum(accs["tap_vits"][d] >= best[d] for d in devices)
-    text = (f"TAP-ViTs ≥ best of {', '.join(others)} on {wins} of {len(devices)} devices after identical "
-            f"recovery at {r['main_budget']} parameters (mean TAP {pct(mean(accs['tap_vits'].values()))} "
-            f"vs best other {pct(mean(best.values()))})")
-    diffs = _get(results, "04", "differences", r["main_budget"])
-    if not diffs or any(m not in diffs for m in others):  # results written before the intervals
-        return text, _tally(wins, len(devices))
-    text += "; TAP-ViTs minus " + ", ".join(f"{m} {100 * diffs[m]['mean']:+.1f} [{100 * diffs[m]['lo']:+.1f}, "
-                                             f"{100 * diffs[m]['hi']:+.1f}]" for m in others) + " points (95 %)"
-    # the verdict follows the intervals: held if every one lies above zero; not held if one lies below
-    # zero or no mean is a gain; otherwise partly
-    if all(diffs[m]["lo"] > 0 for m in others):
+    text = (f"TAP-ViTs ≥ best of {', '.join(label(m) for m in others)} on {wins} of {len(devices)} devices after "
+            f"identical recovery at {main} parameters (mean TAP-ViTs {pct(mean(accs['tap_vits'].values()))} vs "
+            f"best other {pct(mean(best.values()))})")
+    if main not in r.differences:
+        return text + _no_interval("the results"), NOT_RESOLVED
+    diffs = r.differences[main]
+    text += "; TAP-ViTs minus " + ", ".join(f"{label(m)} {points(diffs[m])}" for m in others) + " points (95 %)"
+    # held when every interval lies above zero; did not hold when one lies below zero
+    verdicts = [interval_verdict(diffs[m]["lo"], diffs[m]["hi"]) for m in others]
+    return text, HELD if all(v == HELD for v in verdicts) else NOT_HELD if NOT_HELD in verdicts else NOT_RESOLVED
+
+
+def _m_toast_recovered(results: Results) -> tuple[str, str]:
+    r = results["04"]
+    accs, main = _final_accs(r), r.main_budget
+    peers = ("one_size_fits_all", "torch_pruning")
+    flops = {m: r.per_budget[main][m]["flops"] / r.dense["flops"] for m in ("toast_tcs", *peers)}
+    text = (f"after identical recovery at {main} parameters: ToaSt + TCS {pct(mean(accs['toast_tcs'].values()))} at "
+            f"{flops['toast_tcs']:.2f} of dense FLOPs vs "
+            + ", ".join(f"{label(m)} {pct(mean(accs[m].values()))} at {flops[m]:.2f}" for m in peers))
+    if main not in r.toast_differences:
+        return text + _no_interval("the results"), NOT_RESOLVED
+    diffs = r.toast_differences[main]
+    text += ("; ToaSt + TCS minus " + ", ".join(f"{label(m)} {points(diffs[m])}" for m in peers)
+             + " points (95 %); FLOP counts are exact. Held when it is more accurate at no more FLOPs than each "
+               "peer; did not hold when a peer is more accurate at no more FLOPs")
+    acc = {m: interval_verdict(diffs[m]["lo"], diffs[m]["hi"]) for m in peers}
+    if all(acc[m] == HELD and flops["toast_tcs"] <= flops[m] for m in peers):
         return text, HELD
-    if any(diffs[m]["hi"] < 0 for m in others) or all(diffs[m]["mean"] <= 0 for m in others):
+    if any(acc[m] == NOT_HELD and flops["toast_tcs"] >= flops[m] for m in peers):
         return text, NOT_HELD
-    return text, PARTLY
+    return text, NOT_RESOLVED
 
 
-def _m_toast_recovered(results: Results) -> Optional[tuple[str, str]]:
-    got = _final_accs(results)
-    if got is None:
-        return None
-    r, devices, accs = got
-    others = [m for m in ("one_size_fits_all", "torch_pruning") if m in accs]
-    best = mean(max(accs[m][d] for m in others) for d in devices)
-    toast = mean(accs["toast"].values())
-    flops = {p["method"]: p["flops"] for p in r["aggregate"] if p["setting"] == r["main_budget"]}
-    peer_flops = min(flops[m] for m in others)
-    text = (f"after identical recovery at {r['main_budget']} parameters: ToaSt + TCS {pct(toast)} at "
-            f"{flops['toast'] / r['dense']['flops']:.2f} of dense FLOPs vs best data-free peer {pct(best)} "
-            f"at {peer_flops / r['dense']['flops']:.2f}")
-    diffs = _get(results, "04", "toast_differences", r["main_budget"])
-    if not diffs or any(m not in diffs for m in others):  # results written before the intervals
-        return text, HELD if toast >= best and flops["toast"] <= peer_flops else (
-            NOT_HELD if toast < best and flops["toast"] >= peer_flops else PARTLY)
-    text += "; ToaSt minus " + ", ".join(f"{m} {100 * diffs[m]['mean']:+.1f} [{100 * diffs[m]['lo']:+.1f}, "
-                                         f"{100 * diffs[m]['hi']:+.1f}]" for m in others) + " points (95 %)"
-    # the accuracy side follows the intervals: worse only where one lies below zero
-    worse = any(diffs[m]["hi"] < 0 for m in others)
-    return text, HELD if not worse and flops["toast"] <= peer_flops else (
-        NOT_HELD if worse and flops["toast"] >= peer_flops else PARTLY)
-
-
-def _m_combined(results: Results) -> Optional[tuple[str, str]]:
-    r = results.get("04")
-    if not r or "combined_overall" not in r:
-        return None
-    a = r["combined_overall"]
+def _m_combined(results: Results) -> tuple[str, str]:
+    r = results["04"]
     parts = [f"{k}: {pct(v['acc'])}, budget met {100 * v['measured_met']:.0f} % (measured / predicted "
-             f"latency {v['measured_over_predicted']:.2f})" for k, v in a.items()]
-    text = "; ".join(parts) + " (mean over devices, budgets, seeds)"
-    c, others = a["combined"], [v for k, v in a.items() if k != "combined"]
-    better_acc = all(c["acc"] >= o["acc"] for o in others)
-    better_met = all(c["measured_met"] >= o["measured_met"] for o in others)
-    return text, _tally(better_acc + better_met, 2)
+             f"latency {v['measured_over_predicted']:.2f})" for k, v in r.combined_overall.items()]
+    return "; ".join(parts) + " (mean over devices, budgets, seeds)" + _no_interval("these means"), NOT_RESOLVED
 
 
-# Each claim is quoted from its paper's abstract (seeds/) or from METHODS.md; "measure" names
-# the extractor (in MEASURES) that finds the matching figure in data/results, None where no
+# Each claim is quoted from its paper's abstract or from docs/methods.md; "measure" names the
+# extractor (in MEASURES) that finds the matching figure in the results, None where no
 # measurement at this scale can answer it (the reason goes in "note"); "uses" lists the
-# notebooks it reads, so a smoke run among them withholds the verdict.
+# notebooks it needs: a missing or refused file there means "not measured yet", and a smoke or
+# lab run among them withholds the verdict.
 CLAIMS: list[dict[str, Any]] = [
     {"paper": "TAP-ViTs", "source": "abstract", "uses": ("01",),
      "claim": "generates device-specific pruned ViT models without requiring access to any raw local data",
      "measure": "private_upload"},
     {"paper": "TAP-ViTs", "source": "contribution",
      "claim": "uses GMM-based privacy-preserving data approximation",
-     "measure": "selection", "uses": ("01", "02")},
+     "measure": "selection", "uses": ("01",)},
     {"paper": "TAP-ViTs", "source": "findings",
      "claim": "Outperforms existing pruning methods at similar compression levels",
      "measure": "tap_vs_peers", "uses": ("02",)},
     {"paper": "ToaSt", "source": "abstract",
      "claim": "achieves superior trade-offs between accuracy and efficiency, consistently outperforming existing baselines",
      "measure": "toast_vs_baselines", "uses": ("02",)},
-    {"paper": "ToaSt", "source": "METHODS.md",
+    {"paper": "ToaSt", "source": "docs/methods.md",
      "claim": "Reported FLOP savings come mostly from the attention pruning, not from TCS",
      "measure": "toast_flops_split", "uses": ("02",)},
     {"paper": "ToaSt", "source": "abstract",
@@ -544,12 +593,12 @@ CLAIMS: list[dict[str, Any]] = [
     {"paper": "ToaSt", "source": "abstract", "uses": ("04",),
      "claim": "achieves superior trade-offs between accuracy and efficiency (after recovery, against data-free peers)",
      "measure": "toast_recovered"},
-    {"paper": "this companion", "source": "notebook 04", "uses": ("03", "04"),
+    {"paper": "this companion", "source": "notebook 04", "uses": ("04",),
      "claim": "choosing structure and token schedule together beats either alone under a latency budget",
      "measure": "combined"},
 ]
 
-MEASURES: dict[str, Callable[[Results], Optional[tuple[str, str]]]] = {
+MEASURES: dict[str, Callable[[Results], tuple[str, str]]] = {
     "private_upload": _m_private_upload,
     "selection": _m_selection,
     "tap_vs_peers": _m_tap_vs_peers,
@@ -569,32 +618,31 @@ MEASURES: dict[str, Callable[[Results], Optional[tuple[str, str]]]] = {
 def claims_rows(results: Results, claims: Sequence[Mapping[str, Any]] = CLAIMS) -> list[list[str]]:
     """One row per claim: paper, quoted claim, what was measured here, verdict.
 
-    A measurement whose results file is missing, or whose layout is not recognised, reads
-    "not measured yet"; a smoke-run measurement is labelled so and gets no verdict.
+    A claim whose notebooks' results are missing reads "not measured yet"; one whose file was
+    refused names the file; a smoke or lab measurement is labelled so and gets no verdict.
 
     Raises:
         ValueError: a claim names an unknown measurement.
     """
     rows = []
     for c in claims:
-        key = c.get("measure")
+        key = c["measure"]
         if key is not None and key not in MEASURES:
             raise ValueError(f"claim {c['claim']!r} names measurement {key!r}; known: {sorted(MEASURES)}")
-        got = None
-        if key is not None:
-            try:
-                got = MEASURES[key](results)
-            except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError):
-                got = None  # a notebook changed its layout: say so rather than crash the README
         quote = f"“{c['claim']}” ({c['source']})"
         if key is None:
-            rows.append([c["paper"], quote, c.get("note", "–"), "not comparable"])
-        elif got is None:
+            rows.append([c["paper"], quote, c["note"], NOT_COMPARABLE])
+            continue
+        uses = [results.get(nb) for nb in c["uses"]]
+        refused = [u.file for u in uses if isinstance(u, Refused)]
+        if refused:
+            rows.append([c["paper"], quote, f"– (results file {', '.join(refused)} refused: see its section)", NOT_YET])
+        elif any(u is None for u in uses):
             rows.append([c["paper"], quote, "–", NOT_YET])
         else:
-            text, verdict = got
-            if any((results.get(nb) or {}).get("smoke") for nb in c.get("uses", results)):
-                text, verdict = text + " (smoke run)", "no verdict (smoke)"
+            text, verdict = MEASURES[key](results)
+            if any(reduced(u) for u in uses):
+                text, verdict = text + " (smoke or lab run)", NO_VERDICT
             rows.append([c["paper"], quote, text, verdict])
     return rows
 
@@ -604,7 +652,10 @@ def section_claims(results: Results) -> str:
     return "\n".join(["### Claimed vs measured", "",
                       "Headline claims quoted from the papers' abstracts; the figure measured here at "
                       "this scale (a 1.2 M-parameter ViT on a 12-class, 32 px benchmark, CPU), and "
-                      "whether the claim held.", "",
+                      "whether the claim held: held when the measured effect's 95 % interval lies wholly on "
+                      "the claimed side, did not hold when it lies wholly on the other side, not resolved "
+                      "when it straddles (or when the results hold no interval; each row says what its "
+                      "verdict rests on). Smoke and lab runs get no verdict.", "",
                       md_table(["paper", "claim", "measured here", "verdict"], claims_rows(results))])
 
 
@@ -629,28 +680,27 @@ def _figures_line(nb: str, figures: Sequence[str]) -> str:
     return "\n\n".join(lines)
 
 
+def render_section(nb: str, results: Results, figures: Sequence[str] = ()) -> str:
+    """One notebook's section: its tables and provenance, "no results yet", or the refusal's reason."""
+    info = NOTEBOOKS[nb]
+    res = results.get(nb)
+    if res is None:
+        return f"### {info.title}\n\nNo results yet: run notebook {nb} (`make reproduce` runs them all)."
+    if isinstance(res, Refused):
+        return (f"### {info.title}\n\nThe results file `data/results/{res.file}` was not read: {res.reason}")
+    figs = _figures_line(nb, figures)
+    return SECTIONS[nb](res) + "\n\n" + _provenance(res, info.file) + (f"\n\n{figs}" if figs else "")
+
+
 def render(results: Results, figures: Sequence[str] = ()) -> str:
     """The whole generated section (markdown, no markers) for the given results.
 
     Args:
-        results: ``{"00": {...}, ...}`` as returned by :func:`load_results`.
+        results: ``{"00": base_model.Result, ...}`` as returned by :func:`load_results`.
         figures: file names in ``figures/`` (e.g. ``"01_bic.png"``) to show or link under
             their notebook's section (:data:`MAIN_FIGURES` inline, the rest as links).
     """
-    parts = []
-    for nb, (name, fn) in SECTIONS.items():
-        if nb not in results:
-            continue
-        try:
-            body = fn(results[nb])
-        except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError) as err:
-            body = f"### {name}\n\n(layout not recognised by `vitprune_lite.report`: {type(err).__name__} {err})"
-        figs = _figures_line(nb, figures)
-        parts.append(body + "\n\n" + _provenance(results[nb], name) + (f"\n\n{figs}" if figs else ""))
-    for nb in sorted(set(results) - set(SECTIONS)):  # e.g. 04 before it has a renderer
-        parts.append(f"### {nb}\n\nA results file exists; `vitprune_lite.report` has no section for it yet.")
-    if not parts:
-        parts.append("No results yet: run `make reproduce`.")
+    parts = [render_section(nb, results, figures) for nb in NOTEBOOKS]
     parts.append(section_claims(results))
     return "\n\n".join(parts)
 

@@ -3,7 +3,8 @@
 Each module holds one experiment: a frozen ``Params`` dataclass whose defaults are the full run
 (with named presets such as ``smoke`` for the tests and ``lab`` for a quick look), one function
 per step that takes the ``Params`` and the previous steps' outputs, and a ``Result`` that writes
-and reads its own JSON file (``to_json`` / ``from_json``, with a schema version). A notebook is
+and reads its own JSON file (``to_json`` / ``from_json``, with a schema version; one implementation,
+``_params.ResultFile``, for all of them). A notebook is
 then the parameters cell, one call per section and the table or figure of its output.
 
 - :mod:`~vitprune_lite.experiments.base_model`: notebook 00, the benchmark, the base model and

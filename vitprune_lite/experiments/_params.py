@@ -1,13 +1,15 @@
-"""Checks shared by the experiments' ``Params`` (each raises :class:`~vitprune_lite.errors.InvalidValueError`
-naming the field, the value and what is accepted), and the preset lookup."""
+"""What the experiments share: the checks of their ``Params`` (each raises
+:class:`~vitprune_lite.errors.InvalidValueError` naming the field, the value and what is accepted),
+the preset lookup, the cache of a run, and :class:`ResultFile`, the JSON file every ``Result`` writes and reads."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, TypeVar
 
 import numpy as np
 
-from ..errors import InvalidValueError
+from ..errors import InvalidFileError, InvalidValueError
 
 
 def _is_int(v: Any) -> bool:
@@ -106,3 +108,88 @@ def load_or_run(params: Any, path: Any, run: Callable[[Any], Any], from_json: Ca
     result.inputs["checkpoint_sha256"] = digest
     result.to_json(path)
     return result, False
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to (nested) tuples: a ``Params`` holds tuples, never lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+R = TypeVar("R", bound="ResultFile")
+
+
+class ResultFile:
+    """What every experiment's ``Result`` dataclass shares: its JSON file.
+
+    A subclass (a ``@dataclass`` with a ``params`` field and a ``schema`` field defaulting to its
+    module's ``SCHEMA_VERSION``) sets the class attributes below. :meth:`to_json` writes the
+    dataclass as JSON atomically; :meth:`from_json` reads it back with the ``Params`` rebuilt
+    (JSON lists as tuples) and refuses, with :class:`~vitprune_lite.errors.InvalidFileError`
+    naming the file, what was wrong and what to rerun, another schema, a malformed file, an
+    inconsistent one (:meth:`_check`) or a run on another benchmark than asked for.
+
+    Attributes:
+        SCHEMA_VERSION: the schema this class reads and writes.
+        PARAMS: the experiment's ``Params`` class.
+        KIND: what the file holds, for messages (``"notebook 04 result"``).
+        RERUN: what writes the file again (``"notebook 04"``).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    PARAMS: ClassVar[type]
+    KIND: ClassVar[str]
+    RERUN: ClassVar[str]
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the result atomically (the file is either the old one or the whole new one)."""
+        from .. import paths
+
+        return paths.write_json_atomic(Path(path), plain(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls: type[R], path: str | Path, benchmark: Optional[str] = None) -> R:
+        """Read a file written by :meth:`to_json`.
+
+        Args:
+            path: the JSON file.
+            benchmark: when given, a run on another benchmark is refused.
+
+        Raises:
+            FileNotFoundError: no such file.
+            InvalidFileError: not JSON, another schema, malformed, inconsistent, or another benchmark.
+        """
+        from .. import paths
+
+        return cls.from_dict(paths.read_json(Path(path), what=cls.KIND), str(path), benchmark)
+
+    @classmethod
+    def from_dict(cls: type[R], raw: Any, source: str, benchmark: Optional[str] = None) -> R:
+        """The result from :meth:`to_json`'s content (``source`` names it in errors); see :meth:`from_json`."""
+        rerun = f"rerun {cls.RERUN}"
+        if not isinstance(raw, dict) or raw.get("schema") != cls.SCHEMA_VERSION:
+            found = raw.get("schema") if isinstance(raw, dict) else None
+            raise InvalidFileError(f"{source}: not a {cls.KIND} of schema {cls.SCHEMA_VERSION} (found schema "
+                                   f"{found!r}; files written before the experiment modules have none): {rerun}")
+        try:
+            params = cls.PARAMS(**{k: _tuples(v) for k, v in dict(raw["params"]).items()})
+            out = cls(**cls._restore({**raw, "params": params}))
+            problem = out._check()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise InvalidFileError(f"{source}: malformed {cls.KIND} ({type(err).__name__}: {err}): {rerun}") from None
+        if problem:
+            raise InvalidFileError(f"{source}: inconsistent {cls.KIND}: {problem}: {rerun}")
+        held = out.params.benchmark
+        if benchmark is not None and held != benchmark:
+            raise InvalidFileError(f"{source} holds a run on benchmark {held!r}, but {benchmark!r} was asked for; "
+                                   f"{rerun} with BENCHMARK = {benchmark!r}")
+        return out
+
+    @classmethod
+    def _restore(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """The dataclass's fields from the file's (``params`` already rebuilt): where a subclass
+        turns back what JSON cannot hold (integer keys, say). The default changes nothing."""
+        return fields
+
+    def _check(self) -> str:
+        """What does not fit together in a result just read (``""``: nothing); subclasses add checks."""
+        return ""

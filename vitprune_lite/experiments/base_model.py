@@ -18,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InvalidFileError, InvalidValueError
+from ..errors import InvalidValueError
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "load_benchmark", "galleries", "load_model",
@@ -214,7 +213,7 @@ def evaluate(params: Params, bench, model) -> dict[str, Any]:
 
 
 @dataclass
-class Result:
+class Result(_params.ResultFile):
     """What notebook 00 reports.
 
     Attributes:
@@ -240,6 +239,11 @@ class Result:
     environment: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PARAMS = Params
+    KIND = "notebook 00 result"
+    RERUN = "notebook 00"
+
     @classmethod
     def collect(cls, params: Params, bench, model, meta: dict[str, Any], accuracy: dict[str, Any],
                 cross_device=None, seconds: float = 0.0) -> "Result":
@@ -264,31 +268,6 @@ class Result:
                                 for n, s in bench.specs.items()}},
                    info, accuracy, list(meta.get("val_curve", [])), gap, round(seconds, 1),
                    params != Params.preset("full", benchmark=params.benchmark), measure.environment())
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write atomically."""
-        from .. import paths
-
-        return paths.write_json_atomic(Path(path), asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "Result":
-        """Read a file written by :meth:`to_json`; another schema or a malformed file is refused."""
-        from .. import paths
-
-        return cls.from_dict(paths.read_json(Path(path), what="notebook 00 result"), str(path))
-
-    @classmethod
-    def from_dict(cls, raw: Any, source: str = "notebook 00 result") -> "Result":
-        """The result from :meth:`to_json`'s content (``source`` names it in errors)."""
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            raise InvalidFileError(f"{source}: not a notebook 00 result of schema {SCHEMA_VERSION}")
-        try:
-            p = dict(raw["params"])
-            p["public"] = tuple(tuple(kv) for kv in p["public"])
-            return cls(**{**raw, "params": Params(**p)})
-        except (KeyError, TypeError, ValueError) as err:
-            raise InvalidFileError(f"{source}: malformed notebook 00 result ({err})") from None
 
 
 def plot_accuracy(result: Result, val_curve: bool = True):

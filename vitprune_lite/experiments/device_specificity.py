@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InvalidFileError, InvalidValueError
+from ..errors import InvalidValueError
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "run", "paired_gap", "default_path", "load_or_run",
@@ -102,7 +102,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class Result:
+class Result(_params.ResultFile):
     """The cross-device matrix and the diagonal gap.
 
     Attributes:
@@ -131,36 +131,20 @@ class Result:
     inputs: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PARAMS = Params
+    KIND = "device-specificity result"
+    RERUN = "notebook 00 (its cross-device check) or python -m vitprune_lite.experiments.device_specificity"
+
+    def _check(self) -> str:
+        m = self.matrix()
+        if m.shape != (len(self.rows), len(self.devices)):
+            return f"accuracy matrix of shape {m.shape}, expected {(len(self.rows), len(self.devices))}"
+        return ""
+
     def matrix(self) -> np.ndarray:
         """Seed-mean accuracy ``[rows, devices]``."""
         return np.asarray(self.acc, dtype=float).mean(axis=0)
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write the result atomically (the file is either the old one or the whole new one)."""
-        from .. import paths
-
-        return paths.write_json_atomic(Path(path), asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "Result":
-        """Read a result written by :meth:`to_json`, refusing another schema or a malformed file."""
-        from .. import paths
-
-        raw = paths.read_json(Path(path), what="device-specificity result")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            raise InvalidFileError(f"{path}: not a device-specificity result of schema {SCHEMA_VERSION} "
-                                   f"(found schema {raw.get('schema') if isinstance(raw, dict) else None!r})")
-        try:
-            p = dict(raw["params"])
-            p["seeds"], p["devices"] = tuple(p["seeds"]), tuple(p["devices"])
-            out = cls(**{**raw, "params": Params(**p)})
-            m = out.matrix()
-        except (KeyError, TypeError, ValueError) as err:
-            raise InvalidFileError(f"{path}: malformed device-specificity result ({err})") from None
-        if m.shape != (len(out.rows), len(out.devices)):
-            raise InvalidFileError(f"{path}: accuracy matrix of shape {m.shape}, expected "
-                                   f"{(len(out.rows), len(out.devices))}")
-        return out
 
 
 def paired_gap(correct_a: Mapping[str, np.ndarray], correct_b: Mapping[str, np.ndarray], n_boot: int = 2000,

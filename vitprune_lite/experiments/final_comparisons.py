@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -686,8 +686,8 @@ def summarise(params: Params, inp: Inputs, evaluation: Evaluation, latencies: Ma
 
 
 @dataclass
-class Result:
-    """What notebook 04 reports (``04_final_comparisons.json``; ``vitprune_lite.report`` reads it by key).
+class Result(_params.ResultFile):
+    """What notebook 04 reports (``04_final_comparisons.json``; ``vitprune_lite.report`` renders it).
 
     Attributes:
         params: the run's parameters.
@@ -732,6 +732,11 @@ class Result:
     environment: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PARAMS = Params
+    KIND = "notebook 04 result"
+    RERUN = "notebook 04"
+
     @classmethod
     def collect(cls, params: Params, inp: Inputs, built: Mapping[tuple, Any], latencies: Mapping[str, Any],
                 combined: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], cal, seconds: float) -> "Result":
@@ -763,32 +768,6 @@ class Result:
                     "selected_sets_sha256": paths.sha256_file(Path(inp.sets_path)),
                     "benchmark_fingerprint": inp.bench.fingerprint},
                    round(seconds, 1), measure.environment())
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write atomically (the file is either the old one or the whole new one)."""
-        from .. import paths
-
-        return paths.write_json_atomic(Path(path), asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "Result":
-        """Read a file written by :meth:`to_json`; another schema or a malformed file is refused."""
-        from .. import paths
-
-        raw = paths.read_json(Path(path), what="notebook 04 result")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            found = raw.get("schema") if isinstance(raw, dict) else None
-            raise InvalidFileError(f"{path}: not a notebook 04 result of schema {SCHEMA_VERSION} (found schema "
-                                   f"{found!r}; files written before the experiment module have none: rerun "
-                                   "notebook 04)")
-        try:
-            p = dict(raw["params"])
-            for k in ("seeds", "devices", "budgets", "pomt_r", "tome_r", "topk_keep", "latency_budgets"):
-                p[k] = tuple(p[k])
-            p["combined_tokens"] = tuple(tuple(t) for t in p["combined_tokens"])
-            return cls(**{**raw, "params": Params(**p)})
-        except (KeyError, TypeError, ValueError, InvalidValueError) as err:
-            raise InvalidFileError(f"{path}: malformed notebook 04 result ({err})") from None
 
 
 def plot_predicted_vs_measured(validation_rows: Sequence[Mapping[str, Any]], combined: Sequence[Mapping[str, Any]],

@@ -27,13 +27,13 @@ import argparse
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InvalidFileError, InvalidValueError
+from ..errors import InvalidValueError
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "SPACES", "Setup", "Embeddings", "Fits", "Selections",
@@ -501,7 +501,7 @@ def save_sets(params: Params, setup: Setup, sels: Selections, path: Optional[Pat
 
 
 @dataclass
-class Result:
+class Result(_params.ResultFile):
     """What notebook 01 reports; ``01_gmm_data_approximation.json`` is :meth:`to_json` of it.
 
     Attributes:
@@ -540,40 +540,18 @@ class Result:
     environment: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
-    def to_json(self, path: str | Path) -> Path:
-        """Write the result atomically (the file is either the old one or the whole new one)."""
-        from .. import paths
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PARAMS = Params
+    KIND = "notebook 01 result (GMM data approximation)"
+    RERUN = "notebook 01"
 
-        return paths.write_json_atomic(Path(path), _params.plain(asdict(self)))
-
-    @classmethod
-    def from_json(cls, path: str | Path, benchmark: Optional[str] = None) -> "Result":
-        """Read a result written by :meth:`to_json`, refusing another schema, a malformed file or,
-        when ``benchmark`` is given, a run of another benchmark."""
-        from .. import paths
-
-        raw = paths.read_json(Path(path), what="GMM data-approximation result")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            raise InvalidFileError(f"{path}: not a GMM data-approximation result of schema {SCHEMA_VERSION} "
-                                   f"(found schema {raw.get('schema') if isinstance(raw, dict) else None!r})")
-        try:
-            p = dict(raw["params"])
-            for k in ("feature_spaces", "sample_temperatures", "audit_ks", "audit_covariances"):
-                p[k] = tuple(p[k])
-            out = cls(**{**raw, "params": Params(**p)})
-            for d, dev in out.devices.items():
-                for space, e in dev["spaces"].items():
-                    float(e["membership_auc"]), e["precision"]["metric"]["class"], int(e["k"])
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise InvalidFileError(f"{path}: malformed GMM data-approximation result "
-                                   f"({type(err).__name__}: {err})") from None
-        if out.benchmark != out.params.benchmark:
-            raise InvalidFileError(f"{path}: benchmark {out.benchmark!r} disagrees with its params' "
-                                   f"{out.params.benchmark!r}")
-        if benchmark is not None and out.benchmark != benchmark:
-            raise InvalidFileError(f"{path} holds a run on benchmark {out.benchmark!r}, but {benchmark!r} was asked "
-                                   f"for; rerun notebook 01 with BENCHMARK = {benchmark!r}")
-        return out
+    def _check(self) -> str:
+        for dev in self.devices.values():  # what the report and notebooks 02 and 04 read of each entry
+            for e in dev["spaces"].values():
+                float(e["membership_auc"]), e["precision"]["metric"]["class"], int(e["k"])
+        if self.benchmark != self.params.benchmark:
+            return f"benchmark {self.benchmark!r} disagrees with its params' {self.params.benchmark!r}"
+        return ""
 
 
 def collect(params: Params, setup: Setup, emb: Embeddings, fits: Fits, quality: dict, temperatures: dict,

@@ -28,7 +28,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -796,17 +796,8 @@ def summary_50(params: Params, inp: Inputs, pruned: Pruned) -> dict[str, Any]:
     return out
 
 
-def _tuples(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON lists back to the tuples of ``cls``'s tuple fields."""
-    out = dict(raw)
-    for f in fields(cls):
-        if isinstance(f.default, tuple) and isinstance(out.get(f.name), list):
-            out[f.name] = tuple(out[f.name])
-    return out
-
-
 @dataclass
-class Result:
+class Result(_params.ResultFile):
     """What notebook 02 reports (``data/results/02_head_channel_importance.json``).
 
     Attributes:
@@ -847,6 +838,11 @@ class Result:
     environment: dict = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PARAMS = Params
+    KIND = "notebook 02 result"
+    RERUN = "notebook 02"
+
     @classmethod
     def collect(cls, params: Params, inp: Inputs, scores: Scores, corr: Mapping[str, Any], pruned: Pruned,
                 finetune: Mapping[str, Any], audit: Mapping[str, Any], speed: Mapping, faith: Any, loaded: bool,
@@ -870,30 +866,6 @@ class Result:
                  sp["speedup_ratio_min"], sp["speedup_ratio_median"]]
         return cls(params, smoke, params.benchmark, *[_params.plain(p) for p in parts], round(seconds, 1),
                    measure.environment())
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write atomically."""
-        from .. import paths
-
-        return paths.write_json_atomic(Path(path), asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | Path, benchmark: Optional[str] = None) -> "Result":
-        """Read a file written by :meth:`to_json`; another schema, a malformed file or (when
-        ``benchmark`` is given) a run on another benchmark is refused."""
-        from .. import paths
-
-        raw = paths.read_json(Path(path), what="notebook 02 result")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            raise InvalidFileError(f"{path}: not a notebook 02 result of schema {SCHEMA_VERSION}")
-        try:
-            res = cls(**{**raw, "params": Params(**_tuples(Params, raw["params"]))})
-        except (KeyError, TypeError, ValueError) as err:
-            raise InvalidFileError(f"{path}: malformed notebook 02 result ({err})") from None
-        if benchmark is not None and res.benchmark != benchmark:
-            raise InvalidFileError(f"{path} holds a notebook 02 run on benchmark {res.benchmark!r}, "
-                                   f"but benchmark {benchmark!r} was asked")
-        return res
 
 
 def run(params: Params = Params(), sets: Optional[Mapping[str, Any]] = None, progress: bool = False,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -701,7 +701,7 @@ def timm_tome(params: Params) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- result
 
 @dataclass
-class Result:
+class Result(_params.ResultFile):
     """What notebook 03 reports (the JSON keys report.py and ``benchmarks.tome_bench`` read are kept).
 
     Attributes:
@@ -758,6 +758,17 @@ class Result:
     inputs: dict[str, str] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PARAMS = Params
+    KIND = "notebook 03 result"
+    RERUN = "notebook 03"
+
+    @classmethod
+    def _restore(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        choice = fields["pomt_choice"]  # JSON keys are strings; the block indices are integers
+        return {**fields, "pomt_choice": {**choice, "layer_val_acc": {int(k): v for k, v in
+                                                                       choice["layer_val_acc"].items()}}}
+
     @classmethod
     def collect(cls, params: Params, st: Setup, proto: Protocols, curves: Curves, choice: Choice,
                 layer: dict[str, Any], comp: Comparison, match: dict[str, Any], slower: list[dict[str, Any]],
@@ -784,32 +795,6 @@ class Result:
                                         for c in curves.curves},
                    load_avg_end=env["load_avg_1min"], seconds=round(seconds, 1), environment=env,
                    inputs={"checkpoint_sha256": st.meta.get("sha256") or ""})
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write atomically."""
-        from .. import paths
-
-        return paths.write_json_atomic(Path(path), asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "Result":
-        """Read a file written by :meth:`to_json`; another schema or a malformed file is refused."""
-        from .. import paths
-
-        raw = paths.read_json(Path(path), what="notebook 03 result")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            raise InvalidFileError(f"{path}: not a notebook 03 result of schema {SCHEMA_VERSION}")
-        try:
-            p = dict(raw["params"])
-            for k, v in p.items():
-                if isinstance(v, list):
-                    p[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-            raw = {**raw, "params": Params(**p)}
-            raw["pomt_choice"] = {**raw["pomt_choice"],
-                                  "layer_val_acc": {int(k): v for k, v in raw["pomt_choice"]["layer_val_acc"].items()}}
-            return cls(**raw)
-        except (KeyError, TypeError, ValueError, AttributeError, InvalidValueError) as err:
-            raise InvalidFileError(f"{path}: malformed notebook 03 result ({err})") from None
 
 
 def check_result_benchmark(raw: Any, path: str | Path, benchmark: str) -> None:

@@ -46,13 +46,13 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InvalidFileError, InvalidValueError
+from ..errors import InvalidValueError
 from . import _params
 from .device_specificity import _load, paired_gap
 
@@ -500,7 +500,7 @@ def prune(params: Params, bench, model, sets: MetricSets, layer_ratios: LayerRat
 # ----------------------------------------------------------------------------- the result
 
 @dataclass
-class Result:
+class Result(_params.ResultFile):
     """Everything the three steps measured.
 
     Attributes:
@@ -536,6 +536,11 @@ class Result:
     inputs: dict[str, str] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
+    SCHEMA_VERSION = SCHEMA_VERSION
+    PARAMS = Params
+    KIND = "TAP faithfulness result"
+    RERUN = "notebook 02 (its faithfulness step) or python -m vitprune_lite.experiments.tap_faithfulness"
+
     def table(self) -> list[dict[str, Any]]:
         """One row per (metric set, variant): coverage (mean over devices), accuracies and the gap.
 
@@ -555,33 +560,6 @@ class Result:
                                 f"gap_{s}_hi": self.gap[s][n]["hi"]})
                 rows.append(row)
         return rows
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write the result atomically (the file is either the old one or the whole new one)."""
-        from .. import paths
-
-        return paths.write_json_atomic(Path(path), asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "Result":
-        """Read a result written by :meth:`to_json`, refusing another schema or a malformed file."""
-        from .. import paths
-
-        raw = paths.read_json(Path(path), what="TAP faithfulness result")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
-            raise InvalidFileError(f"{path}: not a TAP faithfulness result of schema {SCHEMA_VERSION} "
-                                   f"(found schema {raw.get('schema') if isinstance(raw, dict) else None!r})")
-        try:
-            p = dict(raw["params"])
-            for key in ("seeds", "devices", "temperatures"):
-                p[key] = tuple(p[key])
-            out = cls(**{**raw, "params": Params(**p)})
-            problems = out._check()
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise InvalidFileError(f"{path}: malformed TAP faithfulness result ({type(err).__name__}: {err})") from None
-        if problems:
-            raise InvalidFileError(f"{path}: inconsistent TAP faithfulness result: {problems}")
-        return out
 
     def _check(self) -> str:
         """What does not fit together ("" if everything does)."""
