@@ -217,7 +217,7 @@ def test_render_02_03_04_sections_use_the_method_labels():
     assert "mean over 2 devices of benchmark v1." in out and "+2.0 points" in out
     assert "On the v1 benchmark's base model (65 tokens)." in out
     assert "| POMT (chosen R) | pomt(8) | 88.0 % | 87.0 % | 0.80 | 0.800 |" in out
-    assert ("| device | budget | best | TAP-ViTs | one-size-fits-all | ToaSt + TCS | torch-pruning | oracle | dense |"
+    assert ("| device | budget | best | TAP-ViTs | one-size-fits-all | ToaSt + TCS | torch-pruning (magnitude) | oracle (private data) | dense |"
             in out)
     assert "| cam | 50% params | TAP-ViTs | 95.0 % | 93.0 % | 94.0 % | 92.0 % | 97.0 % | 98.0 % |" in out
     assert "one-size-fits-all +2.0 [+1.0, +3.0] points" in out

@@ -28,7 +28,7 @@ from statistics import mean
 from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import paths
+from . import methods, paths
 from .errors import InvalidFileError
 from .experiments import base_model, final_comparisons, gmm_approximation, head_channel_importance, latency_curve
 
@@ -75,19 +75,9 @@ class Refused:
 #: Notebook number -> its typed ``Result`` or :class:`Refused`; notebooks without a file are absent.
 Results = Mapping[str, Any]
 
-# Display names of methods.
-# TODO: replace with vitprune_lite.methods.label once that registry lands.
-_LABELS = {
-    "tap_vits": "TAP-ViTs", "tap_vits_uniform": "TAP-ViTs, uniform ratios", "one_size_fits_all": "one-size-fits-all",
-    "oracle": "oracle", "taylor": "Taylor", "magnitude_l1": "L1 magnitude", "magnitude_l2": "L2 magnitude",
-    "random": "random", "toast": "ToaSt (coupled QK/VO)", "toast_tcs": "ToaSt + TCS", "toast_heads": "ToaSt, heads only",
-    "torch_pruning": "torch-pruning", "torch_pruning_taylor": "torch-pruning (Taylor)", "dense": "dense",
-}
-
-
 def label(name: str) -> str:
-    """A method's display name (the name itself when it has none)."""
-    return _LABELS.get(name, name)
+    """A method's display name from the registry; a setting such as ``pomt(8)`` keeps its name."""
+    return methods.label(name) if name in methods.REGISTRY else name
 
 
 # --------------------------------------------------------------------------- loading
