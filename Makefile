@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vitprune-installed
 KERNEL := vitprune-lite
 
-.PHONY: setup reproduce test chromium lab train train-v2 bench clean-build report
+.PHONY: setup reproduce reproduce-lab test chromium lab train train-v2 bench clean-build report
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 reproduce: setup
 	$(PY) -m vitprune_lite reproduce
+
+# Every notebook at its quick `lab` preset, written under build/lab/ (the committed results stay);
+# the run times are recorded in data/run_times.json beside the full run's.
+reproduce-lab: setup
+	VITPRUNE_OUT=build/lab $(PY) -m vitprune_lite reproduce -p PRESET=lab
 
 test: setup chromium
 	$(PY) -m pytest

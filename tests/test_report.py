@@ -437,3 +437,25 @@ def test_cli_report_names_a_refused_file_and_still_writes(tmp_path, monkeypatch,
         in capsys.readouterr().err
     assert "The results file `data/results/02_head_channel_importance.json` was not read" in \
         (tmp_path / "README.md").read_text()
+
+
+def test_run_times_recorded_rendered_and_refused(tmp_path):
+    from vitprune_lite import reproduce
+    from vitprune_lite.errors import InvalidFileError
+
+    f = tmp_path / "run_times.json"
+    assert reproduce.run_times(f) == {}
+    reproduce.record_run_time("00_base_model", "v1", "lab", 24.4, path=f)
+    reproduce.record_run_time("01_gmm_data_approximation", "v1", "lab", 61, path=f)
+    reproduce.record_run_time("00_base_model", "v1", "full", 125.0, ["ft_steps"], path=f)
+    reproduce.record_run_time("00_base_model", "v1", "lab", 30.0, path=f)  # a rerun replaces its entry
+    times = reproduce.run_times(f)
+    assert times["v1"]["lab"]["00_base_model"]["seconds"] == 30.0 and len(times["v1"]["lab"]) == 2
+    out = report.section_run_times(times)
+    assert "| notebook | full (v1) | lab (v1) |" in out
+    assert "| 00_base_model | 2 min 05 s | 30 s |" in out and "| 01_gmm_data_approximation | - | 1 min 01 s |" in out
+    assert "| **total** | 2 min 05 s | 1 min 31 s |" in out and "full (v1): ft_steps" in out
+    assert "Not recorded yet" in report.section_run_times({})
+    f.write_text('{"v1": {"lab": {"00_base_model": 12}}}')
+    with pytest.raises(InvalidFileError, match="run_times.json: not a run-times file"):
+        reproduce.run_times(f)

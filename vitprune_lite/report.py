@@ -28,7 +28,7 @@ from statistics import mean
 from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from . import methods, paths
+from . import methods, paths, reproduce
 from .errors import InvalidFileError
 from .experiments import base_model, final_comparisons, gmm_approximation, head_channel_importance, latency_curve
 
@@ -682,16 +682,53 @@ def render_section(nb: str, results: Results, figures: Sequence[str] = ()) -> st
     return SECTIONS[nb](res) + "\n\n" + _provenance(res, info.file) + (f"\n\n{figs}" if figs else "")
 
 
-def render(results: Results, figures: Sequence[str] = ()) -> str:
+def _duration(seconds: float) -> str:
+    m, sec = divmod(round(seconds), 60)
+    return f"{m} min {sec:02d} s" if m else f"{sec} s"
+
+
+def section_run_times(times: Mapping[str, Any]) -> str:
+    """How long each notebook took, per benchmark and preset, from ``data/run_times.json``.
+
+    Args:
+        times: :func:`vitprune_lite.reproduce.run_times`'s mapping.
+    """
+    head = "### Run times"
+    runs = [(b, p) for b in sorted(times) for p in sorted(times[b], key=lambda p: (p != "full", p))]
+    if not runs:
+        return f"{head}\n\nNot recorded yet: `make reproduce` records each notebook's wall time."
+    stems = sorted({s for b, p in runs for s in times[b][p]})
+    rows = [[s] + [_duration(times[b][p][s]["seconds"]) if s in times[b][p] else "-" for b, p in runs]
+            for s in stems]
+    rows.append(["**total**"] + [_duration(sum(e["seconds"] for e in times[b][p].values())) for b, p in runs])
+    entries = [e for b, p in runs for e in times[b][p].values()]
+    loads = [e["load_avg_1min"] for e in entries if e.get("load_avg_1min") is not None]
+    changed = sorted({f"{p} ({b}): {', '.join(e['overrides'])}" for b, p in runs for e in times[b][p].values()
+                      if e.get("overrides")})
+    notes = [f"Wall time of each notebook under papermill (`make reproduce`; `lab` is "
+             f"`python -m vitprune_lite reproduce -p PRESET=lab`), on {', '.join(sorted({str(e['cpu_model']) for e in entries}))} "
+             f"with {', '.join(sorted({str(e['cpu_usable']) for e in entries}))} usable cores"
+             + (f"; 1-minute load average at the end of each notebook {min(loads):.1f}-{max(loads):.1f}" if loads else "")
+             + f"; recorded {min(e['utc'] for e in entries)[:10]} to {max(e['utc'] for e in entries)[:10]}, "
+             f"git {', '.join(sorted({str(e['git_rev']) for e in entries}))}."]
+    if changed:
+        notes.append("Runs with overrides: " + "; ".join(changed) + ".")
+    return "\n\n".join([head, md_table(["notebook"] + [f"{p} ({b})" for b, p in runs], rows), *notes])
+
+
+def render(results: Results, figures: Sequence[str] = (), run_times: Optional[Mapping[str, Any]] = None) -> str:
     """The whole generated section (markdown, no markers) for the given results.
 
     Args:
         results: ``{"00": base_model.Result, ...}`` as returned by :func:`load_results`.
         figures: file names in ``figures/`` (e.g. ``"01_bic.png"``) to show or link under
             their notebook's section (:data:`MAIN_FIGURES` inline, the rest as links).
+        run_times: :func:`vitprune_lite.reproduce.run_times` (None: no run-times section).
     """
     parts = [render_section(nb, results, figures) for nb in NOTEBOOKS]
     parts.append(section_claims(results))
+    if run_times is not None:
+        parts.append(section_run_times(run_times))
     return "\n\n".join(parts)
 
 
@@ -718,7 +755,8 @@ def render_repo(root: Optional[Path] = None) -> str:
     """
     root = Path(root) if root is not None else paths.root()
     figures = sorted(p.name for p in (root / "figures").glob("*.png"))
-    return render(load_results(root / "data" / "results"), figures)
+    return render(load_results(root / "data" / "results"), figures,
+                  reproduce.run_times(root / "data" / reproduce.RUN_TIMES_FILE))
 
 
 def update_readme(path: Optional[Path] = None, results: Optional[Results] = None, *, write: bool = True) -> bool:

@@ -16,6 +16,8 @@ from . import paths
 from .errors import InvalidFileError, ParameterError
 
 KERNEL = "vitprune-lite"
+#: Wall time of each notebook per benchmark and preset, written by :func:`reproduce` (committed).
+RUN_TIMES_FILE = "run_times.json"
 
 
 def notebooks() -> list[Path]:
@@ -235,9 +237,57 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
         t0 = time.perf_counter()
         print(f"[{i}/{len(todo)}] {nb.name} ...", flush=True)
         done.append(run_notebook(nb, own[nb], kernel=kernel))
-        print(f"[{i}/{len(todo)}] {nb.name} done in {time.perf_counter() - t0:.0f} s "
+        seconds = time.perf_counter() - t0
+        print(f"[{i}/{len(todo)}] {nb.name} done in {seconds:.0f} s "
               f"(elapsed {time.perf_counter() - t_all:.0f} s)", flush=True)
+        preset = own[nb].get("PRESET", notebook_parameters(nb).get("PRESET", "full"))
+        if preset != "smoke" and not smoke:
+            benchmark = own[nb].get("BENCHMARK", notebook_parameters(nb).get("BENCHMARK", "v1"))
+            record_run_time(nb.stem, str(benchmark), str(preset), seconds, sorted(own[nb].get("OVERRIDES") or {}))
     return done
+
+
+def run_times(path: Path | None = None) -> dict[str, Any]:
+    """The recorded run times: ``{benchmark: {preset: {notebook stem: entry}}}`` (empty if none).
+
+    Each entry holds ``seconds`` (wall time of the notebook under papermill), ``overrides`` (the
+    ``OVERRIDES`` keys it ran with; empty for the plain preset) and :func:`measure.environment`'s
+    ``utc``, ``cpu_model``, ``cpu_usable``, ``load_avg_1min`` (at the end of the notebook) and
+    ``git_rev``.
+
+    Raises:
+        InvalidFileError: the file exists but is not such a mapping.
+    """
+    path = Path(path) if path is not None else paths.data_dir() / RUN_TIMES_FILE
+    if not path.exists():
+        return {}
+    raw = paths.read_json(path, what="run-times file")
+    ok = isinstance(raw, dict) and all(
+        isinstance(v, dict) and all(isinstance(e, dict) and all(isinstance(x, dict) and "seconds" in x
+                                                                  for x in e.values()) for e in v.values())
+        for v in raw.values())
+    if not ok:
+        raise InvalidFileError(f"{path}: not a run-times file ({{benchmark: {{preset: {{notebook: "
+                               f"{{'seconds': ...}}}}}}}}); delete it and rerun `make reproduce`")
+    return raw
+
+
+def record_run_time(stem: str, benchmark: str, preset: str, seconds: float, overrides: Sequence[str] = (),
+                    path: Path | None = None) -> Path:
+    """Add one notebook's wall time to ``data/run_times.json`` (atomically; other entries kept).
+
+    The file lives under the repository's ``data/`` (not ``$VITPRUNE_OUT``), so a ``lab`` run
+    written to a scratch folder still records its time beside the full run's.
+    """
+    from . import measure
+
+    path = Path(path) if path is not None else paths.data_dir() / RUN_TIMES_FILE
+    times = run_times(path)
+    env = measure.environment()
+    times.setdefault(benchmark, {}).setdefault(preset, {})[stem] = {
+        "seconds": round(float(seconds), 1), "overrides": list(overrides),
+        **{k: env[k] for k in ("utc", "cpu_model", "cpu_usable", "load_avg_1min", "git_rev")}}
+    return paths.write_json_atomic(path, times)
 
 
 def export_html(executed: Sequence[Path] | None = None, out_dir: Path | None = None) -> Path:
@@ -262,12 +312,15 @@ def export_html(executed: Sequence[Path] | None = None, out_dir: Path | None = N
     out_dir = Path(out_dir or paths.build_dir() / "html")
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter()
-    items = []
+    items, times = [], run_times()
     for nb_path in executed:
         body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
         page = out_dir / f"{nb_path.stem}.html"
         paths.write_bytes_atomic(page, body.encode())
-        items.append(f'<li><a href="{page.name}">{html.escape(nb_path.stem)}</a></li>')
+        took = [f"{p} ({b}) {times[b][p][nb_path.stem]['seconds'] / 60:.1f} min"
+                for b in sorted(times) for p in sorted(times[b]) if nb_path.stem in times[b][p]]
+        when = f" <small>run time on 2 CPU cores: {html.escape(', '.join(took))}</small>" if took else ""
+        items.append(f'<li><a href="{page.name}">{html.escape(nb_path.stem)}</a>{when}</li>')
     figs = []
     for fig in sorted(paths.figures_dir().glob("*.png")):
         shutil.copyfile(fig, out_dir / "figures" / fig.name)
