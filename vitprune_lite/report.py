@@ -706,7 +706,7 @@ def section_run_times(times: Mapping[str, Any]) -> str:
     changed = sorted({f"{p} ({b}): {', '.join(e['overrides'])}" for b, p in runs for e in times[b][p].values()
                       if e.get("overrides")})
     notes = [f"Wall time of each notebook under papermill (`make reproduce`; `lab` is "
-             f"`python -m vitprune_lite reproduce -p PRESET=lab`), on {', '.join(sorted({str(e['cpu_model']) for e in entries}))} "
+             f"`make reproduce-lab`), on {', '.join(sorted({str(e['cpu_model']) for e in entries}))} "
              f"with {', '.join(sorted({str(e['cpu_usable']) for e in entries}))} usable cores"
              + (f"; 1-minute load average at the end of each notebook {min(loads):.1f}-{max(loads):.1f}" if loads else "")
              + f"; recorded {min(e['utc'] for e in entries)[:10]} to {max(e['utc'] for e in entries)[:10]}, "
