@@ -240,11 +240,15 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
         seconds = time.perf_counter() - t0
         print(f"[{i}/{len(todo)}] {nb.name} done in {seconds:.0f} s "
               f"(elapsed {time.perf_counter() - t_all:.0f} s)", flush=True)
-        preset = own[nb].get("PRESET", notebook_parameters(nb).get("PRESET", "full"))
-        if preset != "smoke" and not smoke:
-            benchmark = own[nb].get("BENCHMARK", notebook_parameters(nb).get("BENCHMARK", "v1"))
-            record_run_time(nb.stem, str(benchmark), str(preset), seconds, sorted(own[nb].get("OVERRIDES") or {}))
+        ran = {**notebook_parameters(nb), **own[nb]}  # the values this run used
+        if not smoke and ran.get("PRESET", "full") != "smoke":
+            record_run_time(nb.stem, str(ran.get("BENCHMARK", "v1")), str(ran.get("PRESET", "full")), seconds,
+                            sorted(ran.get("OVERRIDES") or {}))
     return done
+
+
+def _run_times_path(path: Path | None) -> Path:
+    return Path(path) if path is not None else paths.data_dir() / RUN_TIMES_FILE
 
 
 def run_times(path: Path | None = None) -> dict[str, Any]:
@@ -258,7 +262,7 @@ def run_times(path: Path | None = None) -> dict[str, Any]:
     Raises:
         InvalidFileError: the file exists but is not such a mapping.
     """
-    path = Path(path) if path is not None else paths.data_dir() / RUN_TIMES_FILE
+    path = _run_times_path(path)
     if not path.exists():
         return {}
     raw = paths.read_json(path, what="run-times file")
@@ -281,7 +285,7 @@ def record_run_time(stem: str, benchmark: str, preset: str, seconds: float, over
     """
     from . import measure
 
-    path = Path(path) if path is not None else paths.data_dir() / RUN_TIMES_FILE
+    path = _run_times_path(path)
     times = run_times(path)
     env = measure.environment()
     times.setdefault(benchmark, {}).setdefault(preset, {})[stem] = {
@@ -317,9 +321,9 @@ def export_html(executed: Sequence[Path] | None = None, out_dir: Path | None = N
         body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
         page = out_dir / f"{nb_path.stem}.html"
         paths.write_bytes_atomic(page, body.encode())
-        took = [f"{p} ({b}) {times[b][p][nb_path.stem]['seconds'] / 60:.1f} min"
-                for b in sorted(times) for p in sorted(times[b]) if nb_path.stem in times[b][p]]
-        when = f" <small>run time on 2 CPU cores: {html.escape(', '.join(took))}</small>" if took else ""
+        took = [f"{p} ({b}) {e['seconds'] / 60:.1f} min on {e['cpu_usable']} CPU cores"
+                for b in sorted(times) for p in sorted(times[b]) if (e := times[b][p].get(nb_path.stem))]
+        when = f" <small>run time: {html.escape(', '.join(took))}</small>" if took else ""
         items.append(f'<li><a href="{page.name}">{html.escape(nb_path.stem)}</a>{when}</li>')
     figs = []
     for fig in sorted(paths.figures_dir().glob("*.png")):
