@@ -181,7 +181,7 @@ def test_base_model_v2_checkpoint():
     from vitprune_lite import data_v2, models, paths
 
     if not (paths.data_dir() / models.V2_CHECKPOINT).exists():
-        pytest.skip("benchmark v2's checkpoint is not built (make train-v2)")
+        pytest.skip("benchmark v2's checkpoint is not built (make train)")
     params = bm.Params.preset("smoke")
     bench = bm.load_benchmark(params)
     model, meta = bm.load_model(params, bench)

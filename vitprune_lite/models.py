@@ -9,7 +9,8 @@ Checkpoints are safetensors (no pickle) with a JSON metadata file beside them: m
 seed, data generator version, accuracies, training time and the weights' sha256. Loading checks
 the hash and refuses a file that does not match.
 
-``python -m vitprune_lite train`` (or ``make train``) rebuilds ``data/base_vit.safetensors``.
+``python -m vitprune_lite train`` (or ``make train``) rebuilds the default benchmark v2's
+``data/base_vit_v2.safetensors``; ``--benchmark v1`` (``make train-v1``) rebuilds ``data/base_vit.safetensors``.
 """
 from __future__ import annotations
 
@@ -458,7 +459,7 @@ def load_base_model(benchmark: str = "v1") -> tuple[VisionTransformer, dict[str,
     if version != module.GENERATOR_VERSION:
         raise InvalidFileError(f"{path}: trained on benchmark generator version {version!r}, but benchmark "
                                f"{benchmark} is now version {module.GENERATOR_VERSION!r}; retrain it "
-                               f"({'make train-v2' if benchmark == 'v2' else 'make train'})")
+                               f"({'make train' if benchmark == 'v2' else 'make train-v1'})")
     return model, meta
 
 

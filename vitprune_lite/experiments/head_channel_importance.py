@@ -64,15 +64,17 @@ _FAITH_PRESETS = ("full", "lab", "smoke")
 
 @dataclass(frozen=True)
 class Params:
-    """What notebook 02 runs; the defaults are the full run (tuned for benchmark v1).
+    """What notebook 02 runs; the defaults are the full run (sized for benchmark v2 on two cores).
 
     Attributes:
-        benchmark: ``"v1"`` or ``"v2"``.
+        benchmark: ``"v2"`` (the default) or ``"v1"``.
         seed: benchmark seed and every random choice (random scores, token positions, recovery).
         threads: torch CPU threads for scoring, evaluation and fine-tuning.
         lat_threads: torch CPU threads while timing.
-        devices: device names (empty: every device of the benchmark that notebook 01's sets hold;
-            on v1 these are night_cam, drone, factory and phone).
+        devices: device names (empty: every device of the benchmark that notebook 01's sets hold).
+            The default is the benchmark's first two devices (night_cam and drone on v1 and v2):
+            every criterion at every budget on 1,000 test images per device costs about 4x more per
+            image on v2 than on v1, so the full run takes two devices rather than all eight.
         metric_images: images per metric set (notebook 01 selects 640).
         sens_images: metric-set images used by the KL layer-sensitivity probes.
         tokens: token positions per HSIC sample (CLS + patches).
@@ -93,14 +95,17 @@ class Params:
         lat_all_budgets: time every budget (False: the smallest only).
         faithfulness: preset of :mod:`~vitprune_lite.experiments.tap_faithfulness` (``"smoke"`` also
             limits it to this run's devices and keeps its file with the results).
+        faithfulness_benchmark: the benchmark that check runs on (empty: ``benchmark``). The default
+            is ``"v1"``, whose stored run (``data/benchmarks/tap_faithfulness.json``, about 18 minutes)
+            is read; the same check on v2 costs about 4x as much and is not stored yet.
         faithfulness_rerun: run it even if its file holds a run of the same parameters.
     """
 
-    benchmark: str = "v1"
+    benchmark: str = "v2"
     seed: int = 0
     threads: int = 2
     lat_threads: int = 1
-    devices: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("night_cam", "drone")
     metric_images: int = 640
     sens_images: int = 64
     tokens: int = 32
@@ -118,11 +123,12 @@ class Params:
     tcs_fc1: tuple[float, ...] = (0, 0, 0, 0, 0, 0.3)
     tcs_fc2: tuple[float, ...] = (0, 0, 0, 0.5, 0.9, 0.9)
     audit_batch: int = 128
-    audit_public: int = 0
+    audit_public: int = 1000
     lat_rounds: int = 3
     lat_min_run: float = 0.05
     lat_all_budgets: bool = True
     faithfulness: str = "lab"
+    faithfulness_benchmark: str = "v1"
     faithfulness_rerun: bool = False
 
     def __post_init__(self) -> None:
@@ -163,6 +169,9 @@ class Params:
         if self.faithfulness not in _FAITH_PRESETS:
             raise InvalidValueError(f"Params.faithfulness = {self.faithfulness!r}: accepted a preset of "
                                     f"experiments.tap_faithfulness, one of {_FAITH_PRESETS}")
+        if self.faithfulness_benchmark not in ("", "v1", "v2"):
+            raise InvalidValueError(f"Params.faithfulness_benchmark = {self.faithfulness_benchmark!r}: accepted "
+                                    "'v1', 'v2' or '' (the run's own benchmark)")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "Params":
@@ -174,14 +183,14 @@ def _number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
 
 
-#: ``full``: the defaults (about 9 minutes on v1 on two cores, the faithfulness section read from its
-#: file). ``lab``: two devices, half the metric images, a quarter of the public test images in the TCS
-#: audit, one short latency round - every section and every criterion, a quick qualitative look
-#: (about 4 minutes on v1 estimated from the full run's parts; not yet measured). ``smoke``: the
-#: tests' sizes (about 3 minutes on v1, most of it the faithfulness experiment at its smoke preset).
+#: ``full``: the defaults (two devices, the faithfulness section read from its stored v1 file).
+#: ``lab``: half the metric images, half the public test images in the TCS audit, one short
+#: latency round - every section and every criterion, a quick qualitative look. ``smoke``: the
+#: tests' sizes (most of it the faithfulness experiment at its smoke preset). Measured run times
+#: per preset: ``data/run_times.json``.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"devices": ("night_cam", "drone"), "metric_images": 320, "sens_images": 32, "audit_public": 500,
+    "lab": {"metric_images": 320, "sens_images": 32, "audit_public": 500,
             "lat_rounds": 1, "lat_min_run": 0.02},
     "smoke": {"devices": ("night_cam",), "metric_images": 32, "sens_images": 8, "tokens": 8, "hsic_batch": 16,
               "probes": (0.5,), "criteria": ("tap_vits", "one_size_fits_all", "oracle", "magnitude_l2", "toast",
@@ -762,7 +771,7 @@ def faithfulness_file(params: Params) -> Path:
     from .. import paths
     from . import tap_faithfulness as tf
 
-    path = tf.stored_path(params.benchmark)
+    path = tf.stored_path(params.faithfulness_benchmark or params.benchmark)
     return paths.results_dir() / path.name if params.faithfulness == "smoke" else path
 
 
@@ -771,8 +780,13 @@ def faithfulness(params: Params, inp: Inputs):
     on ``params.benchmark`` (the ``smoke`` preset on this run's devices). Returns ``(result, loaded, path)``."""
     from . import tap_faithfulness as tf
 
-    extra = {"devices": tuple(inp.devices)} if params.faithfulness == "smoke" else {}
-    fparams = tf.Params.preset(params.faithfulness, benchmark=params.benchmark, **extra)
+    from .. import data
+
+    bench = params.faithfulness_benchmark or params.benchmark
+    known = {d.name for d in data.benchmark_module(bench).DEVICES}
+    extra = {"devices": tuple(d for d in inp.devices if d in known)[:1] or (data.benchmark_module(bench).DEVICES[0].name,)
+             } if params.faithfulness == "smoke" else {}
+    fparams = tf.Params.preset(params.faithfulness, benchmark=bench, **extra)
     path = faithfulness_file(params)
     result, loaded = tf.load_or_run(fparams, path, rerun=params.faithfulness_rerun)
     return result, loaded, path

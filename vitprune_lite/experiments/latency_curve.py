@@ -64,16 +64,15 @@ def base_model_name(benchmark: str) -> str:
 
 @dataclass(frozen=True)
 class Params:
-    """What notebook 03 runs; the defaults are the full run, tuned for the v1 benchmark.
+    """What notebook 03 runs; the defaults are the full run, sized for the v2 benchmark.
 
-    The token-count grids (``pomt_r_grid``, ``tome_r``, ``pomt_layers``) are v1 values. They also
-    fit v2's base model (145 tokens, 6 blocks) and are checked against the model's token count by
-    :func:`check_token_grids`, but on v2 they cover a smaller share of the tokens (R at most 48 of
-    144 patches): scale them with overrides for a v2 study, e.g. ``pomt_r_grid=(18, 36, 54, 72, 90,
-    108), tome_r=(2, 4, 6, 8, 10, 12, 14, 16, 18)``.
+    The token-count grids (``pomt_r_grid``, ``tome_r``, ``pomt_layers``) are v2 values (145 tokens,
+    6 blocks: R up to 108 of 144 patches). They are checked against the model's token count by
+    :func:`check_token_grids`; for a v1 run (65 tokens) pass v1's grids as overrides, e.g.
+    ``pomt_r_grid=(8, 16, 24, 32, 40, 48), tome_r=(1, 2, 3, 4, 5, 6, 7, 8, 9)``.
 
     Attributes:
-        benchmark: ``"v1"`` or ``"v2"``.
+        benchmark: ``"v2"`` (the default) or ``"v1"``.
         seed: benchmark seed and every random choice.
         threads: torch CPU threads for every timing (recorded; 1 stays meaningful on a shared machine).
         compute_threads: torch CPU threads for accuracy (no timing depends on it).
@@ -103,7 +102,7 @@ class Params:
         device_images: private train/test images per device (0: the benchmark's own).
     """
 
-    benchmark: str = "v1"
+    benchmark: str = "v2"
     seed: int = 0
     threads: int = 1
     compute_threads: int = 2
@@ -111,18 +110,18 @@ class Params:
     max_rounds: int = 25
     target_ci: float = 0.03
     sweep_budget_s: float = 45.0
-    n_step: int = 1
+    n_step: int = 2
     batch_sizes: tuple[int, ...] = (1, 8)
     timm_models: tuple[str, ...] = ("deit_tiny_patch16_224", "deit_small_patch16_224")
     timm_curves: str = "missing"
     timm_budget_s: float = 180.0
     alpha: float = 0.5
     val_subset: int = 1000
-    test_subset: int = 0
-    device_subset: int = 0
+    test_subset: int = 2000
+    device_subset: int = 250
     pomt_layers: tuple[int, ...] = (1, 2, 3)
-    pomt_r_grid: tuple[int, ...] = (8, 16, 24, 32, 40, 48)
-    tome_r: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    pomt_r_grid: tuple[int, ...] = (18, 36, 54, 72, 90, 108)
+    tome_r: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 18)
     keep_rates: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
     match_tol: float = 0.005
     lat_rounds: int = 7
@@ -183,9 +182,9 @@ class Params:
 #: rounds and images (each effect still shows, with wider intervals); ``smoke``: the tests' sizes.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 2, "val_subset": 500,
+    "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 4, "val_subset": 500,
             "test_subset": 1000, "device_subset": 200, "lat_rounds": 3, "lat_min_run_time": 0.1,
-            "timm_curves": "never", "timm_tome_r": (0, 8, 16), "tome_r": (1, 3, 5, 7, 9),
+            "timm_curves": "never", "timm_tome_r": (0, 8, 16), "tome_r": (2, 6, 10, 14, 18),
             "keep_rates": (0.9, 0.7, 0.5)},
     "smoke": {"rounds": 2, "max_rounds": 2, "sweep_budget_s": 10.0, "n_step": 8, "batch_sizes": (1,),
               "timm_curves": "never", "timm_tome_r": (), "val_subset": 120, "test_subset": 120,
