@@ -30,14 +30,14 @@ def test_params_refuse_bad_values(field, value):
 
 def test_presets():
     full = fc.Params.preset("full")
-    assert full == fc.Params() and full.benchmark == "v1" and full.is_full()
-    assert full.pomt_r == (16, 32, 48) and full.seeds == (0, 1, 2) and full.budgets == (0.5,)
+    assert full == fc.Params() and full.benchmark == "v2" and full.is_full()
+    assert full.pomt_r == (16, 32, 48) and full.seeds == (0,) and full.max_devices == 4 and full.budgets == (0.5,)
     smoke = fc.Params.preset("smoke", benchmark="v2")
     assert smoke.benchmark == "v2" and smoke.max_devices == 1 and not smoke.is_full()
     assert fc.Params.preset("full", benchmark="v2").is_full()
-    assert fc.Params(selected_sets="/elsewhere/sets.npz").is_full() and not fc.Params(seeds=(0,)).is_full()
+    assert fc.Params(selected_sets="/elsewhere/sets.npz").is_full() and not fc.Params(seeds=(0, 1)).is_full()
     lab = fc.Params.preset("lab")
-    assert lab.seeds == (0,) and lab.devices == () and lab.ft_steps == full.ft_steps
+    assert lab.seeds == (0,) and lab.max_devices == 2 and lab.devices == () and lab.ft_steps == full.ft_steps
     with pytest.raises(InvalidValueError, match="'nope'"):
         fc.Params.preset("nope")
     with pytest.raises(InvalidValueError, match="Params.pomt_r"):  # overrides are validated too
@@ -61,7 +61,7 @@ def test_token_settings_must_fit_the_model():
 
 # ----------------------------------------------------------------------------- selected sets
 
-def _write_sets(path, bench, n_devices=1, top=None, benchmark="v1"):
+def _write_sets(path, bench, n_devices=1, top=None, benchmark="v1", space="random"):
     from vitprune_lite import gmm
 
     idx = np.arange(len(bench.public["train"]))
@@ -71,8 +71,9 @@ def _write_sets(path, bench, n_devices=1, top=None, benchmark="v1"):
         fine = s.finetune.copy()
         if top is not None:
             fine[-1] = top
-        sets[f"{d}/random/metric"], sets[f"{d}/random/finetune"] = s.metric, fine
-    gmm.save_selected_sets(sets, "random", path, benchmark=benchmark, seed=0)
+        for sp in {"random", space}:  # the default space's sets stand in for notebook 01's selection
+            sets[f"{d}/{sp}/metric"], sets[f"{d}/{sp}/finetune"] = s.metric, fine
+    gmm.save_selected_sets(sets, space, path, benchmark=benchmark, seed=0)
     return path
 
 
@@ -87,13 +88,13 @@ def test_selected_sets_of_another_pool_or_without_the_devices_are_refused(tmp_pa
     n = len(v1_bench.public["train"])
     bad = _write_sets(tmp_path / "other.npz", v1_bench, top=n)  # an index past v1's pool: written for v2
     with pytest.raises(InvalidFileError, match=rf"other.npz.*index public image {n}.*holds {n}.*BENCHMARK = 'v1'"):
-        fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(bad)), bench=v1_bench)
+        fc.load_inputs(fc.Params.preset("smoke", benchmark="v1", selected_sets=str(bad)), bench=v1_bench)
     ok = _write_sets(tmp_path / "ok.npz", v1_bench)
     with pytest.raises(InvalidFileError, match="no 'random' sets for any of"):
-        fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(ok), devices=("phone",)), bench=v1_bench)
+        fc.load_inputs(fc.Params.preset("smoke", benchmark="v1", selected_sets=str(ok), devices=("phone",)), bench=v1_bench)
     with pytest.raises(InvalidValueError, match="Params.devices.*'tablet'"):
-        fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(ok), devices=("tablet",)), bench=v1_bench)
-    inp = fc.load_inputs(fc.Params.preset("smoke", selected_sets=str(ok)), bench=v1_bench)
+        fc.load_inputs(fc.Params.preset("smoke", benchmark="v1", selected_sets=str(ok), devices=("tablet",)), bench=v1_bench)
+    inp = fc.load_inputs(fc.Params.preset("smoke", benchmark="v1", selected_sets=str(ok)), bench=v1_bench)
     assert inp.devices == ["night_cam"] and inp.space == "random" and inp.x1.shape == (1, 3, 32, 32)
     assert set(inp.budgets) == {"50%"}
     assert len(inp.tests["night_cam"][0]) == 32
@@ -102,14 +103,13 @@ def test_selected_sets_of_another_pool_or_without_the_devices_are_refused(tmp_pa
 # ----------------------------------------------------------------------------- smoke runs, v1 and v2
 
 @pytest.fixture(scope="module")
-def v1_steps(v1_bench):
-    """The notebook's steps one by one (v2 below goes through :func:`fc.run`)."""
+def v1_steps(v1_bench, tmp_path_factory):
+    """The notebook's steps one by one on v1, with written sets (v2 below goes through :func:`fc.run`
+    with notebook 01's committed selection)."""
     from types import SimpleNamespace
 
-    from vitprune_lite import paths
-
-    sets = paths.data_dir() / "results" / "01_selected_sets.npz"  # notebook 01's committed (v1) selection
-    params = fc.Params.preset("smoke", selected_sets=str(sets))
+    sets = _write_sets(tmp_path_factory.mktemp("v1") / "01_selected_sets.npz", v1_bench, space="combined")
+    params = fc.Params.preset("smoke", benchmark="v1", selected_sets=str(sets))
     inp = fc.load_inputs(params, bench=v1_bench)
     built = fc.build_models(params, inp, progress=False)
     ev = fc.evaluate(params, inp, built)
@@ -127,12 +127,11 @@ def v1_result(v1_steps):
 
 
 @pytest.fixture(scope="module")
-def v2_result(tmp_path_factory):
+def v2_result():
     from vitprune_lite import data
 
     bench = data.benchmark_module("v2").load_benchmark(0)
-    sets = _write_sets(tmp_path_factory.mktemp("v2") / "sets.npz", bench, benchmark="v2")
-    return fc.run(fc.Params.preset("smoke", benchmark="v2", selected_sets=str(sets)), bench=bench, progress=False)
+    return fc.run(fc.Params.preset("smoke"), bench=bench, progress=False)  # notebook 01's committed (v2) sets
 
 
 def _check_result(r: fc.Result, n_classes: int) -> None:

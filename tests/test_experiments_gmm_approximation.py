@@ -58,7 +58,7 @@ def test_load_refuses_a_pool_larger_than_the_benchmark(small_bench):
 @pytest.fixture(scope="module")
 def v1_steps(tmp_path_factory):
     """Notebook 01's steps one by one at the smoke preset on v1, as the notebook calls them."""
-    p = ga.Params.preset("smoke")
+    p = ga.Params.preset("smoke", benchmark="v1")
     t0 = time.perf_counter()
     setup = ga.load(p)
     emb = ga.embed(p, setup)

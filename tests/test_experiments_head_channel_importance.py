@@ -45,7 +45,7 @@ def steps(request, tmp_path_factory):
     old = os.environ.get("VITPRUNE_OUT")
     os.environ["VITPRUNE_OUT"] = str(out)
     params = hci.Params.preset("smoke", benchmark=request.param)
-    sets = _committed_sets() if request.param == "v1" else _sets("v2", params.devices)
+    sets = _committed_sets() if request.param == "v2" else _sets("v1", params.devices)  # committed: notebook 01's (v2)
     inp = hci.load(params, sets=sets)
     src = hci.metric_sets(params, inp)
     scores = hci.score(params, inp, src, progress=False)
@@ -175,7 +175,8 @@ def test_sets_of_another_benchmark_are_refused():
 
 
 def test_faithfulness_file_per_benchmark():
-    v1, v2 = hci.faithfulness_file(hci.Params()), hci.faithfulness_file(hci.Params(benchmark="v2"))
+    v1 = hci.faithfulness_file(hci.Params())  # the default reads the stored v1 run, also on v2
+    v2 = hci.faithfulness_file(hci.Params(faithfulness_benchmark=""))  # the run's own benchmark: v2
     assert v1.name == "tap_faithfulness.json" and v1.parent.name == "benchmarks"
     assert v2.name == "tap_faithfulness_v2.json" and v2.parent == v1.parent
     assert hci.faithfulness_file(hci.Params.preset("smoke")).parent.name == "results"
@@ -184,7 +185,7 @@ def test_faithfulness_file_per_benchmark():
 @pytest.mark.parametrize("field, value", [
     ("benchmark", "v3"), ("criteria", ("toast",)), ("criteria", ("tap_vits", "nope")), ("criteria", ("tap_gmm",)),
     ("ft_lr", 2.0),
-    ("val_fraction", 0.0), ("probes", (1.5,)), ("tcs_fc2", (0.5, 1.0)), ("faithfulness", "quick"),
+    ("val_fraction", 0.0), ("probes", (1.5,)), ("tcs_fc2", (0.5, 1.0)), ("faithfulness", "quick"), ("faithfulness_benchmark", "v3"),
     ("devices", ("",)), ("metric_images", 1), ("lat_all_budgets", 1), ("tokens", True)])
 def test_bad_params_are_refused(field, value):
     with pytest.raises(InvalidValueError, match=f"Params.{field}"):
@@ -208,12 +209,12 @@ def test_presets():
 
 
 def test_token_count_must_fit_the_model():
-    with pytest.raises(InvalidValueError, match="Params.tokens = 66: accepted at most the model's 65 tokens"):
-        hci.load(hci.Params.preset("smoke", tokens=66), sets=_committed_sets())
+    with pytest.raises(InvalidValueError, match="Params.tokens = 146: accepted at most the model's 145 tokens"):
+        hci.load(hci.Params.preset("smoke", tokens=146), sets=_committed_sets())
 
 
 def test_devices_must_belong_to_the_benchmark():
-    with pytest.raises(InvalidValueError, match="not devices of benchmark v1"):
+    with pytest.raises(InvalidValueError, match="not devices of benchmark v2"):
         hci.load(hci.Params.preset("smoke", devices=("toaster",)), sets=_committed_sets())
 
 

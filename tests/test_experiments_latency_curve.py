@@ -25,13 +25,15 @@ def out_root(tmp_path_factory):
         os.environ["VITPRUNE_OUT"] = old
 
 
-#: v2 with its token grids scaled to its 145 tokens (the defaults are v1 values).
+#: v2 with its smoke token grids scaled to its 145 tokens.
 V2_OVERRIDES = {"pomt_r_grid": (72,), "tome_r": (8, 16)}
+#: v1's token grids (65 tokens): the v2 defaults do not fit it.
+V1_GRIDS = {"pomt_r_grid": (8, 16, 24, 32, 40, 48), "tome_r": (1, 2, 3, 4, 5, 6, 7, 8, 9)}
 
 
 @pytest.fixture(scope="module")
 def results(out_root):
-    return {"v1": lc.run(lc.Params.preset("smoke")),
+    return {"v1": lc.run(lc.Params.preset("smoke", benchmark="v1")),
             "v2": lc.run(lc.Params.preset("smoke", benchmark="v2", **V2_OVERRIDES))}
 
 
@@ -52,7 +54,7 @@ def test_params_refuse_bad_values(field, value):
 
 
 def test_presets():
-    assert lc.Params.preset("full") == lc.Params() and lc.Params().benchmark == "v1"
+    assert lc.Params.preset("full") == lc.Params() and lc.Params().benchmark == "v2"
     assert lc.Params.preset("smoke").n_step == 8 and lc.Params.preset("lab", benchmark="v2").benchmark == "v2"
     with pytest.raises(InvalidValueError, match="'nope'"):
         lc.Params.preset("nope")
@@ -70,19 +72,23 @@ def test_token_grids_checked_against_the_model(field, value, says):
     from vitprune_lite import models
 
     base, _ = models.load_base_model("v1")
-    lc.check_token_grids(lc.Params(), base)  # the defaults fit v1
+    lc.check_token_grids(lc.Params(benchmark="v1", **V1_GRIDS), base)  # v1's grids fit v1
     with pytest.raises(InvalidValueError, match=f"Params.{field}") as err:
-        lc.check_token_grids(lc.Params(**{field: value}), base)
+        lc.check_token_grids(lc.Params(**{**V1_GRIDS, field: value}), base)
     assert says in str(err.value) and ("65 tokens" in str(err.value) or "6 blocks" in str(err.value))
 
 
-def test_v1_defaults_fit_v2_model():
+def test_defaults_fit_v2_and_not_v1():
     from vitprune_lite import models
 
     base, _ = models.load_base_model("v2")
-    lc.check_token_grids(lc.Params(benchmark="v2"), base)
+    lc.check_token_grids(lc.Params(), base)
+    lc.check_token_grids(lc.Params(**V1_GRIDS), base)  # v1's grids fit v2 as well
     with pytest.raises(InvalidValueError, match="145 tokens"):
-        lc.check_token_grids(lc.Params(benchmark="v2", pomt_r_grid=(144,)), base)
+        lc.check_token_grids(lc.Params(pomt_r_grid=(144,)), base)
+    v1, _ = models.load_base_model("v1")
+    with pytest.raises(InvalidValueError, match="65 tokens"):  # v2's defaults remove up to 108 of 64 patches
+        lc.check_token_grids(lc.Params(benchmark="v1"), v1)
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -174,4 +180,4 @@ def test_result_files_checked_for_their_benchmark(tmp_path):
 
 def test_setup_refuses_a_grid_that_does_not_fit_before_any_work():
     with pytest.raises(InvalidValueError, match=r"Params.pomt_r_grid holds R = 100: .*65 tokens"):
-        lc.setup(lc.Params.preset("smoke", pomt_r_grid=(100,)))
+        lc.setup(lc.Params.preset("smoke", benchmark="v1", pomt_r_grid=(100,)))

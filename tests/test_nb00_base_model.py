@@ -4,19 +4,20 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_smoke
-from vitprune_lite import reproduce
+from vitprune_lite import data_v2, reproduce
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
 
 def test_00_from_repo_root(nb_out):
     res = run_smoke("00_", nb_out)
-    assert res["params"]["benchmark"] == "v1" and res["params"]["public"] == [["train", 480], ["val", 96], ["test", 192]]
+    assert res["params"]["benchmark"] == "v2" and res["params"]["public"] == [["train", 480], ["val", 96], ["test", 192]]
     acc = res["accuracy"]
-    assert 0.85 <= acc["public_test"]["acc"] <= 1.0 and acc["public_test"]["n"] == 192
-    assert set(acc["devices"]) == {"night_cam", "drone", "factory", "phone"}
-    assert min(v["acc"] for v in acc["devices"].values()) >= 0.8
-    assert res["model"]["params"] > 1_000_000 and res["model"]["flops"] > 0 and res["model"]["tokens"] == 65
+    # the shipped v2 model is at about 80 % (chance: 1 in 48); 192 and 48 images are noisy samples of it
+    assert 0.65 <= acc["public_test"]["acc"] <= 1.0 and acc["public_test"]["n"] == 192
+    assert set(acc["devices"]) == {d.name for d in data_v2.DEVICES}
+    assert min(v["acc"] for v in acc["devices"].values()) >= 0.5
+    assert res["model"]["params"] > 2_000_000 and res["model"]["flops"] > 0 and res["model"]["tokens"] == 145
     cd = res["cross_device"]
     assert set(cd["devices"]) == set(acc["devices"]) and cd["gap"]["lo"] <= cd["gap"]["mean"] <= cd["gap"]["hi"]
     assert res["environment"]["threads"] >= 1
@@ -27,7 +28,7 @@ def test_00_from_repo_root(nb_out):
 def test_00_from_notebooks_folder(nb_out):
     # As when stepping through in JupyterLab: the kernel's working directory is notebooks/.
     res = run_smoke("00_", nb_out, cwd=reproduce.notebooks()[0].parent)
-    assert res["accuracy"]["public_test"]["acc"] >= 0.85
+    assert res["accuracy"]["public_test"]["acc"] >= 0.65
 
 
 def test_html_export_links_notebooks_and_figures(nb_out):

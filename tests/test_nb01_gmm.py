@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import run_smoke
-from vitprune_lite import gmm
+from vitprune_lite import data_v2, gmm
 from vitprune_lite.errors import InvalidFileError
 from vitprune_lite.experiments import gmm_approximation as ga
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
-DEVICES = {"night_cam", "drone", "factory", "phone"}
+DEVICES = {d.name for d in data_v2.DEVICES}  # the notebooks' default benchmark
 SPACES = {"vit_cls", "pixel_stats", "combined"}
 
 
@@ -24,7 +24,7 @@ def nb01(nb_out):
 
 def test_01_results(nb01):
     res = nb01
-    assert res["smoke"] is True and res["seed"] == 0 and res["benchmark"] == "v1"
+    assert res["smoke"] is True and res["seed"] == 0 and res["benchmark"] == "v2"
     assert res["params"] == {**res["params"], "pool_images": 1000, "private_train": 160, "private_test": 80}
     assert res["environment"]["threads"] >= 1
     params = res["parameters"]
@@ -37,7 +37,7 @@ def test_01_results(nb01):
             assert min(e["bic"].values()) == e["bic"][str(e["k"])]
             assert e["capacity_ratio"] <= gmm.MAX_PARAM_RATIO
             assert 0 < e["upload_bytes"] < e["raw_bytes"] / 10
-            assert e["raw_bytes"] == dev["n_train"] * 32 * 32 * 3
+            assert e["raw_bytes"] == dev["n_train"] * data_v2.IMAGE_SIZE ** 2 * 3
             for group in ("precision", "random_precision"):
                 for s in ("metric", "finetune"):
                     assert set(e[group][s]) == {"class", "style", "both"}
@@ -66,9 +66,9 @@ def test_01_selection_beats_random(nb01):
 
 def test_01_selected_sets_file(nb01, nb_out):
     path = nb_out / "data" / "results" / gmm.SELECTED_SETS
-    sets = gmm.load_selected_sets(path, benchmark="v1", seed=0)
-    with pytest.raises(InvalidFileError, match="'v2' was asked"):
-        gmm.load_selected_sets(path, benchmark="v2")
+    sets = gmm.load_selected_sets(path, benchmark="v2", seed=0)
+    with pytest.raises(InvalidFileError, match="'v1' was asked"):
+        gmm.load_selected_sets(path, benchmark="v1")
     assert str(sets["default_feature_space"]) == "combined"
     n_metric, n_finetune = nb01["parameters"]["n_metric"], nb01["parameters"]["n_finetune"]
     pool_n = nb01["pool"]["n"]
@@ -82,7 +82,7 @@ def test_01_selected_sets_file(nb01, nb_out):
 
 
 def test_01_result_reads_back(nb01, nb_out):
-    result = ga.Result.from_json(nb_out / "data" / "results" / "01_gmm_data_approximation.json", benchmark="v1")
+    result = ga.Result.from_json(nb_out / "data" / "results" / "01_gmm_data_approximation.json", benchmark="v2")
     assert result.params == ga.Params.preset("smoke") and result.seconds > 0
     assert result.devices == nb01["devices"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_smoke
+from vitprune_lite import data_v2
 from vitprune_lite.errors import InvalidFileError
 from vitprune_lite.experiments import latency_curve
 
@@ -13,18 +14,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 def test_03_latency_curve_profiling(nb_out):
     res = run_smoke("03_", nb_out)
     assert res["smoke"] is True and res["environment"]["threads"] == res["threads"]
-    assert res["benchmark"] == "v1" == res["params"]["benchmark"] and res["params"]["n_step"] == 8
+    assert res["benchmark"] == "v2" == res["params"]["benchmark"] and res["params"]["n_step"] == 8
     # the file reads back as the experiment's result, and only for the benchmark it holds
     path = nb_out / "data" / "results" / "03_latency_curve_profiling.json"
-    assert latency_curve.read_result(path, "v1").pomt_choice == {**res["pomt_choice"], "layer_val_acc": {
+    assert latency_curve.read_result(path, "v2").pomt_choice == {**res["pomt_choice"], "layer_val_acc": {
         int(k): v for k, v in res["pomt_choice"]["layer_val_acc"].items()}}
-    with pytest.raises(InvalidFileError, match="asked for 'v2'"):
-        latency_curve.read_result(path, "v2")
+    with pytest.raises(InvalidFileError, match="asked for 'v1'"):
+        latency_curve.read_result(path, "v1")
     n_tokens = res["n_tokens"]
 
     # the curve measured here: one point per asked token count, strictly increasing, positive
     here = [c for c in res["curves"] if c["measured_here"]]
-    (base,) = [c for c in here if c["model"] == "base_vit" and c["batch"] == 1 and c["part"] == "network"]
+    (base,) = [c for c in here if c["model"] == "base_vit_v2" and c["batch"] == 1 and c["part"] == "network"]
     (block,) = [c for c in here if c["part"] == "block0"]
     assert block["n"] == base["n"]
     assert base["n"] == sorted(set(range(2, n_tokens + 1, 8)) | {n_tokens})
@@ -57,6 +58,6 @@ def test_03_latency_curve_profiling(nb_out):
     rows = {r["row"] for r in res["final_rows"]}
     assert {"dense", "POMT (chosen R)"} <= rows
     for r in res["final_rows"]:
-        assert 0 <= r["test_acc"] <= 1 and set(r["device_acc"]) == {"night_cam", "drone", "factory", "phone"}
+        assert 0 <= r["test_acc"] <= 1 and set(r["device_acc"]) == {d.name for d in data_v2.DEVICES}
     for fig in ("03_naive_vs_interleaved", "03_curves", "03_utility", "03_methods"):
         assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000

@@ -19,7 +19,7 @@ def test_04_final_comparisons(nb_out):
         shutil.copy(paths.data_dir() / "results" / gmm.SELECTED_SETS, sets)
     res = run_smoke("04_", nb_out)
     assert res["smoke"] is True and res["environment"]["threads"] >= 1
-    assert res["schema"] == 1 and res["params"]["benchmark"] == "v1" and res["params"]["max_devices"] == 1
+    assert res["schema"] == 1 and res["params"]["benchmark"] == "v2" and res["params"]["max_devices"] == 1
     (d,) = res["parameters"]["devices"]
     methods = {r["method"] for r in res["rows"]}
     assert methods == {"dense", "tap_vits", "one_size_fits_all", "toast_tcs", "torch_pruning", "oracle",

@@ -694,7 +694,7 @@ def section_run_times(times: Mapping[str, Any]) -> str:
         times: :func:`vitprune_lite.reproduce.run_times`'s mapping.
     """
     head = "### Run times"
-    runs = [(b, p) for b in sorted(times) for p in sorted(times[b], key=lambda p: (p != "full", p))]
+    runs = [(b, p) for b in sorted(times, reverse=True) for p in sorted(times[b], key=lambda p: (p != "full", p))]  # v2 first
     if not runs:
         return f"{head}\n\nNot recorded yet: `make reproduce` records each notebook's wall time."
     stems = sorted({s for b, p in runs for s in times[b][p]})

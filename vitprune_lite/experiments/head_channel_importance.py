@@ -777,15 +777,16 @@ def faithfulness_file(params: Params) -> Path:
 
 def faithfulness(params: Params, inp: Inputs):
     """:func:`vitprune_lite.experiments.tap_faithfulness.load_or_run` at preset ``params.faithfulness``
-    on ``params.benchmark`` (the ``smoke`` preset on this run's devices). Returns ``(result, loaded, path)``."""
+    on ``params.faithfulness_benchmark`` (``""``: the run's own benchmark); the ``smoke`` preset runs
+    on one device, this run's first where that benchmark has it. Returns ``(result, loaded, path)``."""
+    from .. import data
     from . import tap_faithfulness as tf
 
-    from .. import data
-
     bench = params.faithfulness_benchmark or params.benchmark
-    known = {d.name for d in data.benchmark_module(bench).DEVICES}
-    extra = {"devices": tuple(d for d in inp.devices if d in known)[:1] or (data.benchmark_module(bench).DEVICES[0].name,)
-             } if params.faithfulness == "smoke" else {}
+    extra = {}
+    if params.faithfulness == "smoke":
+        names = [d.name for d in data.benchmark_module(bench).DEVICES]
+        extra["devices"] = (next((d for d in inp.devices if d in names), names[0]),)
     fparams = tf.Params.preset(params.faithfulness, benchmark=bench, **extra)
     path = faithfulness_file(params)
     result, loaded = tf.load_or_run(fparams, path, rerun=params.faithfulness_rerun)
