@@ -31,7 +31,7 @@ def test_params_refuse_bad_values(field, value):
 def test_presets():
     full = fc.Params.preset("full")
     assert full == fc.Params() and full.benchmark == "v2" and full.is_full()
-    assert full.pomt_r == (16, 32, 48) and full.seeds == (0,) and full.max_devices == 4 and full.budgets == (0.5,)
+    assert full.pomt_r == (36, 72, 108) and full.seeds == (0,) and full.max_devices == 4 and full.budgets == (0.5,)
     smoke = fc.Params.preset("smoke", benchmark="v2")
     assert smoke.benchmark == "v2" and smoke.max_devices == 1 and not smoke.is_full()
     assert fc.Params.preset("full", benchmark="v2").is_full()
@@ -44,19 +44,28 @@ def test_presets():
         fc.Params.preset("smoke", pomt_r=(-1,))
 
 
+#: v1's token settings (64 patches): the v2 defaults remove up to 108.
+V1_TOKENS = {"benchmark": "v1", "pomt_r": (16, 32, 48), "tome_r": (2, 4, 8),
+             "combined_tokens": (("pomt", 16), ("pomt", 32), ("tome", 2), ("tome", 4))}
+
+
 def test_token_settings_must_fit_the_model():
     from vitprune_lite import models
 
+    v2, _ = models.load_base_model("v2")  # 145 tokens: the defaults fit
+    fc.check_token_settings(fc.Params(), v2)
     model, _ = models.load_base_model("v1")  # 65 tokens, 6 blocks
-    fc.check_token_settings(fc.Params(), model)
+    with pytest.raises(InvalidValueError, match=r"Params.pomt_r: pomt 72 .*65 tokens"):
+        fc.check_token_settings(fc.Params(benchmark="v1"), model)  # v2's defaults do not fit v1
+    fc.check_token_settings(fc.Params(**V1_TOKENS), model)
     with pytest.raises(InvalidValueError, match=r"Params.pomt_r: pomt 64 .*65 tokens.*R in 1..63"):
-        fc.check_token_settings(fc.Params(pomt_r=(16, 64)), model)
+        fc.check_token_settings(fc.Params(**{**V1_TOKENS, "pomt_r": (16, 64)}), model)
     with pytest.raises(InvalidValueError, match=r"Params.tome_r: tome 20 .*65 tokens"):
-        fc.check_token_settings(fc.Params(tome_r=(20,)), model)  # 64 -> 44 -> 24 patches: 20 > 12 at block 2
+        fc.check_token_settings(fc.Params(**{**V1_TOKENS, "tome_r": (20,)}), model)  # 64 -> 44 -> 24: 20 > 12 at block 2
     with pytest.raises(InvalidValueError, match=r"Params.combined_tokens: pomt 70"):
-        fc.check_token_settings(fc.Params(combined_tokens=(("pomt", 70),)), model)
+        fc.check_token_settings(fc.Params(**{**V1_TOKENS, "combined_tokens": (("pomt", 70),)}), model)
     with pytest.raises(InvalidValueError, match="Params.pomt_r"):  # refused before anything is built
-        fc.load_inputs(fc.Params(pomt_r=(64,)), model=model, bench=object())
+        fc.load_inputs(fc.Params(**{**V1_TOKENS, "pomt_r": (64,)}), model=model, bench=object())
 
 
 # ----------------------------------------------------------------------------- selected sets

@@ -573,7 +573,7 @@ CLAIMS: list[dict[str, Any]] = [
      "measure": "pomt_vs_tome", "uses": ("03",)},
     {"paper": "POMT", "source": "abstract",
      "claim": "For similar latency (within 5.2% or 7ms) across devices we achieve 78.6%-84.5% ImageNet1K accuracy",
-     "measure": None, "note": "ImageNet-1K and Jetson devices: no counterpart on the 12-class benchmark"},
+     "measure": None, "note": "ImageNet-1K and Jetson devices: no counterpart on the embedded benchmark"},
     {"paper": "TAP-ViTs", "source": "abstract", "uses": ("04",),
      "claim": "existing approaches either (i) produce a single pruned model shared across all devices, ignoring device heterogeneity",
      "measure": "tap_vs_one_size"},
@@ -637,11 +637,23 @@ def claims_rows(results: Results, claims: Sequence[Mapping[str, Any]] = CLAIMS) 
     return rows
 
 
+def _scale(results: Results) -> str:
+    """The scale the results were measured at, from notebook 00's result (the base model and benchmark)."""
+    from . import data
+
+    res = results.get("00")
+    if res is None:
+        return "the embedded benchmark's small ViT, CPU"
+    module = data.benchmark_module(res.params.benchmark)
+    return (f"a {res.model['params'] / 1e6:.1f} M-parameter ViT with {res.model['tokens']} tokens on benchmark "
+            f"{res.params.benchmark}: {len(module.CLASSES)} classes at {module.IMAGE_SIZE} px, CPU")
+
+
 def section_claims(results: Results) -> str:
     """The "what the papers claimed vs what we measured" table."""
     return "\n".join(["### Claimed vs measured", "",
                       "Headline claims quoted from the papers' abstracts; the figure measured here at "
-                      "this scale (a 1.2 M-parameter ViT on a 12-class, 32 px benchmark, CPU), and "
+                      f"this scale ({_scale(results)}), and "
                       "whether the claim held: held when the measured effect's 95 % interval lies wholly on "
                       "the claimed side, did not hold when it lies wholly on the other side, not resolved "
                       "when it straddles (or when the results hold no interval; each row says what its "

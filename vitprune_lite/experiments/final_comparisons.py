@@ -94,8 +94,9 @@ class Params:
         n_metric, n_finetune: metric-set (importance scoring) and fine-tune-set (recovery) images.
         score_tokens, sens_images: HSIC token positions per image; images for the KL layer sensitivity.
         ft_steps, ft_batch, ft_lr, val_fraction: the recovery, identical for every structured method.
-        pomt_r: tokens POMT removes in its block (v1: 65 tokens).
-        tome_r: tokens ToMe merges in every block.
+        pomt_r: tokens POMT removes in its block. The defaults are a quarter, a half and three
+            quarters of v2's 144 patches (v1's 64 patches: pass ``(16, 32, 48)``).
+        tome_r: tokens ToMe merges in every block (v2's 144 patches; v1: ``(2, 4, 8)``).
         topk_keep: Top-K keep rates (at EViT's three locations).
         latency_budgets: combined plan budgets, shares of the dense model's batch-1 latency here.
         combined_tokens: ``(method, amount)`` token settings the plan may add to a structure.
@@ -125,11 +126,11 @@ class Params:
     ft_batch: int = 64
     ft_lr: float = 3e-4
     val_fraction: float = 0.1
-    pomt_r: tuple[int, ...] = (16, 32, 48)
-    tome_r: tuple[int, ...] = (2, 4, 8)
+    pomt_r: tuple[int, ...] = (36, 72, 108)
+    tome_r: tuple[int, ...] = (4, 9, 18)
     topk_keep: tuple[float, ...] = (0.9, 0.7)
     latency_budgets: tuple[float, ...] = (0.9, 0.8)
-    combined_tokens: tuple[tuple[str, int], ...] = (("pomt", 16), ("pomt", 32), ("tome", 2), ("tome", 4))
+    combined_tokens: tuple[tuple[str, int], ...] = (("pomt", 36), ("pomt", 72), ("tome", 4), ("tome", 9))
     planner_profile_s: float = 40.0
     planner_holdout: int = 20
     planner_margin_q: float = 0.9
@@ -229,7 +230,7 @@ def check_token_settings(params: Params, model) -> None:
     """Every token setting of ``params`` fits ``model``'s token count.
 
     POMT's R, ToMe's r and the combined plan's settings are counts of tokens; the defaults are
-    v1's (65 tokens). Raises :class:`~vitprune_lite.errors.InvalidValueError` naming the field,
+    v2's (145 tokens). Raises :class:`~vitprune_lite.errors.InvalidValueError` naming the field,
     the setting, the model's token count and what fits.
     """
     from .. import tokens
