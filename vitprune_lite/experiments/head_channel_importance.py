@@ -97,7 +97,8 @@ class Params:
             limits it to this run's devices and keeps its file with the results).
         faithfulness_benchmark: the benchmark that check runs on (empty: ``benchmark``). The default
             is ``"v1"``, whose stored run (``data/benchmarks/tap_faithfulness.json``, about 18 minutes)
-            is read; the same check on v2 costs about 4x as much and is not stored yet.
+            is read. On v2 it would cost an estimated 2-3 hours (twice the devices, about 4.6x the cost per
+            image) and is not stored yet.
         faithfulness_rerun: run it even if its file holds a run of the same parameters.
     """
 
