@@ -291,11 +291,18 @@ def _(c):
         c.cli("train", "--epochs", "1", "--out", str(c.tmp / "x.pt"))
 
 
-@case("cli/train overwrites the shipped checkpoint", "CliFailed", "base_vit.safetensors")
+@case("cli/train overwrites the shipped checkpoint", "CliFailed", "base_vit_v2.safetensors")
 def _(c):
     root = c.shipped_root()
     with c.train_stub():
-        c.cli("train", "--epochs", "1", root=root)
+        c.cli("train", "--epochs", "1", root=root)  # the default benchmark, v2
+
+
+@case("cli/train --benchmark v1 overwrites the shipped v1 checkpoint", "CliFailed", "base_vit.safetensors")
+def _(c):
+    root = c.shipped_root()
+    with c.train_stub():
+        c.cli("train", "--epochs", "1", "--benchmark", "v1", root=root)
 
 
 @case("cli/train --out <shipped path>", "CliFailed", "base_vit.safetensors")

@@ -642,7 +642,7 @@ def _scale(results: Results) -> str:
     from . import data
 
     res = results.get("00")
-    if res is None:
+    if not isinstance(res, base_model.Result):  # missing, or refused (the section says why)
         return "the embedded benchmark's small ViT, CPU"
     module = data.benchmark_module(res.params.benchmark)
     return (f"a {res.model['params'] / 1e6:.1f} M-parameter ViT with {res.model['tokens']} tokens on benchmark "
