@@ -170,9 +170,11 @@ class Params:
         if self.faithfulness not in _FAITH_PRESETS:
             raise InvalidValueError(f"Params.faithfulness = {self.faithfulness!r}: accepted a preset of "
                                     f"experiments.tap_faithfulness, one of {_FAITH_PRESETS}")
-        if self.faithfulness_benchmark not in ("", "v1", "v2"):
+        from .. import data
+
+        if self.faithfulness_benchmark and self.faithfulness_benchmark not in data.BENCHMARK_NAMES:
             raise InvalidValueError(f"Params.faithfulness_benchmark = {self.faithfulness_benchmark!r}: accepted "
-                                    "'v1', 'v2' or '' (the run's own benchmark)")
+                                    f"one of {data.BENCHMARK_NAMES} or '' (the run's own benchmark)")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "Params":
