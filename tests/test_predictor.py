@@ -230,6 +230,19 @@ def test_planner_uses_the_predictor(vit):
     for c in cands:
         assert c["predicted_ms"] == pred.predict(P.PlanSpec.of_model(c["model"]))
         assert c["structure_ms"] == pred.predict(vit if c["structure"] == "dense" else pruned)
+    anchored = pipelines.plan_candidates(vit, {"dense": vit, "half": pruned}, val, predictor=pred, threads=1,
+                                         rounds=3, min_run_time=0.001, anchor_structures=True,
+                                         token_grid=[("pomt", 4), ("tome", 2)])
+    dense_pred = pred.predict(geo.dense_plan())
+    for a, c in zip(anchored, cands):  # the same candidates; the structure's latency measured, tokens' share predicted
+        assert (a["structure"], a["tokens"], a["amount"], a["val_acc"]) == (c["structure"], c["tokens"], c["amount"],
+                                                                         c["val_acc"])
+        assert a["structure_ms"] > 0 and a["predicted_ms"] == pytest.approx(
+            a["structure_ms"] * c["predicted_ms"] / c["structure_ms"], rel=1e-9)
+        if a["structure"] == "dense":  # the reference itself: exactly the predicted dense latency
+            assert a["structure_ms"] == pytest.approx(dense_pred, rel=1e-9)
+    with pytest.raises(ValueError, match="anchor_structures applies to a predictor"):
+        pipelines.plan_candidates(vit, {"dense": vit}, val, anchor_structures=True)
     with pytest.raises(ValueError, match="exactly one of"):
         pipelines.plan_candidates(vit, {"dense": vit}, val)
     other = P.fit(_synthetic(P.calibration_plans(GEO)))  # fitted for another model

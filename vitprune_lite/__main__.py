@@ -6,6 +6,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data import BENCHMARK_NAMES, DEFAULT_BENCHMARK
+
     parser = argparse.ArgumentParser(prog="python -m vitprune_lite", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("train", help="retrain the base model and rewrite data/base_vit.safetensors")
     tr.add_argument("--epochs", type=int, default=None, help="override the default epoch count")
     tr.add_argument("--out", default=None, help="checkpoint path ending in .safetensors (default data/base_vit.safetensors)")
-    tr.add_argument("--benchmark", choices=("v1", "v2"), default="v2",
+    tr.add_argument("--benchmark", choices=BENCHMARK_NAMES, default=DEFAULT_BENCHMARK,
                     help="v2 (the default): 48 classes at 48 px, written to data/base_vit_v2.safetensors; "
                          "v1: the small 12-class benchmark, data/base_vit.safetensors")
     tr.add_argument("--overwrite-shipped", action="store_true",

@@ -386,6 +386,8 @@ def load_benchmark(seed: int = 0, public: Mapping[str, int] | None = None,
 
 #: The embedded benchmarks by name: ``"v1"`` (this module) and ``"v2"`` (:mod:`vitprune_lite.data_v2`).
 BENCHMARK_NAMES = ("v1", "v2")
+#: The benchmark every notebook, experiment and command uses unless told otherwise.
+DEFAULT_BENCHMARK = "v2"
 
 
 def benchmark_module(name: str):

@@ -463,7 +463,8 @@ COMBINED_TOKENS = (("pomt", 8), ("pomt", 16), ("pomt", 24), ("pomt", 32), ("tome
 def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor], *,
                     curve: Optional[latency.Curve] = None, token_grid: Any = COMBINED_TOKENS,
                     threads: Optional[int] = None, rounds: int = 5, seed: int = 0,
-                    predictor: Any = None) -> list[dict[str, Any]]:
+                    predictor: Any = None, anchor_structures: bool = False,
+                    min_run_time: float = 0.2) -> list[dict[str, Any]]:
     """Every structure x token setting, with predicted batch-1 latency and validation accuracy.
 
     With a ``curve``: each structure's full-token latency is measured once on this machine
@@ -471,7 +472,11 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
     curve (:func:`vitprune_lite.latency.predict_ms`). With a ``predictor`` (a batch-1
     :class:`vitprune_lite.predictor.Predictor` of this device) instead: every candidate's
     latency, structure and token method's own work included, comes from the predictor and
-    nothing is timed here.
+    nothing is timed here - unless ``anchor_structures``: then each structure is timed once
+    against the dense model (interleaved) and the predictor supplies only what the token method
+    changes, ``measured(structure) x predicted(structure + tokens) / predicted(structure)``. The
+    predictor is fitted on random widths; a pruned structure's own latency is cheap to measure
+    and the part a predictor gets most wrong (:mod:`vitprune_lite.predictor`).
     Accuracy is measured on ``val``, a validation split of the device's fine-tune set (public
     images, never the private test split).
 
@@ -482,7 +487,11 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
         curve: the device's batch-1 network latency curve for ``base``.
         predictor: the device's batch-1 latency predictor for ``base`` (instead of ``curve``).
         token_grid: ``(method, amount)`` pairs; "no token reduction" is always included.
-        threads, rounds, seed: for measuring each structure's full-token latency.
+        threads, rounds, seed, min_run_time: for measuring each structure's full-token latency.
+        anchor_structures: with a ``predictor``, measure each structure (see above); the
+            returned milliseconds stay in the predictor's scale (its dense prediction times the
+            measured ratio to dense), so budgets stated as shares of the predicted dense
+            latency (:func:`check_plans`) still apply.
 
     Returns:
         One dict per candidate: ``structure``, ``tokens`` (method or ``"none"``), ``amount``,
@@ -491,6 +500,8 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
     """
     if not structures:
         raise ValueError("structures must name at least one model (e.g. {'dense': base})")
+    if anchor_structures and predictor is None:
+        raise ValueError("anchor_structures applies to a predictor=; with a curve= every structure is measured anyway")
     if (curve is None) == (predictor is None):
         raise ValueError("pass exactly one of curve= (a latency.Curve) and predictor= (a predictor.Predictor)")
     if predictor is not None:
@@ -511,6 +522,13 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
         lat = measure.measure_latency(dict(structures), val[0][:1], threads=threads or curve.threads,
                                       rounds=rounds, seed=seed, backend=curve.backend)
         pooled = curve.pooled()
+    elif anchor_structures:
+        timed = {"__dense__": base} | {name: m for name, m in structures.items() if m is not base}
+        lat = measure.measure_latency(timed, val[0][:1], threads=threads, rounds=rounds,
+                                      min_run_time=min_run_time, seed=seed)
+        dense_pred = predictor.predict(predictor.geometry.dense_plan())
+        anchored = {name: dense_pred * (1.0 if m is base else measure.latency_ratio(lat, name, "__dense__"))
+                    for name, m in structures.items()}
     out = []
     for name, struct in structures.items():
         for method, amount in grid:
@@ -521,6 +539,8 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
                 pred_ms = latency.predict_ms(pooled["n"], pooled["median_ms"], flow, struct_ms)
             else:
                 struct_ms, pred_ms = predictor.predict(struct), predictor.predict(model)
+                if anchor_structures:
+                    struct_ms, pred_ms = anchored[name], anchored[name] * pred_ms / struct_ms
             out.append({"structure": name, "tokens": method, "amount": amount, "model": model,
                         "structure_ms": struct_ms, "predicted_ms": pred_ms,
                         "val_acc": measure.accuracy(model, *val)})

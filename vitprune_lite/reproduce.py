@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import paths
+from .data import DEFAULT_BENCHMARK
 from .errors import InvalidFileError, ParameterError
 
 KERNEL = "vitprune-lite"
@@ -145,7 +146,7 @@ def check_experiment_params(nb: Path, values: Mapping[str, Any]) -> None:
     if not isinstance(overrides, dict):
         raise ParameterError(f"{nb.name}: OVERRIDES={overrides!r} is not a dict of Params fields")
     try:
-        module.Params.preset(values["PRESET"], benchmark=values.get("BENCHMARK", "v2"), **overrides)
+        module.Params.preset(values["PRESET"], benchmark=values.get("BENCHMARK", DEFAULT_BENCHMARK), **overrides)
     except (ValueError, TypeError) as err:
         raise ParameterError(f"{nb.name}: PRESET={values['PRESET']!r}, BENCHMARK={values.get('BENCHMARK')!r}, "
                              f"OVERRIDES={overrides!r} refused by {module.__name__}.Params: {err}") from None
@@ -242,7 +243,7 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
               f"(elapsed {time.perf_counter() - t_all:.0f} s)", flush=True)
         ran = {**notebook_parameters(nb), **own[nb]}  # the values this run used
         if not smoke and ran.get("PRESET", "full") != "smoke":
-            record_run_time(nb.stem, str(ran.get("BENCHMARK", "v2")), str(ran.get("PRESET", "full")), seconds,
+            record_run_time(nb.stem, str(ran.get("BENCHMARK", DEFAULT_BENCHMARK)), str(ran.get("PRESET", "full")), seconds,
                             sorted(ran.get("OVERRIDES") or {}))
     return done
 

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InvalidValueError
+from ..data import DEFAULT_BENCHMARK
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "load_benchmark", "galleries", "load_model",
@@ -48,7 +49,7 @@ class Params:
         cross_device_rerun: run the cross-device check even when a matching result is stored.
     """
 
-    benchmark: str = "v2"
+    benchmark: str = DEFAULT_BENCHMARK
     seed: int = 0
     retrain: bool = False
     train_epochs: int = 0

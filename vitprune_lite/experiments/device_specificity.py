@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidValueError
+from ..data import BENCHMARK_NAMES, DEFAULT_BENCHMARK
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "run", "paired_gap", "default_path", "load_or_run",
@@ -60,7 +61,7 @@ class Params:
         threads: torch CPU threads.
     """
 
-    benchmark: str = "v2"
+    benchmark: str = DEFAULT_BENCHMARK
     checkpoint: str = ""
     data_seed: int = 0
     budget_index: int = 4
@@ -320,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
-    p.add_argument("--benchmark", default=None, choices=("v1", "v2"))
+    p.add_argument("--benchmark", default=None, choices=BENCHMARK_NAMES)
     p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/device_specificity.json "
                                                 "for v2, device_specificity_v1.json for v1)")
     args = p.parse_args(argv)

@@ -40,6 +40,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidFileError, InvalidValueError
+from ..data import BENCHMARK_NAMES, DEFAULT_BENCHMARK
 from . import _params
 from .device_specificity import paired_gap
 
@@ -104,12 +105,17 @@ class Params:
             (and again for the held-out plans).
         planner_holdout: held-out random plans that check the predictor and size its margin.
         planner_margin_q: planner margin: this quantile of the held-out |relative error|.
+        planner_anchor: time each TAP-ViTs structure once against the dense model and let the
+            predictor supply only what a token setting changes on it
+            (:func:`vitprune_lite.pipelines.plan_candidates`'s ``anchor_structures``). ``False``:
+            every candidate's latency from the predictor alone (the random widths it is fitted
+            on underestimated TAP-ViTs' structures by 3-16 % on v2).
         test_images: private test images per device (0: the whole split).
         lat_rounds, lat_min_run: interleaved latency rounds; seconds per model per round.
         n_boot: bootstrap resamples for the intervals.
     """
 
-    benchmark: str = "v2"
+    benchmark: str = DEFAULT_BENCHMARK
     data_seed: int = 0
     selected_sets: str = ""
     seeds: tuple[int, ...] = (0,)
@@ -134,6 +140,7 @@ class Params:
     planner_profile_s: float = 40.0
     planner_holdout: int = 20
     planner_margin_q: float = 0.9
+    planner_anchor: bool = True
     test_images: int = 0
     lat_rounds: int = 5
     lat_min_run: float = 0.05
@@ -181,6 +188,8 @@ class Params:
         if not (0 <= self.planner_margin_q < 1):
             raise InvalidValueError(f"Params.planner_margin_q = {self.planner_margin_q!r}: "
                                     "accepted a quantile in [0, 1)")
+        if not isinstance(self.planner_anchor, bool):
+            raise InvalidValueError(f"Params.planner_anchor = {self.planner_anchor!r}: accepted True or False")
         if not (isinstance(self.lat_min_run, (int, float)) and self.lat_min_run > 0):
             raise InvalidValueError(f"Params.lat_min_run = {self.lat_min_run!r}: accepted seconds > 0")
 
@@ -504,7 +513,8 @@ def combined_plans(params: Params, inp: Inputs, built: Mapping[tuple, Any], eval
     The candidates are every TAP-ViTs structure built for the device (and the dense model), each
     with no token reduction or one of ``params.combined_tokens``, scored on a validation split of
     the device's fine-tune set; :func:`vitprune_lite.pipelines.check_plans` chooses with the
-    calibrated predictor and its margin, then times the choices against the dense model. A
+    calibrated predictor and its margin (with ``planner_anchor``, each structure's own latency
+    measured once), then times the choices against the dense model. A
     margin of 100 % or more (a predictor whose held-out error is that large, e.g. profiled for
     seconds on a loaded machine) promises nothing: it is applied as :data:`MAX_MARGIN`, with a
     warning, and every choice is the fastest predicted plan.
@@ -542,7 +552,9 @@ def combined_plans(params: Params, inp: Inputs, built: Mapping[tuple, Any], eval
             _, val_idx = pipelines.split_validation(inp.selection[d].finetune[:params.n_finetune],
                                                     params.val_fraction, seed)
             cands = pipelines.plan_candidates(inp.model, structures, (public.x[val_idx], public.y[val_idx]),
-                                              predictor=cal.predictor,
+                                              predictor=cal.predictor, anchor_structures=params.planner_anchor,
+                                              threads=params.lat_threads, rounds=params.lat_rounds,
+                                              min_run_time=params.lat_min_run, seed=seed,
                                               token_grid=[list(t) for t in params.combined_tokens])
             for c in pipelines.check_plans(inp.model, cands, list(params.latency_budgets), predictor=cal.predictor,
                                            margin=margin, threads=params.lat_threads, rounds=params.lat_rounds,
@@ -848,7 +860,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
-    p.add_argument("--benchmark", default=None, choices=("v1", "v2"))
+    p.add_argument("--benchmark", default=None, choices=BENCHMARK_NAMES)
     p.add_argument("--out", default=None, help=f"result JSON (default build/{RESULT_FILE})")
     args = p.parse_args(argv)
     params = Params.preset(args.preset, **({"benchmark": args.benchmark} if args.benchmark else {}))

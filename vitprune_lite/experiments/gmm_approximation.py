@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InvalidValueError
+from ..data import BENCHMARK_NAMES, DEFAULT_BENCHMARK
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "SPACES", "Setup", "Embeddings", "Fits", "Selections",
@@ -76,7 +77,7 @@ class Params:
             (0: the whole split).
     """
 
-    benchmark: str = "v2"
+    benchmark: str = DEFAULT_BENCHMARK
     seed: int = 0
     threads: int = 2
     feature_spaces: tuple[str, ...] = SPACES
@@ -759,7 +760,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
-    p.add_argument("--benchmark", default="v2", choices=("v1", "v2"))
+    p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, choices=BENCHMARK_NAMES)
     p.add_argument("--out", default=None, help="result JSON (default data/benchmarks/gmm_approximation_"
                    "<benchmark>.json); the selected sets go beside it as <name>_sets.npz")
     args = p.parse_args(argv)

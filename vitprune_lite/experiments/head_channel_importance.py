@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import methods
 from ..errors import InvalidFileError, InvalidValueError
+from ..data import DEFAULT_BENCHMARK
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DATA_FREE", "SOURCES", "TAP_SOURCE",
@@ -102,7 +103,7 @@ class Params:
         faithfulness_rerun: run it even if its file holds a run of the same parameters.
     """
 
-    benchmark: str = "v2"
+    benchmark: str = DEFAULT_BENCHMARK
     seed: int = 0
     threads: int = 2
     lat_threads: int = 1

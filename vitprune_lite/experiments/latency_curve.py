@@ -40,6 +40,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from ..errors import InvalidFileError, InvalidValueError
+from ..data import BENCHMARK_NAMES, DEFAULT_BENCHMARK
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "RESULT_FILE", "base_model_name", "load_base_curve",
@@ -57,8 +58,8 @@ _TIMM_CURVES = ("missing", "always", "never")
 
 def base_model_name(benchmark: str) -> str:
     """The name a base model's latency curves are saved under: ``base_vit`` (v1) or ``base_vit_<benchmark>``."""
-    if benchmark not in ("v1", "v2"):
-        raise InvalidValueError(f"benchmark {benchmark!r}: accepted 'v1' or 'v2'")
+    if benchmark not in BENCHMARK_NAMES:
+        raise InvalidValueError(f"benchmark {benchmark!r}: accepted {BENCHMARK_NAMES}")
     return "base_vit" if benchmark == "v1" else f"base_vit_{benchmark}"
 
 
@@ -102,7 +103,7 @@ class Params:
         device_images: private train/test images per device (0: the benchmark's own).
     """
 
-    benchmark: str = "v2"
+    benchmark: str = DEFAULT_BENCHMARK
     seed: int = 0
     threads: int = 1
     compute_threads: int = 2
@@ -455,7 +456,7 @@ def gather_curves(params: Params, st: Setup, base_curves: BaseCurves) -> Curves:
                                              rounds=params.rounds, max_rounds=params.max_rounds,
                                              target_rel_ci=params.target_ci)
             latency.save_curve(measured[name])
-    others = {base_model_name(b) for b in ("v1", "v2")} - {st.name}
+    others = {base_model_name(b) for b in BENCHMARK_NAMES} - {st.name}
     curves = [c for c in (latency.load_curve(p) for p in latency.find_curves()) if c.model not in others]
     curves.append(base_curves.block)
     fresh = {(c.device, c.model, c.part, c.batch_size)

@@ -53,6 +53,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InvalidValueError
+from ..data import BENCHMARK_NAMES, DEFAULT_BENCHMARK
 from . import _params
 from .device_specificity import _load, paired_gap
 
@@ -99,7 +100,7 @@ class Params:
         threads: torch CPU threads.
     """
 
-    benchmark: str = "v2"
+    benchmark: str = DEFAULT_BENCHMARK
     checkpoint: str = ""
     data_seed: int = 0
     budget_index: int = 4
@@ -774,7 +775,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: run a preset, write the result JSON and both figures beside it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
-    p.add_argument("--benchmark", default=None, choices=("v1", "v2"))
+    p.add_argument("--benchmark", default=None, choices=BENCHMARK_NAMES)
     p.add_argument("--out", default=None, help="result JSON (default: stored_path(benchmark), "
                                                "data/benchmarks/tap_faithfulness[_v2].json)")
     args = p.parse_args(argv)
