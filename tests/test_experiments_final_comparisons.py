@@ -281,6 +281,68 @@ def test_figures(v1_result):
     fig = fc.plot_pareto(r.aggregate, r.parameters["devices"], len(r.seeds), r.parameters["lat_threads"])
     assert len(fig.axes) == 3
     plt.close(fig)
+    fig = fc.plot_pareto(r.aggregate, r.parameters["devices"], len(r.seeds), r.parameters["lat_threads"],
+                         combined=r.combined)
+    stars = _planner_stars(fig.axes[0])
+    assert len(stars) == len({c["budget_share"] for c in r.combined if c["kind"] == "combined"})
+    plt.close(fig)
+
+
+def _planner_stars(ax) -> dict:
+    """The planner's choices drawn on a panel: legend label -> the marker's line."""
+    return {c.get_label(): c.lines[0] for c in ax.containers if str(c.get_label()).startswith("planner's choice")}
+
+
+def _pareto_panels(fig, n_devices: int) -> np.ndarray:
+    assert len(fig.axes) == 3 * n_devices  # the legend is the figure's, not a panel of its own
+    return np.array(fig.axes).reshape(n_devices, 3)
+
+
+def test_pareto_figure_from_the_committed_result():
+    """The stored run redrawn: FLOPs in MFLOPs with no offset, the planner's choices and budgets on the
+    batch-1 panels, one legend outside the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitprune_lite import paths
+
+    r = fc.Result.from_json(paths.data_dir() / "results" / fc.RESULT_FILE)
+    devices = r.parameters["devices"]
+    fig = fc.plot_pareto(r.aggregate, devices, len(r.seeds), r.parameters["lat_threads"], combined=r.combined)
+    try:
+        fig.canvas.draw()
+        axes = _pareto_panels(fig, len(devices))
+        assert r.dense["flops"] > 1e7  # a model of ~1e8 FLOPs: MFLOPs put it below 1e4
+        for d, ax in zip(devices, axes[:, 2]):
+            assert ax.get_xlabel() == "MFLOPs per image"
+            xs = np.concatenate([np.asarray(ln.get_xdata(), dtype=float) for ln in ax.lines])
+            flops = [p["flops"] for p in r.aggregate if p["device"] == d and p.get("flops") is not None]
+            assert xs.max() < 1e4 and xs.max() == pytest.approx(max(flops) / 1e6)
+        for ax in axes.flat:
+            assert ax.xaxis.get_offset_text().get_text() == "" and ax.yaxis.get_offset_text().get_text() == ""
+        for d, row in zip(devices, axes):
+            mine = [c for c in r.combined if c["device"] == d and c["kind"] == "combined"]
+            shares = {c["budget_share"] for c in mine}
+            stars = _planner_stars(row[0])
+            assert len(stars) == len(shares) > 0 and all(ln.get_marker() == "*" for ln in stars.values())
+            share_of = {f"planner's choice (budget {round(100 * s)} %)": s for s in shares}
+            for lab, ln in stars.items():
+                want = [c for c in mine if c["budget_share"] == share_of[lab]]
+                assert ln.get_xdata()[0] == pytest.approx(float(np.median([c["measured_ms"] for c in want])))
+                assert ln.get_ydata()[0] == pytest.approx(float(np.mean([c["acc"] for c in want])))
+            budgets = sorted(ln.get_xdata()[0] for ln in row[0].lines if ln.get_label() == "planner's latency budget")
+            assert budgets == pytest.approx(sorted({c["budget_ms"] for c in mine}))
+            assert not any(lab.startswith("planner") for ax in row[1:] for lab in ax.get_legend_handles_labels()[1])
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in axes.flat)
+        texts = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert len(texts) == len(set(texts)) and "planner's latency budget" in texts
+        assert {f"planner's choice (budget {round(100 * s)} %)" for s in r.parameters["latency_budgets"]} <= set(texts)
+        right = max(ax.get_window_extent().x1 for ax in axes.flat)
+        assert fig.legends[0].get_window_extent().x0 >= right  # outside the grid, covering no point
+    finally:
+        plt.close(fig)
 
 
 def test_differences_table(v1_result):

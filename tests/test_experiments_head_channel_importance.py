@@ -235,3 +235,45 @@ def test_faithfulness_cli_default_keeps_v1_file(monkeypatch):
     with pytest.raises(Stop):
         tf.main(["--preset", "smoke", "--benchmark", "v2"])
     assert seen["out"] == tf.stored_path("v2") and seen["out"].name == "tap_faithfulness_v2.json"
+
+
+def test_accuracy_figure_from_the_committed_result():
+    """The stored run redrawn: TAP-ViTs' sources above, the other criteria below, a column per device and
+    one for the mean, y-limits fitted to each row, one legend per row outside the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitprune_lite import methods, paths
+
+    r = hci.Result.from_json(paths.data_dir() / "results" / "02_head_channel_importance.json")
+    fig = hci.plot_accuracy_curves(r.params.criteria, r.budgets, r.results, r.dense["acc"], r.devices)
+    try:
+        fig.canvas.draw()
+        n = len(r.devices)
+        assert len(fig.axes) == 2 * (n + 1)
+        axes = np.array(fig.axes).reshape(2, n + 1)
+        assert [ax.get_title() for ax in axes[0]] == [*r.devices, "mean over devices"]
+        top = [c for c in r.params.criteria if c in hci.TAP_SOURCE]
+        bottom = ["tap_vits"] + [c for c in r.params.criteria if c not in hci.TAP_SOURCE]
+        for row, crits in zip(axes, (top, bottom)):
+            texts = [t.get_text() for t in row[-1].get_legend().get_texts()]
+            assert texts == [*map(methods.label, crits), "dense model"]
+            assert all(ax.get_legend() is None for ax in row[:-1])
+            assert row[-1].get_legend().get_window_extent().x0 >= row[-1].get_window_extent().x1  # outside, right
+            labels = [b["label"] for b in r.budgets]
+            ys = [r.results[d][lab][c]["acc"] for d in r.devices for lab in labels for c in crits]
+            ys += list(r.dense["acc"].values())
+            lo, hi = row[0].get_ylim()
+            assert all(ax.get_ylim() == (lo, hi) for ax in row)  # shared within the row
+            assert lo <= min(ys) and hi >= max(ys) and hi - lo <= 1.3 * (max(ys) - min(ys)) + 0.03  # fitted
+            mean = next(ln for ln in row[-1].lines if ln.get_label() == methods.label("tap_vits"))
+            want = [np.mean([r.results[d][lab]["tap_vits"]["acc"] for d in r.devices]) for lab in labels]
+            assert np.allclose(mean.get_ydata(), want)
+        left, right = axes[0, 0].get_xlim()
+        assert left > right  # from the largest share kept down to the smallest
+        assert axes[1, 0].get_xlabel() == "share of block parameters kept"
+        assert "private test accuracy" in axes[0, 0].get_ylabel()
+    finally:
+        plt.close(fig)

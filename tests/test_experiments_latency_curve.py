@@ -181,3 +181,87 @@ def test_result_files_checked_for_their_benchmark(tmp_path):
 def test_setup_refuses_a_grid_that_does_not_fit_before_any_work():
     with pytest.raises(InvalidValueError, match=r"Params.pomt_r_grid holds R = 100: .*65 tokens"):
         lc.setup(lc.Params.preset("smoke", benchmark="v1", pomt_r_grid=(100,)))
+
+
+# ----------------------------------------------------------------------------- figures (fake inputs, no timing)
+
+def _fake_choice(n_tokens: int = 145, alpha: float = 0.5):
+    """A smooth measured-like curve and a monotone A(n) on notebook 03's token grid (every 2nd count, N)."""
+    import numpy as np
+
+    from vitprune_lite import tokens
+
+    n = np.array(sorted(set(range(2, n_tokens + 1, 2)) | {n_tokens}))
+    med = 2.0 + 0.05 * n
+    acc = 0.8 * (1 - np.exp(-n / 30))
+    pooled = {"n": n, "median_ms": med, "ci_low_ms": 0.98 * med, "ci_high_ms": 1.02 * med}
+    return lc.Choice(pooled, acc, tokens.choose_prune_count(n, med, acc, n_tokens, alpha=alpha), [140, 140])
+
+
+def test_staircase_generator():
+    import numpy as np
+
+    assert lc.staircase_ms(1) == lc.staircase_ms(16) == 10.0 and lc.staircase_ms(17) == pytest.approx(10.8)
+    got = lc.staircase_ms(np.arange(1, 50), tile=8, base_ms=2.0, step=0.5)
+    assert got.tolist() == [2.0 * (1 + 0.5 * ((k - 1) // 8)) for k in range(1, 50)]
+    for bad in ({"n": 0}, {"n": 2.5}, {"n": 5, "tile": 0}, {"n": 5, "base_ms": 0.0}, {"n": 5, "step": -0.1}):
+        with pytest.raises(InvalidValueError, match="staircase"):
+            lc.staircase_ms(**bad)
+
+
+def test_staircase_figure_shows_steps_and_marks_the_count_just_below_one():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    params, choice = lc.Params(), _fake_choice()
+    fig = lc.plot_staircase(params, choice)
+    measured, synthetic = fig.axes[:2]
+    assert "synthetic (not measured)" in synthetic.get_title()
+    (syn,) = [ln for ln in synthetic.get_lines() if "synthetic (not measured)" in ln.get_label()]
+    n, y = np.asarray(syn.get_xdata()), np.asarray(syn.get_ydata())
+    jumps = np.flatnonzero(np.diff(y) != 0)  # equal latency within a tile, a rise only at its last count
+    assert n[jumps].tolist() == list(range(16, 145, 16)) and (np.diff(y)[jumps] > 0).all()
+    (mark,) = [ln for ln in synthetic.get_lines() if ln.get_label().startswith("POMT's n*")]
+    n_star = int(mark.get_xdata()[0])
+    assert n_star % 16 == 0 and lc.staircase_ms(n_star + 1) > lc.staircase_ms(n_star)  # just below a step
+    assert n_star == lc.staircase_choice(choice.pooled["n"], choice.acc_n, 145, alpha=params.alpha)["n_star"]
+    (left,) = [ln for ln in measured.get_lines() if ln.get_label().startswith("POMT's n*")]
+    assert int(left.get_xdata()[0]) == choice.choice["n_star"]  # the measured panel marks the notebook's choice
+    assert all(ax.get_xlabel().startswith("tokens") for ax in (measured, synthetic))
+    plt.close(fig)
+
+
+def test_methods_figure_draws_one_interquartile_bar_per_setting():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from vitprune_lite import methods
+
+    rows = [{"key": "dense", "method": "dense", "setting": None, "val_acc": 0.8, "latency_ms": 10.0,
+             "ratio_vs_dense": 1.0, "ratio_iqr": [1.0, 1.0], "flops_ratio": 1.0}]
+    for method, settings in (("pomt", (36, 72)), ("tome", (4, 8, 12)), ("topk", (0.7,)), ("evit", (0.7, 0.5))):
+        for i, s in enumerate(settings):
+            ratio = 0.95 - 0.1 * i + 0.01 * len(rows)
+            rows.append({"key": f"{method}({s})", "method": method, "setting": s, "val_acc": 0.79 - 0.01 * i,
+                         "latency_ms": 10.0 * ratio, "ratio_vs_dense": ratio,
+                         "ratio_iqr": [ratio - 0.02, ratio + 0.05], "flops_ratio": 0.9 - 0.15 * i})
+    fig = lc.plot_methods(lc.Params(), lc.Comparison({}, rows, {}, 0.0, 2, 36))
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert sorted(c.get_label() for c in bars) == sorted(methods.label(m) for m in ("pomt", "tome", "topk", "evit"))
+    spans = sorted((round(seg[0][0], 6), round(seg[1][0], 6)) for c in bars for seg in c.lines[2][0].get_segments())
+    assert spans == sorted((round(r["ratio_iqr"][0], 6), round(r["ratio_iqr"][1], 6)) for r in rows[1:])
+    for c in bars:  # points, not lines, in each method's own colour
+        method = next(m for m in ("pomt", "tome", "topk", "evit") if methods.label(m) == c.get_label())
+        assert c.lines[0].get_linestyle() == "None" and c.lines[0].get_color() == methods.style(method).color
+    assert any(list(ln.get_xdata()) == [1.0, 1.0] and ln.get_linestyle() == "--" for ln in ax.get_lines())  # dense
+    assert len(fig.legends) == 1 and not ax.get_legend()  # one legend, outside the axes
+    texts = " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+    assert texts.count("thread") == 1 and "ms" in texts
+    plt.close(fig)

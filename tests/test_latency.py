@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vitprune_lite import latency, models, tokens
+from vitprune_lite.experiments.latency_curve import staircase_ms
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (see conftest)
@@ -24,8 +25,8 @@ def synthetic(level_fn, noise: float, seed: int, n=np.arange(2, 198), rounds: in
                          ci_low_ms=[c[0] for c in cis], ci_high_ms=[c[1] for c in cis], samples_ms=samples)
 
 
-def staircase(k):  # a GPU-like staircase: flat within 16-token tiles, +8 % per tile
-    return 10.0 * (1 + 0.08 * ((k - 1) // 16))
+def staircase(k):  # a GPU-like staircase: flat within 16-token tiles, +8 % per tile (notebook 03 draws the same)
+    return staircase_ms(k, tile=16, base_ms=10.0, step=0.08)
 
 
 def linear(k):  # a CPU-like line

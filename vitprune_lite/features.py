@@ -279,7 +279,7 @@ class ViTCls(_Extractor):
 
     name = "vit_cls"
 
-    def __init__(self, model, dim: int = 16, batch_size: int = 256) -> None:
+    def __init__(self, model, dim: int = 16, batch_size: int = 32) -> None:
         super().__init__(dim)
         from . import vit  # torch only where a model is used: the device side may not need it
         from .errors import UnsupportedModelError

@@ -719,7 +719,7 @@ PIPELINES = {"tap_vits": tap_vits, "one_size_fits_all": one_size_fits_all, "toas
              "combined_plan": combined_plan, "oracle": oracle}
 
 
-def evaluate_on_device(result: PrunedModel, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+def evaluate_on_device(result: PrunedModel, x: Tensor, y: Tensor, batch_size: int = measure.EVAL_BATCH) -> float:
     """Device side: accuracy on the device's private test split, recorded in the report.
 
     Args:

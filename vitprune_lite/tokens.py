@@ -685,7 +685,7 @@ class SubsetViT(nn.Module):
 
 
 def random_token_accuracy(model: nn.Module, x: Tensor, y: Tensor, n_values: Sequence[int], *,
-                          seed: int = 0, batch_size: int = 256) -> np.ndarray:
+                          seed: int = 0, batch_size: int = 32) -> np.ndarray:
     """POMT's accuracy proxy A(n): top-1 with ``n`` tokens kept at random after the embedding.
 
     Each sample gets its own random patch order (seeded, drawn once for the whole set, so the

@@ -814,29 +814,73 @@ def plot_predicted_vs_measured(validation_rows: Sequence[Mapping[str, Any]], com
     return fig
 
 
-def plot_pareto(aggregate: Sequence[Mapping[str, Any]], devices: Sequence[str], n_seeds: int, lat_threads: int):
+def plot_pareto(aggregate: Sequence[Mapping[str, Any]], devices: Sequence[str], n_seeds: int, lat_threads: int,
+                combined: Optional[Sequence[Mapping[str, Any]]] = None):
     """One row per device: test accuracy (mean ± sd over seeds) against batch-1 latency, batch-32
-    latency and FLOPs, with the Pareto front over the deployable points (the oracle drawn, not on
-    the front). Returns the figure."""
+    latency and MFLOPs per image, with the Pareto front over the deployable points (the oracle
+    drawn, not on the front). Returns the figure.
+
+    Args:
+        combined: the planner's choices (:func:`combined_plans`, :attr:`Result.combined`; None:
+            not drawn). On each device's batch-1 panel, the ``"combined"`` choices are black-edged
+            stars, one fill per latency budget (mean accuracy ± sd and median measured latency over
+            seeds), and each budget is a dotted vertical line.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     from .. import compare, measure, methods
 
     styles = {m: {**methods.style(m).line(), "label": methods.label(m)} for m in {p["method"] for p in aggregate}}
     axes_spec = [("ms_b1", "latency, batch 1 (ms)"), ("ms_b32", "latency, batch 32 (ms)"),
-                 ("flops", "FLOPs per image")]
+                 ("mflops", "MFLOPs per image")]
+    points = [{**p, "mflops": None if p.get("flops") is None else p["flops"] / 1e6} for p in aggregate]
+    chosen = [c for c in (combined or []) if c["kind"] == "combined"]
+    shares = sorted({c["budget_share"] for c in chosen}, reverse=True)
+    greys = {s: str(round(0.95 - 0.6 * i / max(len(shares) - 1, 1), 2)) for i, s in enumerate(shares)}
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for c in chosen:
+        groups.setdefault((c["device"], c["budget_share"]), []).append(c)
     fig, axes = plt.subplots(len(devices), 3, figsize=(13, 3.3 * len(devices)), squeeze=False)
     for r, d in enumerate(devices):
-        pts = [p for p in aggregate if p["device"] == d]
+        pts = [p for p in points if p["device"] == d]
         for c, (key, label) in enumerate(axes_spec):
             ax = axes[r, c]
             compare.pareto_axes(ax, pts, key, "acc", styles=styles, front_exclude=("oracle",))
             ax.set(xlabel=label, ylabel=f"{d}: test accuracy" if c == 0 else None)
             ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"accuracy vs cost per device (mean ± sd over {n_seeds} seed(s); latency: {lat_threads} thread(s), "
-                 f"{measure.environment()['cpu_model'] or 'CPU'})", fontsize=10)
+        ax = axes[r, 0]
+        for s in shares:
+            g = groups.get((d, s), [])
+            if not g:
+                continue
+            acc = np.array([c["acc"] for c in g], dtype=float)
+            ax.errorbar([float(np.median([c["measured_ms"] for c in g]))], [float(acc.mean())],
+                        yerr=[float(acc.std(ddof=1)) if len(acc) > 1 else 0.0], marker="*", ms=13, mfc=greys[s],
+                        mec="k", mew=1, color="k", capsize=2, lw=1, ls="none", zorder=5,
+                        label=f"planner's choice (budget {round(100 * s)} %)")
+            budget = [c["budget_ms"] for c in g if c.get("budget_ms") is not None]
+            if budget:
+                x = float(np.median(budget))
+                ax.axvline(x, color="k", ls=":", lw=1, label="planner's latency budget")
+                ax.text(x, 0.02, f" {round(100 * s)} %", transform=ax.get_xaxis_transform(), fontsize=7,
+                        ha="left", va="bottom")
+        for ax in axes[r]:
+            for axis in (ax.xaxis, ax.yaxis):
+                if isinstance(axis.get_major_formatter(), ScalarFormatter):
+                    axis.get_major_formatter().set_useOffset(False)
+                    axis.get_major_formatter().set_scientific(False)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    order = {methods.label(m): i for i, m in enumerate(methods.names())}  # registry order, then the planner
+    handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
+    fig.suptitle(f"accuracy vs cost per device (mean ± sd over {n_seeds} seed(s); latency measured with "
+                 f"{lat_threads} thread(s) on {measure.environment()['cpu_model'] or 'CPU'})", fontsize=10)
     fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), fontsize=8, loc="upper left", frameon=False,
+               bbox_to_anchor=(1.0, axes[0, -1].get_position().y1))
     return fig
 
 

@@ -43,7 +43,7 @@ __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DAT
            "Inputs", "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
            "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing", "faithfulness",
            "faithfulness_file", "speed_summary", "summary_50", "plot_head_importance", "plot_mlp_channels",
-           "plot_rank_correlation", "plot_accuracy_vs_budget", "plot_speedup"]
+           "plot_rank_correlation", "plot_accuracy_vs_budget", "plot_accuracy_curves", "plot_speedup"]
 
 SCHEMA_VERSION = 1
 #: Every criterion the notebook compares, in legend order (names of :mod:`vitprune_lite.methods`).
@@ -594,23 +594,71 @@ def accuracy_table(params: Params, inp: Inputs, pruned: Pruned, label: Optional[
 
 
 def plot_accuracy_vs_budget(params: Params, inp: Inputs, pruned: Pruned):
-    """One panel per device: private test accuracy against the share of block parameters kept
-    (dashed: the dense model)."""
-    import matplotlib.pyplot as plt
-
+    """Private test accuracy against the share of block parameters kept, from step 5's output:
+    :func:`plot_accuracy_curves` of ``params.criteria``, ``inp``'s budgets and ``pruned``'s accuracies."""
     from .. import importance
 
-    frac = [importance.block_param_fraction(*b) for b in inp.budgets]
-    n = len(inp.devices)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
-    for ax, d in zip(axes[0], inp.devices):
-        for crit in params.criteria:
-            ax.plot(frac, [pruned.results[d][lab][crit]["acc"] for lab in inp.labels], ms=4,
-                    label=methods.label(crit), **methods.style(crit).line())
-        ax.axhline(pruned.dense["acc"][d], color="0.5", ls="--", lw=1)
-        ax.set(title=d, xlabel="block parameters kept", ylabel="private test accuracy", ylim=(0, 1.02))
-        ax.invert_xaxis()
-    axes[0, -1].legend(fontsize=7, loc="lower left")
+    budgets = [{"label": lab, "block_params_kept": importance.block_param_fraction(*b)}
+               for b, lab in zip(inp.budgets, inp.labels)]
+    return plot_accuracy_curves(params.criteria, budgets, pruned.results, pruned.dense["acc"], inp.devices)
+
+
+def plot_accuracy_curves(criteria, budgets, results: Mapping[str, Any], dense_acc: Mapping[str, float],
+                         devices=None):
+    """Private test accuracy against the share of block parameters kept, in two rows of panels.
+
+    Top row: TAP-ViTs' metric-set sources (the criteria of :data:`TAP_SOURCE`); bottom row: every
+    other criterion, with ``tap_vits`` for reference. One column per device and a last one with the
+    mean over devices; the dense model is the dashed line. The y-limits are shared within a row and
+    fitted to its data. It takes the result file's plain data, so a stored run is redrawn with
+    ``r = Result.from_json(path)``; ``plot_accuracy_curves(r.params.criteria, r.budgets, r.results,
+    r.dense["acc"], r.devices)``.
+
+    Args:
+        criteria: the criteria to draw (names of :mod:`vitprune_lite.methods`, ``tap_vits`` among them).
+        budgets: ``[{"label", "block_params_kept"}]`` (:attr:`Result.budgets`).
+        results: ``{device: {label: {criterion: {"acc", ...}}}}`` (:attr:`Result.results`).
+        dense_acc: ``{device: accuracy}`` of the dense model.
+        devices: the devices, in column order (default: those of ``results``).
+    """
+    import matplotlib.pyplot as plt
+
+    devices = list(results) if devices is None else list(devices)
+    criteria = list(criteria)
+    frac = [float(b["block_params_kept"]) for b in budgets]
+    labels = [str(b["label"]) for b in budgets]
+    rows = [("TAP-ViTs' metric-set sources", [c for c in criteria if c in TAP_SOURCE]),
+            ("other criteria", ["tap_vits"] * ("tap_vits" in criteria) + [c for c in criteria if c not in TAP_SOURCE])]
+
+    def curve(crit: str, d: Optional[str]) -> list[float]:
+        if d is not None:
+            return [float(results[d][lab][crit]["acc"]) for lab in labels]
+        return [float(np.mean([results[dd][lab][crit]["acc"] for dd in devices])) for lab in labels]
+
+    columns = [(d, d) for d in devices] + [(None, "mean over devices")]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.4 * len(columns) + 2.6, 6.6), squeeze=False,
+                             sharex=True, sharey="row")
+    for r, (row_name, crits) in enumerate(rows):
+        ys = []
+        for c, (d, title) in enumerate(columns):
+            ax = axes[r, c]
+            for crit in crits:
+                y = curve(crit, d)
+                ys += y
+                ax.plot(frac, y, ms=4, label=methods.label(crit), **methods.style(crit).line())
+            dense = float(dense_acc[d]) if d is not None else float(np.mean([dense_acc[dd] for dd in devices]))
+            ys.append(dense)
+            ax.axhline(dense, color=methods.style("dense").color, ls="--", lw=1, label="dense model")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+            if r == len(rows) - 1:
+                ax.set_xlabel("share of block parameters kept")
+        lo, hi = min(ys), max(ys)
+        pad = max(0.06 * (hi - lo), 0.01)
+        axes[r, 0].set_ylim(lo - pad, hi + pad)
+        axes[r, 0].set_ylabel(f"{row_name}\nprivate test accuracy")
+        axes[r, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.03, 0.5), frameon=False)
+    axes[0, 0].set_xlim(max(frac) + 0.02, min(frac) - 0.02)  # from the largest budget down to the smallest
     fig.tight_layout()
     return fig
 

@@ -48,7 +48,7 @@ __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "RESULT_FILE", "base
            "choose_r", "choose_layer", "compare_methods", "matched", "slower_than_dense", "zero_overhead",
            "timm_tome", "check_result_benchmark", "read_result", "summary_markdown", "plot_naive_vs_interleaved",
            "plot_curves",
-           "plot_utility", "plot_methods", "run"]
+           "plot_utility", "plot_methods", "run", "staircase_ms", "staircase_choice", "plot_staircase"]
 
 SCHEMA_VERSION = 1
 #: The results file, under :func:`vitprune_lite.paths.results_dir`.
@@ -517,6 +517,51 @@ def choose_layer(params: Params, st: Setup, R: int) -> dict[str, Any]:
     return {"layer": int(layer), "default_layer": int(default), "layer_val_acc": acc}
 
 
+def staircase_ms(n: Any, tile: int = 16, base_ms: float = 10.0, step: float = 0.08) -> Any:
+    """A synthetic GPU-like latency curve (not a measurement): flat within tiles, one step per tile.
+
+    ``L(n) = base_ms * (1 + step * ((n - 1) // tile))``: token counts 1..tile cost ``base_ms``,
+    tile + 1..2 tile cost ``(1 + step) * base_ms`` and so on, so L jumps between ``k * tile`` and
+    ``k * tile + 1``, the shape POMT exploits. The step detector's tests and the notebook's
+    staircase figure (:func:`plot_staircase`) use this same generator.
+
+    Args:
+        n: a token count or an array of them, integers >= 1.
+        tile: tokens per flat stretch, >= 1.
+        base_ms: latency of the first tile, > 0.
+        step: rise per tile relative to ``base_ms``, >= 0.
+
+    Returns:
+        A float for a single ``n``, else a float array aligned with ``n`` (ms).
+    """
+    k = np.asarray(n)
+    if k.dtype == bool or not np.issubdtype(k.dtype, np.integer) or (k < 1).any():
+        raise InvalidValueError(f"staircase token counts must be integers >= 1, got {n!r:.80}")
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
+        raise InvalidValueError(f"staircase tile = {tile!r}: accepted an integer >= 1")
+    if not (base_ms > 0 and step >= 0):
+        raise InvalidValueError(f"staircase base_ms = {base_ms!r}, step = {step!r}: accepted base_ms > 0, step >= 0")
+    out = base_ms * (1 + step * ((k - 1) // tile))
+    return float(out) if out.ndim == 0 else out.astype(float)
+
+
+def staircase_choice(n_values: Any, acc: Any, n_tokens: int, alpha: float = 0.5, **staircase: Any) -> dict[str, Any]:
+    """POMT's choice (:func:`~vitprune_lite.tokens.choose_prune_count`) with :func:`staircase_ms` as L(n).
+
+    Args:
+        n_values, acc: token counts and A(n) at them (e.g. ``choice.pooled["n"]``, ``choice.acc_n``).
+        n_tokens: N; alpha: latency weight of U.
+        staircase: ``tile``, ``base_ms``, ``step`` of :func:`staircase_ms`.
+
+    Returns:
+        ``choose_prune_count``'s dict plus ``"latency_ms"``, the synthetic L(n) at ``n_values``.
+    """
+    from .. import tokens
+
+    lat = staircase_ms(np.asarray(n_values), **staircase)
+    return {**tokens.choose_prune_count(n_values, lat, acc, n_tokens, alpha=alpha), "latency_ms": lat.tolist()}
+
+
 # ----------------------------------------------------------------------------- 7. methods
 
 @dataclass
@@ -925,24 +970,104 @@ def plot_utility(params: Params, choice: Choice):
     return fig
 
 
-def plot_methods(params: Params, comp: Comparison):
-    """Validation accuracy against measured latency / dense and against FLOPs / dense, per method."""
+def plot_staircase(params: Params, choice: Choice, tile: int = 16, step: float = 0.08):
+    """The measured batch-1 curve beside a synthetic staircase, each with the n* POMT's rule picks on it.
+
+    Both panels feed the same A(n) (validation) and ``params.alpha`` to
+    :func:`~vitprune_lite.tokens.choose_prune_count`; only L(n) differs. Left: the pooled measured
+    curve (95 % band) and ``choice``'s n*. Right: :func:`staircase_ms` (``tile``, ``step``), not a
+    measurement, drawn at every token count, its tile boundaries dotted, and the n* of
+    :func:`staircase_choice` on the token counts where A(n) was measured. Latency is relative to L(N).
+    """
     import matplotlib.pyplot as plt
 
-    from .. import measure, methods, plots
+    from .. import methods
 
+    p = choice.pooled
+    n = np.asarray(p["n"])
+    n_tokens = int(choice.choice["n_star"]) + choice.R
+    ref = float(np.asarray(p["median_ms"])[np.argmax(n)])  # L(N), measured
+    syn = staircase_choice(n, choice.acc_n, n_tokens, alpha=params.alpha, tile=tile, step=step)
+    color = methods.style("pomt").color
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
-    for method in dict.fromkeys(r["method"] for r in comp.rows):
+
+    def mark(ax, n_star: int, level: float) -> None:
+        ax.axvline(n_star, color="k", ls="--", lw=1, label=f"POMT's n* = {n_star} (R = {n_tokens - n_star})")
+        ax.plot([n_star], [level], "o", color="k", ms=5)
+
+    ax = axes[0]
+    ax.fill_between(n, np.asarray(p["ci_low_ms"]) / ref, np.asarray(p["ci_high_ms"]) / ref, color=color,
+                    alpha=0.2, lw=0)
+    ax.plot(n, np.asarray(p["median_ms"]) / ref, color=color, lw=1.2,
+            label="measured L(n) / L(N) (both sweeps pooled, 95 % CI)")
+    n_star = int(choice.choice["n_star"])
+    mark(ax, n_star, float(np.interp(n_star, n, np.asarray(p["median_ms"]) / ref)))
+    threads = f"{params.threads} thread{'s' if params.threads != 1 else ''}"
+    ax.set(title=f"measured here: base model ({params.benchmark}), batch 1, {threads}",
+           ylabel="relative latency L(n) / L(N)")
+
+    ax = axes[1]
+    every = np.arange(int(n.min()), n_tokens + 1)
+    lat = staircase_ms(every, tile=tile, step=step)
+    full = staircase_ms(n_tokens, tile=tile, step=step)
+    ax.plot(every, lat / full, color="0.3", lw=1.2, label="synthetic (not measured) L(n) / L(N)")
+    for b in range(tile, n_tokens, tile):
+        ax.axvline(b + 0.5, color="0.8", ls=":", lw=0.8, zorder=0)
+    s_star = int(syn["n_star"])
+    mark(ax, s_star, staircase_ms(s_star, tile=tile, step=step) / full)
+    ax.set(title=f"synthetic staircase (not measured): flat within {tile}-token tiles, +{100 * step:g} % per tile")
+    for ax in axes:
+        ax.set_xlabel("tokens n (CLS included)")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"where POMT's rule lands: same A(n) (random tokens, validation) and alpha = {params.alpha}, "
+                 "two latency curves", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_methods(params: Params, comp: Comparison):
+    """Validation accuracy against measured batch-1 latency / dense and against FLOPs / dense.
+
+    One point per setting in its method's colour and marker. Left: the median of the per-round
+    latency ratios (``ratio_vs_dense``) with a horizontal bar over their interquartile range
+    (``ratio_iqr``), a top axis in ms (the dense model's median times the ratio) and the dense
+    model's latency as a dashed vertical line. Right: FLOPs per image / dense (exact, no bar).
+    Only ``comp.rows`` is read.
+    """
+    import matplotlib.pyplot as plt
+
+    from .. import measure, methods
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    dense = next((r for r in comp.rows if r["method"] == "dense"), None)
+    for method in dict.fromkeys(r["method"] for r in comp.rows if r["method"] != "dense"):
         grp = sorted((r for r in comp.rows if r["method"] == method), key=lambda r: r["flops_ratio"])
-        for ax, col in zip(axes, ("ratio_vs_dense", "flops_ratio")):
-            ax.plot([r[col] for r in grp], [r["val_acc"] for r in grp], ms=4, label=methods.label(method),
-                    **methods.style(method).line())
-    axes[0].axvline(1.0, color="0.6", lw=0.8)
-    axes[0].set(xlabel="batch-1 latency / dense (measured)", ylabel="top-1, public val subset",
-                title=f"accuracy vs measured latency, {params.threads} threads")
-    axes[1].set(xlabel="FLOPs / dense", title="accuracy vs FLOPs")
-    axes[0].legend(fontsize=8)
-    plots.annotate_env(axes[0], {**measure.environment(), "threads": params.threads})
+        x = np.array([r["ratio_vs_dense"] for r in grp], dtype=float)
+        q = np.array([r["ratio_iqr"] for r in grp], dtype=float).reshape(-1, 2)
+        acc = [r["val_acc"] for r in grp]
+        style = {**methods.style(method).line(), "ls": "none"}
+        axes[0].errorbar(x, acc, xerr=np.clip(np.vstack([x - q[:, 0], q[:, 1] - x]), 0, None), ms=5, capsize=2,
+                         elinewidth=1, label=methods.label(method), **style)
+        axes[1].plot([r["flops_ratio"] for r in grp], acc, ms=5, **style)
+    if dense is not None:
+        ds = methods.style("dense")
+        for ax in axes:
+            ax.axvline(1.0, color=ds.color, ls="--", lw=0.9, zorder=0,
+                       label=f"{methods.label('dense')} ({dense['latency_ms']:.1f} ms, top-1 {dense['val_acc']:.3f})")
+            ax.plot([1.0], [dense["val_acc"]], ls="none", marker=ds.marker, color=ds.color, ms=8)
+        dense_ms = float(dense["latency_ms"])
+        top = axes[0].secondary_xaxis("top", functions=(lambda r: r * dense_ms, lambda ms: ms / dense_ms))
+        top.set_xlabel("batch-1 latency, ms (median)", fontsize=9)
+    axes[0].set(xlabel="batch-1 latency / dense (median of per-round ratios; bar: interquartile range)",
+                ylabel="top-1 accuracy, public val subset")
+    axes[1].set(xlabel="FLOPs per image / dense")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    env = measure.environment()
+    threads = f"{params.threads} thread{'s' if params.threads != 1 else ''}"
+    fig.suptitle(f"token methods on the base model ({params.benchmark}): accuracy vs measured latency (left) "
+                 f"and FLOPs (right); batch 1, {threads}, {env.get('device', '?')}, torch {env.get('torch', '?')}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
