@@ -456,6 +456,16 @@ def test_run_times_recorded_rendered_and_refused(tmp_path):
     assert "| 00_base_model | 2 min 05 s | 30 s |" in out and "| 01_gmm_data_approximation | - | 1 min 01 s |" in out
     assert "| **total** | 2 min 05 s | 1 min 31 s |" in out and "full (v1): ft_steps" in out
     assert "Not recorded yet" in report.section_run_times({})
+    nb = tmp_path / "00_x.ipynb"  # an executed notebook: papermill's per-cell durations name the slow steps
+    nb.write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": "# title", "metadata": {"papermill": {"duration": 9.0}}},
+        {"cell_type": "code", "source": ["x = 1\n", "y = 2"], "metadata": {"papermill": {"duration": 2.25}}},
+        {"cell_type": "code", "source": "fast()", "metadata": {"papermill": {"duration": 0.2}}},
+        {"cell_type": "code", "source": "slow()", "metadata": {"papermill": {"duration": 40.04}}}]}))
+    steps = reproduce.slowest_cells(nb)
+    assert steps == [{"cell": 3, "code": "slow()", "seconds": 40.0}, {"cell": 1, "code": "x = 1", "seconds": 2.2}]
+    reproduce.record_run_time("02_x", "v2", "full", 43.0, path=f, steps=steps)
+    assert reproduce.run_times(f)["v2"]["full"]["02_x"]["steps"][0]["code"] == "slow()"
     f.write_text('{"v1": {"lab": {"00_base_model": 12}}}')
     with pytest.raises(InvalidFileError, match="run_times.json: not a run-times file"):
         reproduce.run_times(f)

@@ -239,12 +239,14 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
         print(f"[{i}/{len(todo)}] {nb.name} ...", flush=True)
         done.append(run_notebook(nb, own[nb], kernel=kernel))
         seconds = time.perf_counter() - t0
+        steps = slowest_cells(done[-1], top=3)
         print(f"[{i}/{len(todo)}] {nb.name} done in {seconds:.0f} s "
-              f"(elapsed {time.perf_counter() - t_all:.0f} s)", flush=True)
+              f"(elapsed {time.perf_counter() - t_all:.0f} s); slowest steps: "
+              + ("; ".join(f"{s['code'][:60]} {s['seconds']:.0f} s" for s in steps) or "none"), flush=True)
         ran = {**notebook_parameters(nb), **own[nb]}  # the values this run used
         if not smoke and ran.get("PRESET", "full") != "smoke":
             record_run_time(nb.stem, str(ran.get("BENCHMARK", DEFAULT_BENCHMARK)), str(ran.get("PRESET", "full")), seconds,
-                            sorted(ran.get("OVERRIDES") or {}))
+                            sorted(ran.get("OVERRIDES") or {}), steps=slowest_cells(done[-1]))
     return done
 
 
@@ -277,12 +279,28 @@ def run_times(path: Path | None = None) -> dict[str, Any]:
     return raw
 
 
+def slowest_cells(executed: Path, top: int = 5, min_seconds: float = 1.0) -> list[dict[str, Any]]:
+    """Where an executed notebook spent its time: its ``top`` slowest code cells (papermill's
+    per-cell durations), each ``{"cell": index, "code": first line, "seconds"}``, slowest first."""
+    import json
+
+    cells = json.loads(Path(executed).read_text()).get("cells", [])
+    rows = []
+    for i, cell in enumerate(cells):
+        seconds = (cell.get("metadata", {}).get("papermill", {}) or {}).get("duration")
+        if cell.get("cell_type") == "code" and isinstance(seconds, (int, float)) and seconds >= min_seconds:
+            src = "".join(cell.get("source", "")).strip().splitlines()
+            rows.append({"cell": i, "code": src[0][:100] if src else "", "seconds": round(float(seconds), 1)})
+    return sorted(rows, key=lambda r: -r["seconds"])[:top]
+
+
 def record_run_time(stem: str, benchmark: str, preset: str, seconds: float, overrides: Sequence[str] = (),
-                    path: Path | None = None) -> Path:
+                    path: Path | None = None, steps: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Add one notebook's wall time to ``data/run_times.json`` (atomically; other entries kept).
 
     The file lives under the repository's ``data/`` (not ``$VITPRUNE_OUT``), so a ``lab`` run
-    written to a scratch folder still records its time beside the full run's.
+    written to a scratch folder still records its time beside the full run's. ``steps``: its
+    slowest cells (:func:`slowest_cells`), kept as ``"steps"``.
     """
     from . import measure
 
@@ -291,7 +309,8 @@ def record_run_time(stem: str, benchmark: str, preset: str, seconds: float, over
     env = measure.environment()
     times.setdefault(benchmark, {}).setdefault(preset, {})[stem] = {
         "seconds": round(float(seconds), 1), "overrides": list(overrides),
-        **{k: env[k] for k in ("utc", "cpu_model", "cpu_usable", "load_avg_1min", "git_rev")}}
+        **{k: env[k] for k in ("utc", "cpu_model", "cpu_usable", "load_avg_1min", "git_rev")},
+        "steps": [dict(s) for s in steps]}
     return paths.write_json_atomic(path, times)
 
 

@@ -556,12 +556,14 @@ def combined_plans(params: Params, inp: Inputs, built: Mapping[tuple, Any], eval
                                               threads=params.lat_threads, rounds=params.lat_rounds,
                                               min_run_time=params.lat_min_run, seed=seed,
                                               token_grid=[list(t) for t in params.combined_tokens])
+            test_acc: dict[int, float] = {}  # one test evaluation per chosen candidate (kinds and budgets share picks)
             for c in pipelines.check_plans(inp.model, cands, list(params.latency_budgets), predictor=cal.predictor,
                                            margin=margin, threads=params.lat_threads, rounds=params.lat_rounds,
                                            min_run_time=params.lat_min_run, seed=seed, reference_ms=dense_ms):
+                if id(c["model"]) not in test_acc:
+                    test_acc[id(c["model"])] = measure.accuracy(c["model"], *inp.tests[d])
                 out.append({"device": d, "seed": seed, **{k: v for k, v in c.items() if k != "model"},
-                            "budget_ms": c["budget_share"] * dense_ms,
-                            "acc": measure.accuracy(c["model"], *inp.tests[d])})
+                            "budget_ms": c["budget_share"] * dense_ms, "acc": test_acc[id(c["model"])]})
     finally:
         torch.set_num_threads(threads)
     return out
