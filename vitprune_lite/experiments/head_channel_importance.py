@@ -289,7 +289,8 @@ def load(params: Params, sets: Optional[Mapping[str, Any]] = None, sets_path: An
 
     if sets is None:
         path = Path(sets_path) if sets_path else paths.results_dir() / gmm.SELECTED_SETS
-        sets = check_sets(gmm.load_selected_sets(path, benchmark=params.benchmark), params.benchmark, path)
+        held = gmm.load_selected_sets(path, benchmark=params.benchmark)  # refuses sets of another benchmark
+        sets = {k: v for k, v in held.items() if k not in ("seed", "benchmark")}
     else:
         sets = check_sets(sets, params.benchmark)
     bench = data.benchmark_module(params.benchmark).load_benchmark(params.seed)
