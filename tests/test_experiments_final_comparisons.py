@@ -195,6 +195,17 @@ def _check_result(r: fc.Result, n_classes: int) -> None:
 
 def test_v1_smoke(v1_result):
     _check_result(v1_result, 12)
+    prior = v1_result.class_prior["50%"]
+    for d, a in prior["acc"].items():  # the true class is always among the device's: restricting only helps
+        for m in fc.CLASS_PRIOR_METHODS:
+            assert a[f"{m} restricted"] >= a[m]
+    gap = prior["restricted minus plain one_size_fits_all"]
+    assert gap["lo"] <= gap["mean"] <= gap["hi"] and gap["mean"] >= 0
+    first = prior["tap_vits minus restricted one_size_fits_all"]
+    assert first["mean"] == pytest.approx(np.mean([a["tap_vits"] - a["one_size_fits_all restricted"]
+                                                   for a in prior["acc"].values()]))
+    accs, gaps = fc.class_prior_table(v1_result.class_prior)
+    assert accs[-1]["device"] == "mean" and len(gaps) == 3
     assert v1_result.parameters["benchmark"] == "v1" and v1_result.parameters["feature_space"] == "combined"
     assert v1_result.inputs["selected_sets"] == "01_selected_sets.npz"
     assert len(v1_result.inputs["selected_sets_sha256"]) == 64

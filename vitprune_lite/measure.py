@@ -414,6 +414,11 @@ def _logits_and_labels(
     return torch.cat(logits), (torch.cat(labels).long() if labels else None)
 
 
+def logits(model: nn.Module, x: Any, batch_size: int = EVAL_BATCH) -> Tensor:
+    """The model's outputs ``[N, classes]`` (float32, CPU), in data order; ``x`` as for :func:`predict`."""
+    return _logits_and_labels(model, x, None, batch_size)[0]
+
+
 def predict(model: nn.Module, x: Any, batch_size: int = EVAL_BATCH) -> Tensor:
     """Top-1 class per sample, in data order: LongTensor ``[N]``.
 

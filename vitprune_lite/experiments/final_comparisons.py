@@ -46,7 +46,8 @@ from .device_specificity import paired_gap
 
 __all__ = ["Params", "PRESETS", "SCHEMA_VERSION", "STRUCTURED", "RESULT_FILE", "MAX_MARGIN", "Inputs",
            "Evaluation", "Result", "check_token_settings", "load_inputs", "build_models", "evaluate",
-           "measure_latencies", "calibrate_planner", "combined_plans", "combined_means", "summarise",
+           "measure_latencies", "calibrate_planner", "combined_plans", "combined_means", "summarise", "class_prior",
+           "class_prior_table", "CLASS_PRIOR_METHODS",
            "differences_table", "plot_predicted_vs_measured", "plot_pareto", "run", "main"]
 
 SCHEMA_VERSION = 1
@@ -423,11 +424,30 @@ class Evaluation:
         dense_acc: device -> the dense model's accuracy.
         correct: ``(method, setting, device, seed)`` -> bool ``[n_test]`` per-image correctness
             (the intervals' input; not written to the results file).
+        restricted: the same for the methods of :data:`CLASS_PRIOR_METHODS`, with the model's
+            prediction restricted to the device's own classes (see :func:`class_prior`).
     """
 
     rows: list[dict[str, Any]]
     dense_acc: dict[str, float]
     correct: dict[tuple, np.ndarray]
+    restricted: dict[tuple, np.ndarray] = field(default_factory=dict)
+
+
+#: The models whose accuracy is also measured with predictions restricted to the device's classes.
+CLASS_PRIOR_METHODS = ("dense", "one_size_fits_all", "tap_vits")
+
+
+def _correct(model, x, y, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness ``[n]`` of ``model``: as it is, and with its prediction restricted to ``classes``."""
+    import torch
+
+    from .. import measure
+
+    z = measure.logits(model, x)
+    outside = torch.ones(z.shape[1], dtype=torch.bool)
+    outside[list(classes)] = False
+    return (z.argmax(-1) == y).numpy(), (z.masked_fill(outside, float("-inf")).argmax(-1) == y).numpy()
 
 
 def evaluate(params: Params, inp: Inputs, built: Mapping[tuple, Any]) -> Evaluation:
@@ -440,20 +460,62 @@ def evaluate(params: Params, inp: Inputs, built: Mapping[tuple, Any]) -> Evaluat
     torch.set_num_threads(params.threads)
     try:
         dense_flops, dense_params = measure.count_flops(inp.model, inp.x1), measure.count_params(inp.model)
-        correct = {("dense", "-", d, None): measure.correct(inp.model, *inp.tests[d]).numpy() for d in inp.devices}
+        correct, restricted = {}, {}
+        for d in inp.devices:
+            key = ("dense", "-", d, None)
+            correct[key], restricted[key] = _correct(inp.model, *inp.tests[d], inp.bench.specs[d].classes)
         rows = [{"method": "dense", "setting": "-", "device": d, "seed": None,
                  "acc": float(correct[("dense", "-", d, None)].mean()), "flops": dense_flops, "params": dense_params,
                  "val_acc": None} for d in inp.devices]
         for (method, setting, dev, seed), out in built.items():
             for d in (inp.devices if dev == "*" else [dev]):
-                ok = measure.correct(out.model, *inp.tests[d]).numpy()
+                if method in CLASS_PRIOR_METHODS:
+                    ok, restricted[(method, setting, d, seed)] = _correct(out.model, *inp.tests[d],
+                                                                          inp.bench.specs[d].classes)
+                else:
+                    ok = measure.correct(out.model, *inp.tests[d]).numpy()
                 correct[(method, setting, d, seed)] = ok
                 rows.append({"method": method, "setting": setting, "device": d, "seed": seed, "acc": float(ok.mean()),
                              "flops": out.report["flops"], "params": out.report["params"],
                              "val_acc": out.report.get("val_acc")})
     finally:
         torch.set_num_threads(threads)
-    return Evaluation(rows, {d: r["acc"] for d, r in zip(inp.devices, rows)}, correct)
+    return Evaluation(rows, {d: r["acc"] for d, r in zip(inp.devices, rows)}, correct, restricted)
+
+
+def class_prior(params: Params, inp: Inputs, evaluation: Evaluation) -> dict[str, Any]:
+    """How much of TAP-ViTs' lead over one-size-fits-all a class prior alone would give.
+
+    Recovering on a device's fine-tune set teaches the classifier which classes occur on that
+    device. Restricting a model's prediction to the device's own classes (the largest logit among
+    them) gives the same knowledge to any model without training. It is an analysis, not a
+    deployable method: it needs the device's class list, which the device never uploads.
+
+    Returns:
+        ``{setting: {"acc": {device: {method: acc, "<method> restricted": acc}} (means over
+        seeds), "tap_vits minus restricted one_size_fits_all": paired gap, "restricted minus
+        plain one_size_fits_all": paired gap, "restricted tap_vits minus restricted
+        one_size_fits_all": paired gap}}``; each gap as :func:`paired_gap` (mean over devices, 95 %
+        interval over seeds and test images, ``by_device``).
+    """
+    out: dict[str, Any] = {}
+    for setting in inp.budgets:
+        def stack(table: Mapping[tuple, np.ndarray], m: str) -> dict[str, np.ndarray]:
+            return {d: np.stack([table[(m, setting, d, s)] for s in params.seeds]) for d in inp.devices}
+
+        tap, one = stack(evaluation.correct, "tap_vits"), stack(evaluation.correct, "one_size_fits_all")
+        tap_r, one_r = stack(evaluation.restricted, "tap_vits"), stack(evaluation.restricted, "one_size_fits_all")
+        acc = {d: {"dense": float(evaluation.correct[("dense", "-", d, None)].mean()),
+                   "dense restricted": float(evaluation.restricted[("dense", "-", d, None)].mean()),
+                   "one_size_fits_all": float(one[d].mean()), "one_size_fits_all restricted": float(one_r[d].mean()),
+                   "tap_vits": float(tap[d].mean()), "tap_vits restricted": float(tap_r[d].mean())}
+               for d in inp.devices}
+        out[setting] = {"acc": acc,
+                        "tap_vits minus restricted one_size_fits_all": paired_gap(tap, one_r, n_boot=params.n_boot),
+                        "restricted minus plain one_size_fits_all": paired_gap(one_r, one, n_boot=params.n_boot),
+                        "restricted tap_vits minus restricted one_size_fits_all": paired_gap(tap_r, one_r,
+                                                                                             n_boot=params.n_boot)}
+    return out
 
 
 def measure_latencies(params: Params, inp: Inputs, built: Mapping[tuple, Any],
@@ -605,6 +667,20 @@ def _differences(params: Params, inp: Inputs, evaluation: Evaluation, method: st
     return out
 
 
+def class_prior_table(prior: Mapping[str, Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`class_prior` as two tables: accuracies (``budget``, ``device`` or ``"mean"``, one
+    column per model and restriction) and the paired gaps (``budget``, ``gap``, ``mean``, ``lo``,
+    ``hi`` over devices, accuracy units)."""
+    accs, gaps = [], []
+    for setting, per in prior.items():
+        rows = [{"budget": setting, "device": d, **a} for d, a in per["acc"].items()]
+        accs += rows + [{"budget": setting, "device": "mean",
+                         **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("budget", "device")}}]
+        gaps += [{"budget": setting, "gap": name, "mean": g["mean"], "lo": g["lo"], "hi": g["hi"]}
+                 for name, g in per.items() if name != "acc"]
+    return accs, gaps
+
+
 def differences_table(differences: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """:func:`summarise`'s ``differences`` as rows: ``budget``, ``tap_vits minus`` (the other method),
     ``device`` (a device, or ``"mean"`` over devices), ``mean``, ``lo``, ``hi`` (accuracy units)."""
@@ -645,7 +721,8 @@ def summarise(params: Params, inp: Inputs, evaluation: Evaluation, latencies: Ma
         kind's accuracy, ms and met share); "combined_overall": per kind, means over devices,
         budgets and seeds; "planner_check": :func:`vitprune_lite.pipelines.summarise_checks`;
         "differences": {setting: {method: TAP-ViTs minus method, mean over devices with lo, hi
-        and by_device}}; "toast_differences": the same for ToaSt + TCS minus each data-free peer}``.
+        and by_device}}; "toast_differences": the same for ToaSt + TCS minus each data-free peer;
+        "class_prior": :func:`class_prior`}``.
     """
     from .. import compare, pipelines
 
@@ -699,7 +776,8 @@ def summarise(params: Params, inp: Inputs, evaluation: Evaluation, latencies: Ma
             "summary": summary, "combined_overall": overall, "planner_check": pipelines.summarise_checks(combined),
             "differences": _differences(params, inp, evaluation, "tap_vits", (*STRUCTURED[1:], "oracle")),
             "toast_differences": _differences(params, inp, evaluation, "toast_tcs",
-                                              ("one_size_fits_all", "torch_pruning"))}
+                                              ("one_size_fits_all", "torch_pruning")),
+            "class_prior": class_prior(params, inp, evaluation)}
 
 
 @dataclass
@@ -716,7 +794,8 @@ class Result(_params.ResultFile):
         rows: one per (method, setting, device, seed): accuracy, FLOPs, parameters, validation
             accuracy, latency at batch 1 and 32 and its ratio to dense.
         aggregate, per_budget, main_budget, summary, combined_overall, planner_check, differences,
-            toast_differences: :func:`summarise`'s output.
+            toast_differences, class_prior: :func:`summarise`'s output (``class_prior`` is empty
+            in files written before it existed).
         combined: :func:`combined_plans`' output.
         predictor: the planner's predictor: ``validation`` (held-out check), ``margin``,
             ``seconds``, ``predictor`` (its fitted terms).
@@ -747,6 +826,7 @@ class Result(_params.ResultFile):
     inputs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
+    class_prior: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     SCHEMA_VERSION = SCHEMA_VERSION
@@ -784,7 +864,7 @@ class Result(_params.ResultFile):
                    {"selected_sets": Path(inp.sets_path).name,
                     "selected_sets_sha256": paths.sha256_file(Path(inp.sets_path)),
                     "benchmark_fingerprint": inp.bench.fingerprint},
-                   round(seconds, 1), measure.environment())
+                   round(seconds, 1), measure.environment(), class_prior=summary["class_prior"])
 
 
 def plot_predicted_vs_measured(validation_rows: Sequence[Mapping[str, Any]], combined: Sequence[Mapping[str, Any]],

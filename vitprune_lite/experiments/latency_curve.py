@@ -1015,7 +1015,7 @@ def plot_staircase(params: Params, choice: Choice, tile: int = 16, step: float =
         ax.axvline(b + 0.5, color="0.8", ls=":", lw=0.8, zorder=0)
     s_star = int(syn["n_star"])
     mark(ax, s_star, staircase_ms(s_star, tile=tile, step=step) / full)
-    ax.set(title=f"synthetic staircase (not measured): flat within {tile}-token tiles, +{100 * step:g} % per tile")
+    ax.set(title=f"synthetic (not measured) staircase: flat within {tile}-token tiles, +{100 * step:g} % per tile")
     for ax in axes:
         ax.set_xlabel("tokens n (CLS included)")
         ax.legend(fontsize=8, loc="upper left")
