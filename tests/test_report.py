@@ -341,6 +341,15 @@ def test_tap_vs_one_size_follows_its_interval(gap, verdict):
     assert row[3] == verdict and f"[95 % interval {100 * gap[0]:+.1f}, {100 * gap[1]:+.1f}]" in row[2]
 
 
+def test_tap_vs_one_size_states_the_class_prior_beside_its_verdict():
+    r = r04(gaps={m: (0.005, 0.02) for m in METHODS04[1:]})
+    assert "restricted to each device's classes" not in _row({"04": r}, "tap_vs_one_size")[2]  # older files: none
+    prior = {"50%": {"restricted tap_vits minus restricted one_size_fits_all": {"mean": 0.004, "lo": -0.003, "hi": 0.011}}}
+    row = _row({"04": dataclasses.replace(r, class_prior=prior)}, "tap_vs_one_size")
+    assert "restricted to each device's classes (a class prior, not part of the verdict): +0.4 [-0.3, +1.1]" in row[2]
+    assert row[3] == report.HELD  # the verdict still rests on the unrestricted comparison
+
+
 def test_a_win_without_an_interval_is_not_a_win():
     r = r04(accs={"tap_vits": 0.982, "one_size_fits_all": 0.981, "toast_tcs": 0.97, "torch_pruning": 0.96,
                   "oracle": 0.99})
