@@ -239,14 +239,15 @@ def reproduce(only: Sequence[str] = (), smoke: bool = False, parameters: Mapping
         print(f"[{i}/{len(todo)}] {nb.name} ...", flush=True)
         done.append(run_notebook(nb, own[nb], kernel=kernel))
         seconds = time.perf_counter() - t0
-        steps = slowest_cells(done[-1], top=3)
+        executed = done[-1] if isinstance(done[-1], (str, Path)) and Path(done[-1]).is_file() else None
+        steps = slowest_cells(executed) if executed else []  # no executed copy: no breakdown, the run still counts
         print(f"[{i}/{len(todo)}] {nb.name} done in {seconds:.0f} s "
               f"(elapsed {time.perf_counter() - t_all:.0f} s); slowest steps: "
-              + ("; ".join(f"{s['code'][:60]} {s['seconds']:.0f} s" for s in steps) or "none"), flush=True)
+              + ("; ".join(f"{s['code'][:60]} {s['seconds']:.0f} s" for s in steps[:3]) or "none"), flush=True)
         ran = {**notebook_parameters(nb), **own[nb]}  # the values this run used
         if not smoke and ran.get("PRESET", "full") != "smoke":
             record_run_time(nb.stem, str(ran.get("BENCHMARK", DEFAULT_BENCHMARK)), str(ran.get("PRESET", "full")), seconds,
-                            sorted(ran.get("OVERRIDES") or {}), steps=slowest_cells(done[-1]))
+                            sorted(ran.get("OVERRIDES") or {}), steps=steps)
     return done
 
 
