@@ -274,15 +274,18 @@ class ViTCls(_Extractor):
         model: a timm ``VisionTransformer`` with a class token (the base model), kept frozen in
             eval mode; its weights' hash enters the version string.
         dim: number of whitened principal components kept (default 16).
-        batch_size: images per forward pass (per-image results do not depend on it).
+        batch_size: images per forward pass (per-image results do not depend on it; default
+            :data:`vitprune_lite.measure.EVAL_BATCH`).
     """
 
     name = "vit_cls"
 
-    def __init__(self, model, dim: int = 16, batch_size: int = 32) -> None:
+    def __init__(self, model, dim: int = 16, batch_size: int | None = None) -> None:
         super().__init__(dim)
-        from . import vit  # torch only where a model is used: the device side may not need it
+        from . import measure, vit  # torch only where a model is used: the device side may not need it
         from .errors import UnsupportedModelError
+
+        batch_size = measure.EVAL_BATCH if batch_size is None else batch_size
 
         if getattr(model, "cls_token", None) is None:
             raise UnsupportedModelError(f"features.ViTCls: model {type(model).__name__} has no class token; "

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import paths, variants, vit  # noqa: F401  (paths: torchvision compat shim before timm)
+from . import measure  # after paths, like every module that may import timm
 from .errors import InvalidValueError, UnsupportedModelError
 
 from timm.layers.attention import Attention
@@ -685,7 +686,7 @@ class SubsetViT(nn.Module):
 
 
 def random_token_accuracy(model: nn.Module, x: Tensor, y: Tensor, n_values: Sequence[int], *,
-                          seed: int = 0, batch_size: int = 32) -> np.ndarray:
+                          seed: int = 0, batch_size: int = measure.EVAL_BATCH) -> np.ndarray:
     """POMT's accuracy proxy A(n): top-1 with ``n`` tokens kept at random after the embedding.
 
     Each sample gets its own random patch order (seeded, drawn once for the whole set, so the
