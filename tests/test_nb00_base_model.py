@@ -32,11 +32,14 @@ def test_00_from_notebooks_folder(nb_out):
 
 
 def test_html_export_links_notebooks_and_figures(nb_out):
-    run_smoke("00_", nb_out)
+    res = run_smoke("00_", nb_out)
     index = reproduce.export_html()
     text = index.read_text()
     assert index.parent == nb_out / "build" / "html"
     assert 'href="00_base_model.html"' in text and "figures/00_devices.png" in text
+    # the key numbers come from the results file the smoke run just wrote, rendered as a table
+    assert "<table>" in text and f"n = {res['accuracy']['public_test']['n']:,})" in text
+    assert "Claimed vs measured" in text
     page = (index.parent / "00_base_model.html").read_text()
     assert "public test top-1" in page  # the executed output made it into the page
 

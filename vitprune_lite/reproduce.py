@@ -316,7 +316,11 @@ def record_run_time(stem: str, benchmark: str, preset: str, seconds: float, over
 
 
 def export_html(executed: Sequence[Path] | None = None, out_dir: Path | None = None) -> Path:
-    """Export executed notebooks to HTML for teaching, plus an ``index.html`` linking them and the figures.
+    """Export executed notebooks to HTML for teaching, plus an ``index.html`` a teacher can hand out.
+
+    The index has one section per notebook: a link to its page, its recorded run times, its key
+    numbers (the README's generated section for it, rendered from the results files) and its
+    figures inline; then the claims table. Everything is regenerated from files, never edited.
 
     Args:
         executed: executed notebooks (default: every ``build/notebooks/NN_*.ipynb``).
@@ -328,38 +332,52 @@ def export_html(executed: Sequence[Path] | None = None, out_dir: Path | None = N
     import html
     import shutil
 
+    import mistune
     import nbformat
     from nbconvert import HTMLExporter
+
+    from . import report
 
     executed = sorted(executed or (paths.build_dir() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not executed:
         raise FileNotFoundError("no executed notebooks in build/notebooks; run `make reproduce` first")
     out_dir = Path(out_dir or paths.build_dir() / "html")
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    md = mistune.create_markdown(plugins=["table"])
     exporter = HTMLExporter()
-    items, times = [], run_times()
+    times, results = run_times(), report.load_results()
+    figures = sorted(paths.figures_dir().glob("*.png"))
+    for fig in figures:
+        shutil.copyfile(fig, out_dir / "figures" / fig.name)
+    sections = []
     for nb_path in executed:
         body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
         page = out_dir / f"{nb_path.stem}.html"
         paths.write_bytes_atomic(page, body.encode())
-        took = [f"{p} ({b}) {e['seconds'] / 60:.1f} min on {e['cpu_usable']} CPU cores"
-                for b in sorted(times) for p in sorted(times[b]) if (e := times[b][p].get(nb_path.stem))]
-        when = f" <small>run time: {html.escape(', '.join(took))}</small>" if took else ""
-        items.append(f'<li><a href="{page.name}">{html.escape(nb_path.stem)}</a>{when}</li>')
-    figs = []
-    for fig in sorted(paths.figures_dir().glob("*.png")):
-        shutil.copyfile(fig, out_dir / "figures" / fig.name)
-        figs.append(f'<figure><img src="figures/{fig.name}" alt="{fig.stem}"><figcaption>{fig.stem}</figcaption></figure>')
+        took = [f"{p} ({b}) {e['seconds'] / 60:.1f} min"
+                for b in sorted(times, reverse=True) for p in sorted(times[b]) if (e := times[b][p].get(nb_path.stem))]
+        when = f"<p class=when>Run time on 2 CPU cores: {html.escape(', '.join(took))}</p>" if took else ""
+        nb = nb_path.stem[:2]
+        # The section's own heading is replaced by the link; its figure links by the figures below.
+        key = report.render_section(nb, results).split("\n", 1)[-1] if nb in report.NOTEBOOKS else ""
+        figs = "".join(f'<figure><img src="figures/{f.name}" alt="{f.stem}"><figcaption>{f.stem}</figcaption></figure>'
+                       for f in figures if f.name.startswith(f"{nb}_"))
+        sections.append(f'<section><h2><a href="{page.name}">{html.escape(nb_path.stem)}</a></h2>{when}'
+                        f'<div class=key>{md(key)}</div>{figs}</section>')
+    claims = md(report.section_claims(results)) if results else ""
     index = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vitprune_lite notebooks</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
 figure{{display:inline-block;margin:.5em;vertical-align:top}} img{{max-width:520px;border:1px solid #ddd}}
-figcaption{{font-size:.8em;color:#555}}</style></head>
+figcaption{{font-size:.8em;color:#555}} .when{{color:#555;font-size:.9em}}
+table{{border-collapse:collapse;font-size:.85em;margin:.5em 0}} td,th{{border:1px solid #ccc;padding:2px 6px}}
+section{{border-top:2px solid #eee;margin-top:1.5em}}</style></head>
 <body><h1>vitprune_lite: executed notebooks</h1>
 <p>Pruning Vision Transformers for edge devices: TAP-ViTs, ToaSt and Pruning One More Token,
-reproduced on an embedded benchmark.</p>
-<h2>Notebooks</h2><ol>{''.join(items)}</ol>
-<h2>Figures</h2>{''.join(figs)}
+reproduced on an embedded benchmark. Each section links the executed notebook and shows its key
+numbers (with 95 % intervals where the notebook computes them) and its figures.</p>
+{''.join(sections)}
+<section>{claims}</section>
 </body></html>
 """
     return paths.write_bytes_atomic(out_dir / "index.html", index.encode())
