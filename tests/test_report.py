@@ -478,3 +478,19 @@ def test_run_times_recorded_rendered_and_refused(tmp_path):
     f.write_text('{"v1": {"lab": {"00_base_model": 12}}}')
     with pytest.raises(InvalidFileError, match="run_times.json: not a run-times file"):
         reproduce.run_times(f)
+
+
+def test_flops_not_latency_counts_the_pruned_models_that_were_not_faster():
+    from types import SimpleNamespace
+
+    def model(flops, speedup):
+        return {"flops": flops, "latency": {"batch1": {"speedup": speedup, "flop_speedup": 100 / flops}}}
+
+    r = SimpleNamespace(dense={"flops": 100}, results={"night_cam": {"90": {"toast": model(80, 0.95),
+                                                                             "random": model(90, 1.0)},
+                                                                      "50": {"toast": model(50, 1.6)}}})
+    text = report.flops_not_latency(r)
+    assert "3 timed pruned models ran a median 1.00x faster" in text and "promised 1.25x" in text
+    assert "2 of them had fewer FLOPs and were not faster" in text
+    assert "ToaSt at 90 % for night_cam, has 0.80 of the dense FLOPs and runs at 1.05 of its latency" in text
+    assert report.flops_not_latency(r, "batch32") == ""

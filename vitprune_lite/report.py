@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -224,12 +224,37 @@ def section_importance(r: head_channel_importance.Result) -> str:
              f"on the devices' private test splits, mean over {n} device{'' if n == 1 else 's'} of benchmark "
              f"{r.benchmark}.", "",
              md_table(["criterion", "params", "FLOPs / dense", "accuracy"], rows)]
+    flops_line = flops_not_latency(r)
+    if flops_line:
+        lines += ["", flops_line]
     gap = r.summary_50
     if "gmm_minus_random_mean" in gap:  # present when all three metric sets were scored
         lines += ["", f"TAP scored on GMM-selected vs random public images: "
                       f"{100 * gap['gmm_minus_random_mean']:+.1f} points; oracle (device data) vs GMM: "
                       f"{100 * gap['oracle_minus_gmm_mean']:+.1f} points (point estimates, no interval)."]
     return "\n".join(lines)
+
+
+def flops_not_latency(r: head_channel_importance.Result, batch: str = "batch1") -> str:
+    """"FLOPs are not latency", from notebook 02's timings: how many pruned models were not faster
+    than the dense model at ``batch`` although they had fewer FLOPs, and the one with the fewest
+    FLOPs among them ("" when no model was timed at that batch size)."""
+    timed = [(d, lab, c, v) for d, per in r.results.items() for lab, crits in per.items()
+             for c, v in crits.items() if batch in (v.get("latency") or {})]
+    if not timed:
+        return ""
+    slow = [t for t in timed if t[3]["latency"][batch]["speedup"] <= 1.0 and t[3]["flops"] < r.dense["flops"]]
+    speed = median(t[3]["latency"][batch]["speedup"] for t in timed)
+    flop_speed = median(t[3]["latency"][batch]["flop_speedup"] for t in timed)
+    head = (f"**FLOPs are not latency.** At batch {batch.removeprefix('batch')} on this CPU the {len(timed)} timed "
+            f"pruned models ran a median {speed:.2f}x faster than the dense model where their FLOPs promised "
+            f"{flop_speed:.2f}x; {len(slow)} of them had fewer FLOPs and were not faster at all")
+    if not slow:
+        return head + "."
+    d, lab, c, v = min(slow, key=lambda t: t[3]["flops"])
+    return (head + f"; the leanest of them, {label(c)} at {lab} % for {d}, has {v['flops'] / r.dense['flops']:.2f} "
+            f"of the dense FLOPs and runs at {1 / v['latency'][batch]['speedup']:.2f} of its latency "
+            "(medians of interleaved rounds, no interval).")
 
 
 def section_latency(r: latency_curve.Result) -> str:
