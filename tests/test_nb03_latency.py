@@ -59,5 +59,6 @@ def test_03_latency_curve_profiling(nb_out):
     assert {"dense", "POMT (chosen R)"} <= rows
     for r in res["final_rows"]:
         assert 0 <= r["test_acc"] <= 1 and set(r["device_acc"]) == {d.name for d in data_v2.DEVICES}
-    for fig in ("03_naive_vs_interleaved", "03_curves", "03_utility", "03_staircase", "03_methods"):
+    for fig in ("03_naive_vs_interleaved", "03_curves", "03_utility", "03_staircase", "03_methods",
+                "03_token_maps"):
         assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000

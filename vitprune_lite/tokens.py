@@ -26,6 +26,12 @@ merged, dropped or fused. A block whose schedule entry is 0 and that sees no tok
 timm's own ``Block.forward`` untouched: ``r=0`` / ``R=0`` reproduce the unpatched model exactly
 (LayerScale, q/k norms and the fused attention kernel included), at the cost of one Python call.
 
+**Source tracking** (as ToMe's ``trace_source``): :func:`token_sources` runs one forward and
+also returns, for every token leaving the last block, the input tokens it stands for (kept,
+fused or merged into it). It replays each reduction on a 0/1 ``[B, N_now, N]`` map with the same
+scores and partner choices; the tokens themselves are computed as without it, and a forward
+that does not ask for it runs no extra code beyond one flag test per reducing block.
+
 Also here: the random token pruning used for the latency curve and for POMT's accuracy proxy
 (:class:`SubsetViT`, :func:`random_token_accuracy`) and POMT's choice of ``R`` from a latency
 curve and an accuracy curve (:func:`choose_prune_count`).
@@ -51,7 +57,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 __all__ = [
     "patch_tome", "patch_topk", "patch_evit", "patch_pomt", "restore", "is_patched",
     "schedule_of", "token_flow", "tokens_per_block", "tome_schedule", "keep_rate_schedule",
-    "default_pomt_layer", "evit_locations", "bipartite_merge", "pomt_scores", "SubsetViT",
+    "default_pomt_layer", "evit_locations", "bipartite_merge", "pomt_scores", "token_sources", "SubsetViT",
     "random_token_accuracy", "token_count", "utility", "choose_prune_count", "reduced_copy",
     "fastest_within",
 ]
@@ -238,7 +244,7 @@ class _Plan:
 
 
 class _State:
-    """Per-forward state shared by a patched model's blocks (ToMe's token sizes)."""
+    """Per-forward state shared by a patched model's blocks (ToMe's token sizes, tracked sources)."""
 
     def __init__(self, method: str, proportional: bool, variant: str = "project") -> None:
         self.method = method
@@ -246,6 +252,8 @@ class _State:
         self.variant = variant  # "project" or "reference" (the authors' partition / score)
         self.size: Optional[Tensor] = None  # [B, N, 1] tokens merged into each token; None = all 1
         self.bias: Optional[Tensor] = None  # [B, 1, 1, N] log(size), the attention logit bias
+        self.track = False  # set by token_sources only: replay every reduction on ``source``
+        self.source: Optional[Tensor] = None  # [B, N_now, N] 0/1 input tokens per token; None = identity
 
 
 class _ReducingViT(VisionTransformer):
@@ -253,7 +261,7 @@ class _ReducingViT(VisionTransformer):
 
     def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None,
                          is_causal: bool = False) -> Tensor:
-        self._tr_state.size = self._tr_state.bias = None
+        self._tr_state.size = self._tr_state.bias = self._tr_state.source = None
         try:
             return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
         finally:
@@ -276,18 +284,34 @@ class _ReducingBlock(Block):
         x = x + self.drop_path1(self.ls1(h))
         if plan.remove:
             prefix = self._tr_prefix
+            src = _source(state, x) if state.track else None
             if plan.method == "tome":
                 x, state.size = bipartite_merge(x, aux, plan.remove, prefix, state.size, state.variant)
                 if state.proportional:  # computed once per merge, used by every later block
                     state.bias = state.size.log().transpose(1, 2).unsqueeze(1)  # [B, 1, 1, N]
-            elif plan.method == "pomt":
-                x = _keep_and_fuse(x, pomt_scores(*aux, prefix=prefix, variant=state.variant),
-                                   plan.remove, prefix, None)
+                if src is not None:  # the same pairs (same metric), unweighted: any share > 0 is a member
+                    src = bipartite_merge(src, aux, plan.remove, prefix, None, state.variant)[0]
             else:
-                score = aux.mean(1)[:, prefix:]  # [B, N - prefix]: CLS attention, mean over heads
-                fuse = score if plan.method == "evit" else None
-                x = _keep_and_fuse(x, score, plan.remove, prefix, fuse, drop_only=plan.method == "topk")
+                if plan.method == "pomt":
+                    score = pomt_scores(*aux, prefix=prefix, variant=state.variant)
+                    fuse, drop_only = None, False
+                else:
+                    score = aux.mean(1)[:, prefix:]  # [B, N - prefix]: CLS attention, mean over heads
+                    fuse, drop_only = (score if plan.method == "evit" else None), plan.method == "topk"
+                x = _keep_and_fuse(x, score, plan.remove, prefix, fuse, drop_only=drop_only)
+                if src is not None:  # the same order (same score); the fused row is the union
+                    src = _keep_and_fuse(src, score, plan.remove, prefix, None, drop_only=drop_only)
+            if src is not None:
+                state.source = (src > 0).to(src.dtype)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def _source(state: _State, x: Tensor) -> Tensor:
+    """The tracked source map ``[B, N_now, N]`` before this block's reduction (identity at first)."""
+    if state.source is not None:
+        return state.source
+    B, N, _ = x.shape  # no reduction yet: each token stands for itself
+    return torch.eye(N, dtype=x.dtype, device=x.device).expand(B, N, N)
 
 
 def _attend(attn: Attention, x: Tensor, bias: Optional[Tensor], need: Optional[str]):
@@ -647,6 +671,42 @@ def tokens_per_block(model: nn.Module, x: Tensor) -> list[int]:
         for h in hooks:
             h.remove()
     return seen
+
+
+def token_sources(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """One forward of a patched model that also says which input tokens each final token holds.
+
+    Every reduction is replayed on a 0/1 map with the block's own scores (POMT, Top-K, EViT) or
+    matches (ToMe), so the map follows the tokens exactly: a kept token holds itself, a fused or
+    merged token every input token averaged into it; a dropped input token is in no row. The logits are
+    those of an ordinary forward (the tokens are computed as without tracking).
+
+    Args:
+        model: a model patched by :func:`patch_tome`, :func:`patch_topk`, :func:`patch_evit` or
+            :func:`patch_pomt` (any setting, 0 included).
+        x: images ``[B, 3, H, W]``.
+
+    Returns:
+        (logits ``[B, classes]``, sources ``[B, N_out, N]`` bool): row ``t`` marks the input tokens
+        (prefix first, then patches in raster order, as after the patch embedding) that token ``t``
+        leaving the last block stands for; rows follow the model's token order.
+    """
+    _check_vit(model, "tokens.token_sources")
+    if not is_patched(model):
+        raise ValueError("token_sources needs a model patched by a tokens.patch_* function (an unpatched "
+                         "model keeps every token); patch it first, e.g. tokens.patch_pomt(model, 0)")
+    state = model._tr_state
+    state.track = True
+    try:
+        with torch.inference_mode():
+            logits = model(x)
+            source = state.source
+            if source is None:  # nothing was removed: every token stands for itself
+                n = _n_tokens(model)
+                source = torch.eye(n, device=logits.device).expand(len(x), n, n)
+            return logits, source > 0
+    finally:
+        state.track, state.source = False, None
 
 
 # ----------------------------------------------------------------------------- random pruning

@@ -15,6 +15,8 @@ Steps, each one function (the notebook calls them in this order):
 6. :func:`choose_layer` - the pruning block, compared on validation at the chosen R;
 7. :func:`compare_methods` - POMT, ToMe, Top-K and EViT: validation accuracy, FLOPs and measured
    batch-1 latency (one interleaved measurement of every setting);
+   :func:`token_maps` - which patches POMT, Top-K and ToMe keep, fuse, drop or merge on a few test
+   images (:func:`plot_token_maps`; nothing timed);
 8. :func:`matched` - matched accuracy and matched budget, the chosen rows evaluated on test;
 9. :func:`slower_than_dense` and :func:`zero_overhead` - settings slower than dense, and
    ToMe r=0 / POMT R=0 reproduce the model exactly;
@@ -48,7 +50,8 @@ __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "RESULT_FILE", "base
            "choose_r", "choose_layer", "compare_methods", "matched", "slower_than_dense", "zero_overhead",
            "timm_tome", "check_result_benchmark", "read_result", "summary_markdown", "plot_naive_vs_interleaved",
            "plot_curves",
-           "plot_utility", "plot_methods", "run", "staircase_ms", "staircase_choice", "plot_staircase"]
+           "plot_utility", "plot_methods", "run", "staircase_ms", "staircase_choice", "plot_staircase",
+           "TokenMaps", "comparable_tome_r", "token_maps", "plot_token_maps"]
 
 SCHEMA_VERSION = 1
 #: The results file, under :func:`vitprune_lite.paths.results_dir`.
@@ -183,10 +186,10 @@ class Params:
 #: rounds and images (each effect still shows, with wider intervals); ``smoke``: the tests' sizes.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 4, "val_subset": 500,
-            "test_subset": 1000, "device_subset": 200, "lat_rounds": 3, "lat_min_run_time": 0.1,
-            "timm_curves": "never", "timm_tome_r": (0, 8, 16), "tome_r": (2, 6, 10, 14, 18),
-            "keep_rates": (0.9, 0.7, 0.5)},
+    "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 4, "batch_sizes": (1,),
+            "val_subset": 300, "test_subset": 500, "device_subset": 100, "lat_rounds": 3,
+            "lat_min_run_time": 0.1, "timm_curves": "never", "timm_tome_r": (0, 8, 16),
+            "pomt_r_grid": (36, 72, 108), "tome_r": (4, 8, 12, 16), "keep_rates": (0.8, 0.6)},
     "smoke": {"rounds": 2, "max_rounds": 2, "sweep_budget_s": 10.0, "n_step": 8, "batch_sizes": (1,),
               "timm_curves": "never", "timm_tome_r": (), "val_subset": 120, "test_subset": 120,
               "device_subset": 30, "pomt_layers": (2,), "pomt_r_grid": (32,), "tome_r": (4, 8),
@@ -633,6 +636,106 @@ def compare_methods(params: Params, st: Setup, R: int, layer: int, progress: boo
     return Comparison(variants, rows, lat, seconds, int(layer), int(R), measure.environment()["load_avg_1min"])
 
 
+# ----------------------------------------------------------------------------- 7b. which tokens
+
+@dataclass
+class TokenMaps:
+    """Which patches POMT, Top-K and ToMe keep, fuse, drop or merge, on a few test images.
+
+    Attributes:
+        images: the images, uint8 ``[I, H, W, 3]``.
+        labels: their class names, ``I`` strings.
+        patch: pixels per patch, ``(height, width)``.
+        grid: patches per image, ``(rows, columns)``; ``P = rows * columns``.
+        n_tokens: tokens entering the first block, N (prefix included).
+        depth: the model's blocks.
+        layer: the block (0-based) where POMT and Top-K prune, after its attention, before its MLP.
+        benchmark: the benchmark's name.
+        methods: ``"pomt"``, ``"topk"``, ``"tome"`` -> ``{"amount": R / tokens dropped / r per block,
+            "tokens": tokens leaving the last block (prefix included), "owner": int ``[I, P]``}``;
+            ``owner[i, p]`` is the position of the final token that holds patch ``p`` (raster order),
+            ``-1`` when the patch was dropped. Patches sharing an owner were fused or merged into one token.
+    """
+
+    images: np.ndarray
+    labels: list[str]
+    patch: tuple[int, int]
+    grid: tuple[int, int]
+    n_tokens: int
+    depth: int
+    layer: int
+    benchmark: str
+    methods: dict[str, dict[str, Any]]
+
+
+def comparable_tome_r(n_tokens: int, prefix: int, depth: int, R: int) -> int:
+    """ToMe's r per block whose final token count is closest to POMT's ``N - R`` (ties: the smaller r)."""
+    from .. import tokens
+
+    best, r = 0, 0
+    while True:
+        r += 1
+        try:
+            tokens.token_flow(n_tokens, prefix, tokens.tome_schedule(r, depth), "tome")
+        except ValueError:
+            return best
+        if abs(depth * r - R) < abs(depth * best - R):
+            best = r
+
+
+def token_maps(params: Params, st: Setup, R: int, layer: int, n_images: int = 4,
+               tome_r: Optional[int] = None) -> TokenMaps:
+    """Where each method's tokens come from, on the first test image of each of ``n_images`` classes.
+
+    POMT removes ``R`` tokens in block ``layer``; Top-K drops ``R`` patch tokens in the same block
+    (so both hand the same number of tokens to the rest of the network); ToMe merges ``tome_r``
+    pairs in every block (default :func:`comparable_tome_r`: its final count is closest to
+    ``N - R``). Each patched copy's token sources come from
+    :func:`~vitprune_lite.tokens.token_sources`. Nothing is timed.
+
+    Args:
+        params: ``compute_threads`` and ``benchmark`` are read.
+        st: :func:`setup`'s output (base model and public test subset).
+        R: POMT's tokens removed (e.g. ``choose_r(...).R``), ``0 <= R <= N - prefix - 1``.
+        layer: POMT's block (e.g. ``choose_layer(...)["layer"]``).
+        n_images: images (rows of the figure), >= 1.
+        tome_r: ToMe's merges per block (None: :func:`comparable_tome_r`).
+    """
+    import torch
+
+    from .. import data, tokens
+
+    if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
+        raise InvalidValueError(f"n_images = {n_images!r}: accepted an integer >= 1")
+    base = st.base
+    prefix, depth = int(base.num_prefix_tokens), len(base.blocks)
+    y = st.y_test.numpy()
+    firsts = [int(np.flatnonzero(y == c)[0]) for c in dict.fromkeys(y.tolist())]  # one per class, in order
+    idx = (firsts + [i for i in range(len(y)) if i not in set(firsts)])[:n_images]
+    if len(idx) < n_images:
+        raise InvalidValueError(f"n_images = {n_images}: the test subset holds only {len(y)} images")
+    x = st.x_test[idx]
+    if tome_r is None:
+        tome_r = comparable_tome_r(st.n_tokens, prefix, depth, int(R))
+    settings = [("pomt", R, {"layer": layer}), ("topk", None, {}), ("tome", tome_r, {})]
+    out: dict[str, dict[str, Any]] = {}
+    with _threads(params.compute_threads):
+        for method, amount, kw in settings:  # POMT first: it validates R and layer
+            if method == "topk":
+                amount = [int(R) if i == layer else 0 for i in range(depth)]
+            _, src = tokens.token_sources(tokens.reduced_copy(base, method, amount, **kw), x)
+            held = src[:, :, prefix:]  # [I, T, P]: final token t holds patch p
+            owner = held.to(torch.uint8).argmax(dim=1)
+            owner[~held.any(dim=1)] = -1
+            out[method] = {"amount": int(R) if method == "topk" else int(amount), "tokens": int(src.shape[1]),
+                           "owner": owner.numpy().astype(np.int64)}
+    names = st.bench.classes
+    return TokenMaps(images=data.to_images(x), labels=[str(names[int(y[i])]) for i in idx],
+                     patch=tuple(int(p) for p in base.patch_embed.patch_size),
+                     grid=tuple(int(g) for g in base.patch_embed.grid_size), n_tokens=int(st.n_tokens),
+                     depth=depth, layer=int(layer), benchmark=params.benchmark, methods=out)
+
+
 # ----------------------------------------------------------------------------- 8. matched comparisons
 
 def matched(params: Params, st: Setup, comp: Comparison, choice: Choice) -> dict[str, Any]:
@@ -1070,6 +1173,133 @@ def plot_methods(params: Params, comp: Comparison):
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _borders(owner: np.ndarray, special: np.ndarray, patch: tuple[int, int]) -> list[list[tuple[float, float]]]:
+    """Segments between neighbouring patches held by different tokens, where either side is ``special``.
+
+    Args:
+        owner: ``[rows, cols]`` final token of each patch (-1: dropped).
+        special: ``[rows, cols]`` bool, patches whose region is outlined (fused, merged or dropped).
+        patch: pixels per patch ``(height, width)``.
+
+    Returns:
+        Line segments in pixel coordinates, for a ``LineCollection``.
+    """
+    ph, pw = patch
+    segs = []
+    rows, cols = owner.shape
+    for r in range(rows):
+        for c in range(cols):
+            if c + 1 < cols and owner[r, c] != owner[r, c + 1] and (special[r, c] or special[r, c + 1]):
+                segs.append([((c + 1) * pw, r * ph), ((c + 1) * pw, (r + 1) * ph)])
+            if r + 1 < rows and owner[r, c] != owner[r + 1, c] and (special[r, c] or special[r + 1, c]):
+                segs.append([(c * pw, (r + 1) * ph), ((c + 1) * pw, (r + 1) * ph)])
+    return segs
+
+
+def plot_token_maps(maps: TokenMaps):
+    """One row per image: the image, POMT's kept and fused patches, Top-K's kept and dropped patches,
+    and ToMe's final merge groups (one colour per token that holds several patches; patches kept
+    alone are left uncoloured). Patches are drawn at their own pixels (nearest), with their borders;
+    a thick line outlines each fused, dropped or merged region. Only ``maps`` is read.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib import colors as mcolors
+    from matplotlib.collections import LineCollection
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from .. import methods
+
+    (gh, gw), (ph, pw) = maps.grid, maps.patch
+    H, W = gh * ph, gw * pw
+    n_img = len(maps.images)
+    pomt, topk, tome = (maps.methods[k] for k in ("pomt", "topk", "tome"))
+    sizes = [np.bincount(o[o >= 0]) for o in tome["owner"]]  # patches per final ToMe token, per image
+    palette = _group_colours(max(3, *(int((c > 1).sum()) for c in sizes)))
+    pomt_c, topk_c = (mcolors.to_rgb(methods.style(k).color) for k in ("pomt", "topk"))
+    fig, axes = plt.subplots(n_img, 4, figsize=(11, 2.9 * n_img + 1.4), squeeze=False, layout="constrained")
+
+    def show(ax, img, overlay=None, segs=(), edge="k") -> None:
+        ax.imshow(img, interpolation="nearest", extent=(0, W, H, 0))
+        if overlay is not None:
+            ax.imshow(overlay, interpolation="nearest", extent=(0, W, H, 0))
+        ax.vlines(np.arange(0, W + 1, pw), 0, H, color="w", lw=0.4, alpha=0.5)
+        ax.hlines(np.arange(0, H + 1, ph), 0, W, color="w", lw=0.4, alpha=0.5)
+        if segs:
+            ax.add_collection(LineCollection(segs, colors=[edge], linewidths=1.6))
+        ax.set(xlim=(0, W), ylim=(H, 0), xticks=[], yticks=[])
+
+    for i in range(n_img):
+        img = maps.images[i]
+        row = axes[i]
+        show(row[0], img)
+        row[0].set_ylabel(f"{maps.labels[i]}", fontsize=9)
+
+        owner = pomt["owner"][i].reshape(gh, gw)
+        counts = np.bincount(owner[owner >= 0].ravel(), minlength=owner.max() + 1)
+        fused = (owner >= 0) & (counts[np.maximum(owner, 0)] > 1)
+        overlay = np.zeros((gh, gw, 4))
+        overlay[fused] = (*pomt_c, 0.6)
+        show(row[1], img, overlay, _borders(owner, fused, (ph, pw)), edge=pomt_c)
+        if fused.any():  # the one fused token: a star on its patch nearest the fused patches' centre
+            rr, cc = np.nonzero(fused)
+            k = np.argmin((rr - rr.mean()) ** 2 + (cc - cc.mean()) ** 2)
+            row[1].plot((cc[k] + 0.5) * pw, (rr[k] + 0.5) * ph, marker="*", ms=13, color="w", mec="k", mew=0.8)
+        row[1].set_xlabel(f"{int((~fused).sum())} kept + {int(fused.sum())} fused into 1" if fused.any()
+                          else f"{int((~fused).sum())} kept, nothing fused", fontsize=8)
+
+        owner = topk["owner"][i].reshape(gh, gw)
+        dropped = owner < 0
+        overlay = np.zeros((gh, gw, 4))
+        overlay[dropped] = (0.08, 0.08, 0.08, 0.75)
+        show(row[2], img, overlay, _borders(owner, dropped, (ph, pw)), edge=topk_c)
+        row[2].set_xlabel(f"{int((~dropped).sum())} kept, {int(dropped.sum())} dropped", fontsize=8)
+
+        owner = tome["owner"][i].reshape(gh, gw)
+        counts = sizes[i]
+        merged = counts[owner] > 1
+        groups = np.flatnonzero(counts > 1)  # tokens holding several patches, in token order
+        colour = {int(g): palette[j] for j, g in enumerate(groups)}
+        overlay = np.zeros((gh, gw, 4))
+        for (r, c) in zip(*np.nonzero(merged)):
+            overlay[r, c] = (*colour[int(owner[r, c])], 0.7)
+        show(row[3], img, overlay, _borders(owner, merged, (ph, pw)), edge="k")
+        row[3].set_xlabel(f"{len(groups)} merged tokens (largest {int(counts.max())} patches), "
+                          f"{int((~merged).sum())} alone" if len(groups) else "nothing merged", fontsize=8)
+
+    n = maps.n_tokens
+    axes[0, 0].set_title(f"image ({H} x {W} px, {gh} x {gw} patches)", fontsize=9)
+    axes[0, 1].set_title(f"{methods.label('pomt')}, R = {pomt['amount']}: {pomt['tokens']} tokens",
+                         fontsize=9, color=methods.style("pomt").color)
+    axes[0, 2].set_title(f"{methods.label('topk')}, {topk['amount']} dropped: {topk['tokens']} tokens",
+                         fontsize=9, color=methods.style("topk").color)
+    axes[0, 3].set_title(f"{methods.label('tome')}, r = {tome['amount']} per block: {tome['tokens']} tokens",
+                         fontsize=9, color=methods.style("tome").color)
+    handles = [Patch(color=(*pomt_c, 0.6), label=f"{methods.label('pomt')}: fused, averaged into one token"),
+               Line2D([], [], ls="none", marker="*", ms=11, color="w", mec="k",
+                      label=f"{methods.label('pomt')}: its one fused token (all tinted patches)"),
+               Patch(color=(0.08, 0.08, 0.08, 0.75), label=f"{methods.label('topk')}: dropped"),
+               tuple(Patch(facecolor=palette[j], edgecolor="k") for j in range(3))]
+    labels = [h.get_label() for h in handles[:3]]
+    labels.append(f"{methods.label('tome')}: one colour per merged token (uncoloured: kept alone)")
+    fig.legend(handles=handles, labels=labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False,
+               handler_map={tuple: HandlerTuple(ndivide=None, pad=0)})
+    fig.suptitle(f"Where the tokens go, {n_img} public test images ({maps.benchmark} base model, {n} tokens with "
+                 f"CLS; counts include CLS).\n{methods.label('pomt')} and {methods.label('topk')} prune once, in "
+                 f"block {maps.layer} (0-based, of {maps.depth}), after its attention and before its MLP; "
+                 f"{methods.label('tome')} merges in every block (final groups shown)", fontsize=10)
+    return fig
+
+
+def _group_colours(n: int) -> list[tuple[float, float, float]]:
+    """``n`` distinct colours: hues a golden angle apart, alternating between three lightnesses."""
+    import colorsys
+
+    return [colorsys.hsv_to_rgb((0.61803398875 * j) % 1.0, (0.85, 0.55, 0.95)[j % 3], (0.95, 0.9, 0.65)[j % 3])
+            for j in range(n)]
 
 
 def run(params: Params = Params(), progress: bool = False) -> Result:
