@@ -57,5 +57,5 @@ def test_02_head_channel_importance(nb_out):
         assert r["in_class"] == 1.0 if r["set"] == "oracle" else 0 <= r["in_class"] <= 1
     for fig in ("02_head_importance", "02_mlp_channel_importance", "02_rank_correlation",
                 "02_accuracy_vs_budget", "02_speedup_vs_flops", "02_tap_faithfulness_ratios",
-                "02_tap_faithfulness_accuracy", "02_qk_vo_coupling"):
+                "02_tap_faithfulness_accuracy", "02_qk_vo_coupling", "02_layer_ratios"):
         assert (nb_out / "figures" / f"{fig}.png").stat().st_size > 1000

@@ -42,7 +42,8 @@ from . import _params
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DATA_FREE", "SOURCES", "TAP_SOURCE",
            "Inputs", "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
            "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing", "faithfulness",
-           "faithfulness_file", "speed_summary", "summary_50", "plot_head_importance", "plot_mlp_channels",
+           "faithfulness_file", "speed_summary", "summary_50", "layer_ratios", "accuracy_interval",
+           "mean_accuracy_interval", "plot_head_importance", "plot_mlp_channels", "plot_layer_ratios",
            "plot_rank_correlation", "plot_accuracy_vs_budget", "plot_accuracy_curves", "plot_speedup"]
 
 SCHEMA_VERSION = 1
@@ -188,14 +189,16 @@ def _number(v: Any) -> bool:
 
 
 #: ``full``: the defaults (two devices, the faithfulness section read from its stored v1 file).
-#: ``lab``: half the metric images, half the public test images in the TCS audit, one short
-#: latency round - every section and every criterion, a quick qualitative look. ``smoke``: the
+#: ``lab``: one device (night_cam), 300 of its test images, half the metric images, a shorter
+#: recovery, 300 public test images in the TCS audit, one short latency round at the smallest
+#: budget - every section and every criterion, a quick qualitative look with wide intervals. ``smoke``: the
 #: tests' sizes (most of it the faithfulness experiment at its smoke preset). Measured run times
 #: per preset: ``data/run_times.json``.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"metric_images": 320, "sens_images": 32, "audit_public": 500,
-            "lat_rounds": 1, "lat_min_run": 0.02},
+    "lab": {"devices": ("night_cam",), "metric_images": 320, "sens_images": 32, "test_images": 300,
+            "ft_steps": 15, "ft_images": 1600, "audit_public": 300, "lat_rounds": 1, "lat_min_run": 0.02,
+            "lat_all_budgets": False},
     "smoke": {"devices": ("night_cam",), "metric_images": 32, "sens_images": 8, "tokens": 8, "hsic_batch": 16,
               "probes": (0.5,), "criteria": ("tap_vits", "one_size_fits_all", "oracle", "magnitude_l2", "toast",
                                              "toast_tcs", "torch_pruning"),
@@ -384,7 +387,8 @@ class Scores:
 
 def score(params: Params, inp: Inputs, src: Sources, progress: bool = True) -> Scores:
     """TAP-ViTs scores and layer sensitivity on every metric set (identical sets scored once), the
-    weight-only criteria, and Taylor; ``progress`` prints one line per metric set."""
+    weight-only criteria, and Taylor; ``progress`` prints one line per metric set (its scoring
+    times; :func:`plot_layer_ratios` shows the sensitivities)."""
     from .. import importance
 
     tap, sens, seconds, done = {}, {}, {}, {}
@@ -405,50 +409,200 @@ def score(params: Params, inp: Inputs, src: Sources, progress: bool = True) -> S
             seconds[(d, s)] = {"composite": t1 - t0, "sensitivity": t2 - t1}
             done[key] = (sc, kl, seconds[(d, s)])
             if progress:
-                print(f"{d:10s} {s:7s} composite {t1 - t0:5.1f} s, sensitivity {t2 - t1:5.1f} s;  "
-                      f"KL mlp {np.round(kl['mlp'].numpy(), 3)}  attn {np.round(kl['attn'].numpy(), 3)}")
+                print(f"{d:10s} {s:7s} composite {t1 - t0:5.1f} s, sensitivity {t2 - t1:5.1f} s")
         weight = {c: importance.score(inp.model, c, **({"seed": params.seed} if c == "random" else {}))
                   for c in _WEIGHT_CRITERIA}
         taylor = {d: importance.taylor_scores(inp.model, *src.sets[(d, "gmm")]) for d in inp.devices}
     return Scores(tap, sens, seconds, weight, taylor)
 
 
+def layer_ratios(params: Params, scores: Scores, device: str, source: str,
+                 budget: tuple[float, float]) -> dict[str, Any]:
+    """TAP-ViTs' per-block keep ratios of one metric set at one budget (what :func:`build` prunes to).
+
+    :func:`vitprune_lite.importance.adaptive_ratios` of the set's KL layer sensitivity with
+    ``params.alpha``: sensitive blocks keep more, and the ratios of each kind average to the budget.
+
+    Args:
+        scores: step 3's output; its ``sens[(device, source)]`` is used.
+        device: a device of the run; source: one of :data:`SOURCES`.
+        budget: ``(mlp_keep, attn_keep)``, one of ``Inputs.budgets``.
+
+    Returns:
+        ``{"mlp": [L], "attn": [L]}`` float64 tensors: share of the block's MLP hidden channels and
+        of its per-head attention dimensions kept.
+    """
+    from .. import importance
+
+    if (device, source) not in scores.sens:
+        raise InvalidValueError(f"layer_ratios: no KL sensitivity for device {device!r} and source {source!r}; "
+                                f"accepted {sorted(scores.sens)}")
+    return importance.adaptive_ratios(scores.sens[(device, source)], budget, params.alpha)
+
+
+#: How figures name the metric sets (the criterion that prunes with each one in brackets).
+_SOURCE_LABEL = {"gmm": "gmm: GMM-selected public images (TAP-ViTs)",
+                 "random": "random: random public images (one-size-fits-all)",
+                 "oracle": "oracle: the device's private images (oracle)"}
+#: The criterion whose colour each metric set takes in figures.
+_SOURCE_CRIT = {"gmm": "tap_vits", "random": "one_size_fits_all", "oracle": "oracle"}
+
+
+def _heatmap(ax, m: np.ndarray, vmin: float, vmax: float, cmap: str, annot: bool, unit_ticks: bool = True) -> None:
+    """``m`` ``[blocks, units]`` as a seaborn heatmap without its own colour bar, blocks as rows
+    (``annot``: each cell's value written in it; ``unit_ticks``: unit indices on the x axis)."""
+    import seaborn as sns
+
+    sns.heatmap(m, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, cbar=False, annot=annot, fmt=".2f",
+                annot_kws={"fontsize": 7}, xticklabels="auto" if unit_ticks else False, yticklabels=True)
+    ax.tick_params(axis="y", labelrotation=0)
+
+
 def plot_head_importance(inp: Inputs, scores: Scores):
     """Head importance per block (mean of the head's channel scores): TAP on each source per device,
-    then three weight-only criteria (row-normalised)."""
+    then three weight-only criteria (row-normalised).
+
+    One row per device (TAP-ViTs' composite on its ``gmm``, ``random`` and ``oracle`` metric sets,
+    on one colour scale per row so the sources compare), and a last row with ``magnitude_l2``,
+    ``toast`` and ``random`` scores, each block divided by its largest head score. Each row has a
+    labelled colour bar; cells are annotated when there are at most 12 heads.
+
+    Returns:
+        The figure: axes ``[devices + 1, 3]`` of ``[blocks, heads]`` heatmaps, then one colour bar per row.
+    """
     import matplotlib.pyplot as plt
 
     n = len(inp.devices)
-    fig, axes = plt.subplots(n + 1, 3, figsize=(9, 2.2 * (n + 1)), squeeze=False)
+    fig, axes = plt.subplots(n + 1, 3, figsize=(10, 2.5 * (n + 1)), squeeze=False, layout="constrained")
+    rows = [(f"{d} · TAP-ViTs on {s}", scores.tap[(d, s)].matrix("heads")) for d in inp.devices for s in SOURCES]
+    annot = rows[0][1].shape[1] <= 12
     for r, d in enumerate(inp.devices):
-        for c, s in enumerate(SOURCES):
-            axes[r, c].imshow(scores.tap[(d, s)].matrix("heads"), cmap="viridis", aspect="auto")
-            axes[r, c].set(title=f"{d} · TAP on {s}", xlabel="head", ylabel="block")
+        ms = [m for _, m in rows[3 * r:3 * r + 3]]
+        lo, hi = min(float(m.min()) for m in ms), max(float(m.max()) for m in ms)
+        for c, (title, m) in enumerate(rows[3 * r:3 * r + 3]):
+            _heatmap(axes[r, c], m, lo, hi, "viridis", annot)
+            axes[r, c].set(title=title, xlabel="head", ylabel="block")
+        fig.colorbar(axes[r, 0].collections[0], ax=axes[r, :], shrink=0.9,
+                     label="TAP composite score\n(mean of the head's channels)")
     for c, name in enumerate(["magnitude_l2", "toast", "random"]):
         m = scores.weight[name].matrix("heads")
-        axes[-1, c].imshow(m / m.max(1, keepdims=True), cmap="viridis", aspect="auto")
-        axes[-1, c].set(title=f"{name} (row-normalised)", xlabel="head", ylabel="block")
-    fig.tight_layout()
+        m = m / m.max(1, keepdims=True)
+        _heatmap(axes[-1, c], m, min(0.0, float(m.min())), 1.0, "viridis", annot)
+        axes[-1, c].set(title=f"{methods.label(name)} (row-normalised)", xlabel="head", ylabel="block")
+    fig.colorbar(axes[-1, 0].collections[0], ax=axes[-1, :], shrink=0.9,
+                 label="head score / block maximum\n(row-normalised)")
     return fig
 
 
 def plot_mlp_channels(inp: Inputs, scores: Scores, device: Optional[str] = None):
     """Per-channel MLP scores of one device (default: the first), every row in the order of the
-    TAP·gmm ranking, each row min-max scaled."""
+    TAP·gmm ranking, each row min-max scaled.
+
+    Five ``[blocks, channels]`` heatmaps (TAP-ViTs on each metric set, ``magnitude_l2``, ``toast``)
+    on one colour scale, with one colour bar: 1 is the block's highest-scoring channel, 0 its lowest.
+
+    Returns:
+        The figure: five heatmap axes, then the colour bar.
+    """
     import matplotlib.pyplot as plt
 
     d = device or inp.devices[0]
-    panels = [(f"TAP · {s}", scores.tap[(d, s)].matrix("mlp")) for s in SOURCES]
-    panels += [(name, scores.weight[name].matrix("mlp")) for name in ("magnitude_l2", "toast")]
+    if d not in inp.devices:
+        raise InvalidValueError(f"plot_mlp_channels: device {d!r}; accepted one of {inp.devices}")
+    panels = [(f"TAP-ViTs on {s}", scores.tap[(d, s)].matrix("mlp")) for s in SOURCES]
+    panels += [(methods.label(name), scores.weight[name].matrix("mlp")) for name in ("magnitude_l2", "toast")]
     order = np.argsort(-panels[0][1], axis=1)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.3 * len(panels) + 0.6), sharex=True)
+    n_ch = panels[0][1].shape[1]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.45 * len(panels) + 0.8), sharex=True,
+                             layout="constrained")
     for ax, (title, m) in zip(axes, panels):
         lo, hi = m.min(1, keepdims=True), m.max(1, keepdims=True)
         m = np.take_along_axis((m - lo) / (hi - lo + 1e-12), order, axis=1)
-        ax.imshow(m, cmap="magma", aspect="auto", interpolation="nearest")
-        ax.set(ylabel="block", title=f"{d} · MLP channel importance · {title}")
-    axes[-1].set_xlabel("MLP hidden channels, sorted per block by the TAP·gmm score (high to low)")
-    fig.tight_layout()
+        _heatmap(ax, m, 0.0, 1.0, "magma", annot=False, unit_ticks=False)
+        ax.set(ylabel="block", title=title)
+    ticks = np.linspace(0, n_ch, 5).round().astype(int)
+    axes[-1].set_xticks(ticks, [str(t) for t in ticks], rotation=0)
+    axes[-1].set_xlabel("MLP hidden channels, sorted per block by the TAP·gmm score (rank, high to low)")
+    fig.colorbar(axes[0].collections[0], ax=axes, shrink=0.6, label="channel score\n(min-max scaled per block)")
+    fig.suptitle(f"{d} · MLP channel importance per block", fontsize=11)
+    return fig
+
+
+def plot_layer_ratios(params: Params, inp: Inputs, scores: Scores, label: Optional[str] = None):
+    """TAP-ViTs' KL layer sensitivity per block beside the keep ratio it gives, per metric set.
+
+    One column per device; rows: MLP KL sensitivity (bars), MLP keep ratio (points), attention KL
+    sensitivity, attention keep ratio. Each metric set of :data:`SOURCES` has one colour (that of
+    the criterion pruning with it). The KL axis is logarithmic when every value is positive. The
+    dotted line is the budget's keep ratio, which every block keeps under uniform ratios
+    (``tap_vits_uniform``); the adaptive ratios average to it.
+
+    Args:
+        params: the run's parameters (``alpha``).
+        inp: step 1's output (devices, budgets and their labels).
+        scores: step 3's output (``sens``).
+        label: the budget, as one of ``inp.labels`` (% of block parameters kept; default: the 50 % budget).
+
+    Returns:
+        The figure: axes ``[4, devices]`` (row-major), one legend outside on the right.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    label = inp.lab50 if label is None else str(label)
+    if label not in inp.labels:
+        raise InvalidValueError(f"plot_layer_ratios: label {label!r}; accepted one of {inp.labels} "
+                                "(% of block parameters kept)")
+    budget = inp.budgets[inp.labels.index(label)]
+    recs = []
+    for d in inp.devices:
+        for s in SOURCES:
+            ratios = layer_ratios(params, scores, d, s, budget)
+            for kind in ("mlp", "attn"):
+                kl = np.asarray(scores.sens[(d, s)][kind], dtype=float)
+                for b, (v, r) in enumerate(zip(kl, np.asarray(ratios[kind], dtype=float))):
+                    recs.append({"device": d, "source": s, "kind": kind, "block": b, "kl": v, "keep": r})
+    df = pd.DataFrame(recs)
+    palette = {s: methods.style(_SOURCE_CRIT[s]).color for s in SOURCES}
+    log = bool((df["kl"] > 0).all())
+    unit = {"mlp": ("MLP", "share of hidden channels kept"), "attn": ("attention", "share of head dims kept")}
+    rows = [(k, what) for k in ("mlp", "attn") for what in ("kl", "keep")]
+    n = len(inp.devices)
+    fig, axes = plt.subplots(4, n, figsize=(4.6 * n + 3.2, 9.6), squeeze=False, sharex=True, sharey="row",
+                             layout="constrained")
+    for c, d in enumerate(inp.devices):
+        for r, (kind, what) in enumerate(rows):
+            ax, part = axes[r, c], df[(df["device"] == d) & (df["kind"] == kind)]
+            name = unit[kind][0]
+            if what == "kl":
+                sns.barplot(data=part, x="block", y="kl", hue="source", hue_order=list(SOURCES), palette=palette,
+                            ax=ax, legend=False, saturation=1.0, errorbar=None)
+                if log:  # set after drawing: seaborn's own log_scale leaves the bars undrawn here
+                    ax.set_yscale("log")
+                ax.set_ylabel(f"{name}: KL divergence\n(nats{', log scale' if log else ''})")
+                ax.set_title(f"{d} · {name} KL sensitivity")
+            else:
+                sns.pointplot(data=part, x="block", y="keep", hue="source", hue_order=list(SOURCES), palette=palette,
+                              ax=ax, legend=False, dodge=0.3, markersize=5, linewidth=1.4, errorbar=None)
+                target = budget[0] if kind == "mlp" else budget[1]
+                ax.axhline(target, color="0.35", ls=":", lw=1.2)
+                ax.set_ylim(0, 1.05)
+                ax.set_ylabel(f"{name}: keep ratio\n({unit[kind][1]})")
+                ax.set_title(f"{d} · {name} keep ratio at {label} %")
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_xlabel("block" if r == len(rows) - 1 else "")
+            if c > 0:
+                ax.set_ylabel("")
+    handles = [Patch(color=palette[s], label=_SOURCE_LABEL[s]) for s in SOURCES]
+    handles.append(Line2D([], [], color="0.35", ls=":", lw=1.2, label="budget keep ratio\n(every block, uniform)"))
+    fig.legend(handles=handles, loc="outside right center", title="metric set", fontsize=8, title_fontsize=9,
+               frameon=False)
+    fig.suptitle(f"TAP-ViTs' keep ratios per block at {label} % of block parameters (MLP keep {budget[0]:.3f}, "
+                 f"attention keep {budget[1]:.3f}, alpha {params.alpha:g})\nfrom the KL sensitivity: KL(dense || "
+                 "block pruned alone) per image, summed over the probe sparsities", fontsize=10)
     return fig
 
 
@@ -516,8 +670,7 @@ def build(params: Params, inp: Inputs, src: Sources, scores: Scores, crit: str, 
     model = inp.model
     if crit in TAP_SOURCE:
         s = TAP_SOURCE[crit]
-        ratios = (None if crit == "tap_vits_uniform"
-                  else importance.adaptive_ratios(scores.sens[(device, s)], budget, params.alpha))
+        ratios = None if crit == "tap_vits_uniform" else layer_ratios(params, scores, device, s, budget)
         return importance.prune_copy(model, importance.make_plan(model, scores.tap[(device, s)], budget,
                                                                  layer_ratios=ratios))
     if crit == "taylor":
@@ -545,12 +698,14 @@ class Pruned:
             ``"acc_recovered"`` and ``"latency"``).
         dense: ``{"params", "flops", "acc": {device: accuracy}}``.
         seconds: building and evaluating, in seconds.
+        n_test: ``{device: private test images}`` every accuracy of that device is measured on.
     """
 
     models: dict
     results: dict
     dense: dict
     seconds: float
+    n_test: dict = field(default_factory=dict)
 
 
 def prune_all(params: Params, inp: Inputs, src: Sources, scores: Scores, progress: bool = True) -> Pruned:
@@ -572,7 +727,8 @@ def prune_all(params: Params, inp: Inputs, src: Sources, scores: Scores, progres
             results[d][lab][crit] = {**size[key], "acc": measure.accuracy(models[key], *src.tests[d])}
         dense = {"params": measure.count_params(inp.model), "flops": measure.count_flops(inp.model, x1),
                  "acc": {d: measure.accuracy(inp.model, *src.tests[d]) for d in inp.devices}}
-    return Pruned(models, results, dense, time.perf_counter() - t0)
+    return Pruned(models, results, dense, time.perf_counter() - t0,
+                  {d: int(len(src.tests[d][1])) for d in inp.devices})
 
 
 def _tqdm(items, progress: bool, desc: str):
@@ -581,6 +737,87 @@ def _tqdm(items, progress: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, leave=False)
+
+
+def accuracy_interval(acc: Any, n: Any, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of accuracies measured on ``n`` images each (95 % for ``z = 1.96``).
+
+    Each accuracy is a count of correct images out of ``n``
+    (:func:`vitprune_lite.experiments.base_model.wilson_interval` of that count).
+
+    Args:
+        acc: accuracies in [0, 1], any shape.
+        n: images per accuracy, an integer >= 1 or an array broadcastable to ``acc``.
+        z: normal quantile of the coverage.
+
+    Returns:
+        ``(lo, hi)``, arrays of ``acc``'s shape.
+
+    Raises:
+        InvalidValueError: an accuracy outside [0, 1], an ``n`` below 1, or an accuracy that is
+            no count out of its ``n`` (the wrong ``n``).
+    """
+    from .base_model import wilson_interval
+
+    a = np.asarray(acc, dtype=float)
+    nn = np.broadcast_to(np.asarray(n), a.shape)
+    if not np.all(np.isfinite(a)) or (a < 0).any() or (a > 1).any():
+        raise InvalidValueError(f"accuracy_interval: accuracies {a.tolist()}; accepted values in [0, 1]")
+    if nn.dtype.kind not in "iu" or (nn < 1).any():
+        raise InvalidValueError(f"accuracy_interval: n = {np.asarray(n).tolist()}; accepted integers >= 1 "
+                                "(images per accuracy)")
+    k = np.rint(a * nn)
+    if (np.abs(a * nn - k) > 0.25).any():  # float32 accuracies are within 0.1 image of a count up to 10^6 images
+        raise InvalidValueError(f"accuracy_interval: accuracies {a.tolist()} are not counts out of n = "
+                                f"{np.asarray(n).tolist()} images; pass the number of test images they were "
+                                "measured on")
+    out = np.array([wilson_interval(int(ki), int(ni), z) for ki, ni in zip(k.flat, nn.flat)]).reshape(*a.shape, 2)
+    return np.minimum(out[..., 0], a), np.maximum(out[..., 1], a)  # the interval holds its point despite rounding
+
+
+def mean_accuracy_interval(acc: Any, n: Any, z: float = 1.96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean accuracy over devices with a normal-approximation interval (95 % for ``z = 1.96``).
+
+    The devices' test sets are independent, so the mean's variance is
+    ``sum_d p_d (1 - p_d) / n_d / D^2`` (binomial per device); the interval is the mean
+    ``+- z`` standard errors, clipped to [0, 1].
+
+    Args:
+        acc: ``[D, ...]`` accuracies, one row per device.
+        n: ``[D]`` test images per device.
+        z: normal quantile of the coverage.
+
+    Returns:
+        ``(mean, lo, hi)``, arrays of shape ``acc.shape[1:]``.
+    """
+    a = np.asarray(acc, dtype=float)
+    nn = np.asarray(n)
+    if a.ndim == 0 or nn.shape != a.shape[:1] or nn.dtype.kind not in "iu" or (nn < 1).any():
+        raise InvalidValueError(f"mean_accuracy_interval: n = {nn.tolist()} for accuracies of shape {a.shape}; "
+                                "accepted one integer >= 1 per device (row of acc)")
+    if not np.all(np.isfinite(a)) or (a < 0).any() or (a > 1).any():
+        raise InvalidValueError(f"mean_accuracy_interval: accuracies {a.tolist()}; accepted values in [0, 1]")
+    nn = nn.reshape(-1, *([1] * (a.ndim - 1)))
+    mean = a.mean(0)
+    se = np.sqrt((a * (1 - a) / nn).sum(0)) / len(a)
+    return mean, np.clip(mean - z * se, 0, 1), np.clip(mean + z * se, 0, 1)
+
+
+def _n_test(n_test: Any, devices: list[str]) -> Optional[dict[str, int]]:
+    """``n_test`` (None, one count for every device, or ``{device: count}``) as ``{device: count}``."""
+    if n_test is None:
+        return None
+    if isinstance(n_test, Mapping):
+        missing = [d for d in devices if d not in n_test]
+        if missing:
+            raise InvalidValueError(f"n_test: no test-image count for {missing}; accepted {{device: images}} "
+                                    f"for each of {devices}")
+        out = {d: n_test[d] for d in devices}
+    else:
+        out = {d: n_test for d in devices}
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in out.values()):
+        raise InvalidValueError(f"n_test = {n_test!r}: accepted integers >= 1 (test images per device)")
+    return {d: int(v) for d, v in out.items()}
 
 
 def accuracy_table(params: Params, inp: Inputs, pruned: Pruned, label: Optional[str] = None) -> list[dict[str, Any]]:
@@ -601,11 +838,12 @@ def plot_accuracy_vs_budget(params: Params, inp: Inputs, pruned: Pruned):
 
     budgets = [{"label": lab, "block_params_kept": importance.block_param_fraction(*b)}
                for b, lab in zip(inp.budgets, inp.labels)]
-    return plot_accuracy_curves(params.criteria, budgets, pruned.results, pruned.dense["acc"], inp.devices)
+    return plot_accuracy_curves(params.criteria, budgets, pruned.results, pruned.dense["acc"], inp.devices,
+                                n_test=pruned.n_test or None)
 
 
 def plot_accuracy_curves(criteria, budgets, results: Mapping[str, Any], dense_acc: Mapping[str, float],
-                         devices=None):
+                         devices=None, n_test: Any = None):
     """Private test accuracy against the share of block parameters kept, in two rows of panels.
 
     Top row: TAP-ViTs' metric-set sources (the criteria of :data:`TAP_SOURCE`); bottom row: every
@@ -613,7 +851,12 @@ def plot_accuracy_curves(criteria, budgets, results: Mapping[str, Any], dense_ac
     mean over devices; the dense model is the dashed line. The y-limits are shared within a row and
     fitted to its data. It takes the result file's plain data, so a stored run is redrawn with
     ``r = Result.from_json(path)``; ``plot_accuracy_curves(r.params.criteria, r.budgets, r.results,
-    r.dense["acc"], r.devices)``.
+    r.dense["acc"], r.devices, r.n_test or None)``.
+
+    With ``n_test``, 95 % intervals over the test images are drawn: bands of the Wilson interval
+    (:func:`accuracy_interval`) in the top row, and in the mean column of both rows the
+    normal-approximation interval of the mean (:func:`mean_accuracy_interval`), as bands on top and
+    error bars below (the bottom row's device panels stay lines: ten bands would hide them).
 
     Args:
         criteria: the criteria to draw (names of :mod:`vitprune_lite.methods`, ``tap_vits`` among them).
@@ -621,45 +864,65 @@ def plot_accuracy_curves(criteria, budgets, results: Mapping[str, Any], dense_ac
         results: ``{device: {label: {criterion: {"acc", ...}}}}`` (:attr:`Result.results`).
         dense_acc: ``{device: accuracy}`` of the dense model.
         devices: the devices, in column order (default: those of ``results``).
+        n_test: test images per device, ``{device: images}`` or one integer for all (:attr:`Result.n_test`);
+            None draws no intervals.
     """
     import matplotlib.pyplot as plt
 
     devices = list(results) if devices is None else list(devices)
     criteria = list(criteria)
+    n = _n_test(n_test, devices)
     frac = [float(b["block_params_kept"]) for b in budgets]
     labels = [str(b["label"]) for b in budgets]
     rows = [("TAP-ViTs' metric-set sources", [c for c in criteria if c in TAP_SOURCE]),
             ("other criteria", ["tap_vits"] * ("tap_vits" in criteria) + [c for c in criteria if c not in TAP_SOURCE])]
 
-    def curve(crit: str, d: Optional[str]) -> list[float]:
+    def curve(crit: str, d: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """Accuracy per budget ``[budgets]`` with its interval (None, None without ``n_test``)."""
         if d is not None:
-            return [float(results[d][lab][crit]["acc"]) for lab in labels]
-        return [float(np.mean([results[dd][lab][crit]["acc"] for dd in devices])) for lab in labels]
+            y = np.array([float(results[d][lab][crit]["acc"]) for lab in labels])
+            return (y, *accuracy_interval(y, n[d])) if n else (y, None, None)
+        per = np.array([[float(results[dd][lab][crit]["acc"]) for lab in labels] for dd in devices])
+        if not n:
+            return per.mean(0), None, None
+        return mean_accuracy_interval(per, np.array([n[dd] for dd in devices]))
 
     columns = [(d, d) for d in devices] + [(None, "mean over devices")]
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.4 * len(columns) + 2.6, 6.6), squeeze=False,
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.4 * len(columns) + 2.6, 6.9), squeeze=False,
                              sharex=True, sharey="row")
     for r, (row_name, crits) in enumerate(rows):
         ys = []
         for c, (d, title) in enumerate(columns):
             ax = axes[r, c]
             for crit in crits:
-                y = curve(crit, d)
-                ys += y
-                ax.plot(frac, y, ms=4, label=methods.label(crit), **methods.style(crit).line())
+                y, lo, hi = curve(crit, d)
+                ys += list(y)
+                st = methods.style(crit)
+                ax.plot(frac, y, ms=4, label=methods.label(crit), **st.line())
+                if lo is None or (r > 0 and d is not None):
+                    continue
+                ys += list(lo) + list(hi)
+                if r == 0:
+                    ax.fill_between(frac, lo, hi, color=st.color, alpha=0.15, lw=0)
+                else:
+                    ax.errorbar(frac, y, yerr=[y - lo, hi - y], fmt="none", ecolor=st.color, elinewidth=1.0,
+                                capsize=2, alpha=0.7)
             dense = float(dense_acc[d]) if d is not None else float(np.mean([dense_acc[dd] for dd in devices]))
             ys.append(dense)
             ax.axhline(dense, color=methods.style("dense").color, ls="--", lw=1, label="dense model")
-            ax.set_title(title, fontsize=10)
+            ax.set_title(title if d is None or not n else f"{title} (n = {n[d]:,})", fontsize=10)
             ax.grid(alpha=0.3)
             if r == len(rows) - 1:
                 ax.set_xlabel("share of block parameters kept")
-        lo, hi = min(ys), max(ys)
-        pad = max(0.06 * (hi - lo), 0.01)
-        axes[r, 0].set_ylim(lo - pad, hi + pad)
+        lo_, hi_ = min(ys), max(ys)
+        pad = max(0.06 * (hi_ - lo_), 0.01)
+        axes[r, 0].set_ylim(lo_ - pad, hi_ + pad)
         axes[r, 0].set_ylabel(f"{row_name}\nprivate test accuracy")
         axes[r, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.03, 0.5), frameon=False)
     axes[0, 0].set_xlim(max(frac) + 0.02, min(frac) - 0.02)  # from the largest budget down to the smallest
+    if n:
+        fig.suptitle("Bands (top row) and error bars (bottom right): 95 % intervals over the test images "
+                     "(Wilson per device; normal approximation for the mean over devices)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -883,6 +1146,8 @@ class Result(_params.ResultFile):
         tap_faithfulness: ``{"file", "loaded", "params", "table"}`` (empty when not run).
         speedup_ratio_min, speedup_ratio_median: speed-up / FLOP speed-up over every timed model.
         seconds, environment, schema: run time, what it ran on, :data:`SCHEMA_VERSION`.
+        n_test: ``{device: private test images}`` behind every accuracy of ``dense`` and ``results``
+            (the ``n`` of their 95 % intervals; empty in files written before it existed).
     """
 
     params: Params
@@ -904,12 +1169,19 @@ class Result(_params.ResultFile):
     speedup_ratio_median: dict
     seconds: float = 0.0
     environment: dict = field(default_factory=dict)
+    n_test: dict = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     SCHEMA_VERSION = SCHEMA_VERSION
     PARAMS = Params
     KIND = "notebook 02 result"
     RERUN = "notebook 02"
+
+    def _check(self) -> str:
+        if self.n_test and (sorted(self.n_test) != sorted(self.devices) or any(
+                not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in self.n_test.values())):
+            return f"n_test {self.n_test} must give an image count >= 1 for each of the devices {self.devices}"
+        return ""
 
     @classmethod
     def collect(cls, params: Params, inp: Inputs, scores: Scores, corr: Mapping[str, Any], pruned: Pruned,
@@ -920,8 +1192,8 @@ class Result(_params.ResultFile):
 
         scoring = {f"{d}/{s}": {"seconds": scores.seconds[(d, s)],
                                 "sensitivity": {k: scores.sens[(d, s)][k].tolist() for k in ("mlp", "attn")},
-                                "layer_keep_50": {k: v.tolist() for k, v in importance.adaptive_ratios(
-                                    scores.sens[(d, s)], inp.budgets[-1], params.alpha).items()}}
+                                "layer_keep_50": {k: v.tolist() for k, v in layer_ratios(
+                                    params, scores, d, s, inp.budgets[-1]).items()}}
                    for (d, s) in scores.tap}
         sp = speed_summary(params, speed)
         parts = [list(inp.devices), inp.space,
@@ -933,7 +1205,7 @@ class Result(_params.ResultFile):
                                            "params": asdict(faith.params), "table": faith.table()},
                  sp["speedup_ratio_min"], sp["speedup_ratio_median"]]
         return cls(params, smoke, params.benchmark, *[_params.plain(p) for p in parts], round(seconds, 1),
-                   measure.environment())
+                   measure.environment(), n_test=_params.plain(pruned.n_test))
 
 
 def run(params: Params = Params(), sets: Optional[Mapping[str, Any]] = None, progress: bool = False,
