@@ -127,6 +127,9 @@ def test_smoke_run_values(results, bench, n_tokens, devices):
     assert tome[0]["flops"] > tome[-1]["flops"] and tome[0]["mean_tokens"] > tome[-1]["mean_tokens"]
 
     assert res.zero_overhead["tome(0)"]["exact"] is True and res.zero_overhead["pomt(0)"]["exact"] is True
+    for z in res.zero_overhead.values():  # its own run: more rounds than the comparison's
+        assert z["rounds"] == lc.ZERO_ROUNDS_FACTOR * res.params.lat_rounds
+        assert z["ratio_iqr"][0] <= z["ratio_vs_dense"] <= z["ratio_iqr"][1]
     final = {r["row"] for r in res.final_rows}
     assert {"dense", "POMT (chosen R)"} <= final
     for r in res.final_rows:
