@@ -203,11 +203,17 @@ def test_render_with_no_results():
     assert {r[3] for r in report.claims_rows({})} == {report.NOT_YET, report.NOT_COMPARABLE}
 
 
-def test_render_marks_smoke_and_lab_runs():
-    assert "**Smoke run: small sizes, not the full results.**" in report.render({"00": r00(smoke=True)})
+def test_render_marks_smoke_lab_and_other_reduced_runs():
+    smoke = r00(smoke=True, params=bm.Params.preset("smoke", benchmark="v1"))
+    assert report.run_kind(smoke) == "smoke" and report.run_kind(r00()) == "full"
+    assert "**Smoke run: the tests' sizes, not the full results.**" in report.render({"00": smoke})
+    lab00 = r00(smoke=True, params=bm.Params.preset("lab", benchmark="v1"))  # 00 flags every non-full run smoke
+    assert "**Lab run: reduced sizes, not the full results.**" in report.render({"00": lab00})
     lab = r02(params=hci.Params.preset("lab", benchmark="v1"))  # a lab run is not flagged smoke by notebook 02
     assert not lab.smoke and report.reduced(lab) and not report.reduced(r02())
     assert "**Lab run: reduced sizes, not the full results.**" in report.render({"02": lab})
+    other = r02(params=hci.Params(benchmark="v1", test_images=123))
+    assert report.run_kind(other) == "reduced" and "**Reduced run:" in report.render({"02": other})
 
 
 def test_render_02_03_04_sections_use_the_method_labels():

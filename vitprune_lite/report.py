@@ -149,11 +149,25 @@ def _provenance(res: Any, name: str) -> str:
     if env["load_avg_1min"] is not None:
         bits.append(f"load average {float(env['load_avg_1min']):.1f}")
     note = "Source: " + ", ".join(bits) + "."
-    if res.smoke:
-        note += " **Smoke run: small sizes, not the full results.**"
-    elif reduced(res):
-        note += " **Lab run: reduced sizes, not the full results.**"
+    kind = run_kind(res)
+    if kind != "full":
+        note += {"smoke": " **Smoke run: the tests' sizes, not the full results.**",
+                 "lab": " **Lab run: reduced sizes, not the full results.**",
+                 "reduced": " **Reduced run: parameters differ from the full run's; not the full results.**"}[kind]
     return note
+
+
+def run_kind(result: Any) -> str:
+    """``"full"``, ``"lab"`` or ``"smoke"`` when the result's parameters are that preset's (on its
+    benchmark); ``"reduced"`` for any other run that :func:`reduced` flags."""
+    if not reduced(result):
+        return "full"
+    module = next(n.module for n in NOTEBOOKS.values() if isinstance(result, n.module.Result))
+    for name in ("smoke", "lab"):
+        want = module.Params.preset(name, benchmark=result.params.benchmark)
+        if all(getattr(result.params, k) == getattr(want, k) for k in module.PRESETS[name]):
+            return name
+    return "reduced"
 
 
 # --------------------------------------------------------------------------- sections
