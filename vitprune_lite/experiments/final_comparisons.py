@@ -205,13 +205,13 @@ class Params:
 
 
 #: ``full``: the defaults (the committed results). ``lab``: two devices, 200 test images each, 40 %
-#: of the metric set, a quarter of the fine-tune set, a third of the recovery steps at half the batch, two token settings per
+#: of the metric set, an eighth of the fine-tune set, a third of the recovery steps at half the batch, two token settings per
 #: method, a shorter profile of this machine and shorter timing: every method and every comparison,
 #: with wider intervals. Measured run times per preset: ``data/run_times.json``.
 #: ``smoke``: the tests' sizes (one device, one seed, tiny sets; only the plumbing is meaningful).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"max_devices": 2, "n_metric": 256, "n_finetune": 1600, "sens_images": 16, "ft_steps": 10, "ft_batch": 32,
+    "lab": {"max_devices": 2, "n_metric": 256, "n_finetune": 800, "sens_images": 16, "ft_steps": 10, "ft_batch": 32,
             "test_images": 200, "pomt_r": (36, 72), "tome_r": (4, 9), "topk_keep": (0.7,),
             "combined_tokens": (("pomt", 36), ("tome", 4)), "planner_profile_s": 10.0, "planner_holdout": 10,
             "lat_rounds": 2, "lat_min_run": 0.02, "n_boot": 1000},

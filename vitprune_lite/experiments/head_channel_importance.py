@@ -189,16 +189,20 @@ def _number(v: Any) -> bool:
 
 
 #: ``full``: the defaults (two devices, the faithfulness section read from its stored v1 file).
-#: ``lab``: one device (night_cam), 150 of its test images, 40 % of the metric images, a shorter
-#: recovery of one criterion besides TAP-ViTs, 300 public test images in the TCS audit, one short latency round at the smallest
-#: budget - every section and every criterion, a quick qualitative look with wide intervals. ``smoke``: the
+#: ``lab``: one device (night_cam), 150 of its test images, 40 % of the metric images, ten of the
+#: thirteen criteria (without the L1, whole-head and torch-pruning Taylor variants), a shorter
+#: recovery of one criterion besides TAP-ViTs, 200 public test images in the TCS audit, one short
+#: latency round at the smallest budget - every section, a quick qualitative look with wide
+#: intervals. ``smoke``: the
 #: tests' sizes (most of it the faithfulness experiment at its smoke preset). Measured run times
 #: per preset: ``data/run_times.json``.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
     "lab": {"devices": ("night_cam",), "metric_images": 256, "sens_images": 16, "test_images": 150,
-            "ft_top": 1, "ft_steps": 10, "ft_batch": 32, "ft_images": 1600, "audit_public": 300, "lat_rounds": 1, "lat_min_run": 0.02,
-            "lat_all_budgets": False},
+            "ft_top": 1, "ft_steps": 10, "ft_batch": 32, "ft_images": 800, "audit_public": 200,
+            "criteria": ("tap_vits", "one_size_fits_all", "oracle", "tap_vits_uniform", "taylor", "magnitude_l2",
+                         "random", "toast", "toast_tcs", "torch_pruning"),
+            "lat_rounds": 1, "lat_min_run": 0.02, "lat_all_budgets": False},
     "smoke": {"devices": ("night_cam",), "metric_images": 32, "sens_images": 8, "tokens": 8, "hsic_batch": 16,
               "probes": (0.5,), "criteria": ("tap_vits", "one_size_fits_all", "oracle", "magnitude_l2", "toast",
                                              "toast_tcs", "torch_pruning"),

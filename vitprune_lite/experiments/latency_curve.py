@@ -186,7 +186,7 @@ class Params:
 #: rounds and images (each effect still shows, with wider intervals); ``smoke``: the tests' sizes.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 4, "batch_sizes": (1,),
+    "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 6, "batch_sizes": (1,),
             "val_subset": 200, "test_subset": 300, "device_subset": 60, "lat_rounds": 2,
             "lat_min_run_time": 0.1, "timm_curves": "never", "timm_tome_r": (0, 8, 16),
             "pomt_r_grid": (36, 72, 108), "tome_r": (4, 8, 12, 16), "keep_rates": (0.8, 0.6)},
