@@ -28,7 +28,7 @@ reproduce: setup
 
 # Every notebook at its `lab` preset, written under build/lab/ (the committed results stay); the
 # run times are recorded in data/run_times.json beside the full run's. On benchmark v2 this takes
-# well over half an hour (the lab presets are not yet sized for v2).
+# about 8 minutes on 2 cores.
 reproduce-lab: setup
 	VITPRUNE_OUT=build/lab $(PY) -m vitprune_lite reproduce -p PRESET=lab
 
