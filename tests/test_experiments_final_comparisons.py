@@ -37,7 +37,8 @@ def test_presets():
     assert fc.Params.preset("full", benchmark="v2").is_full()
     assert fc.Params(selected_sets="/elsewhere/sets.npz").is_full() and not fc.Params(seeds=(0, 1)).is_full()
     lab = fc.Params.preset("lab")
-    assert lab.seeds == (0,) and lab.max_devices == 2 and lab.devices == () and lab.ft_steps == full.ft_steps
+    assert lab.seeds == (0,) and lab.max_devices == 2 and lab.devices == () and not lab.is_full()
+    assert lab.ft_steps < full.ft_steps and 0 < lab.test_images and lab.n_finetune < full.n_finetune  # a shorter run
     with pytest.raises(InvalidValueError, match="'nope'"):
         fc.Params.preset("nope")
     with pytest.raises(InvalidValueError, match="Params.pomt_r"):  # overrides are validated too

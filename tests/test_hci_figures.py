@@ -3,6 +3,7 @@ heatmaps' colour bars, and the 95 % intervals on the accuracy-vs-budget curves."
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import matplotlib
@@ -242,11 +243,15 @@ def test_result_carries_the_test_counts(tmp_path):
     from vitprune_lite import paths
 
     committed = paths.data_dir() / "results" / "02_head_channel_importance.json"
-    old = hci.Result.from_json(committed)  # written before the counts were recorded: still read
-    assert old.n_test == {}
-    new = dataclasses.replace(old, n_test={d: 1000 for d in old.devices})
-    back = hci.Result.from_json(new.to_json(tmp_path / "r.json"))
-    assert back.n_test == new.n_test
+    res = hci.Result.from_json(committed)  # the full run: every private test image of each device
+    assert res.n_test == {d: 1000 for d in res.devices}
+    raw = json.loads(committed.read_text())
+    del raw["n_test"]  # a file written before the counts were recorded is still read, without them
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    old = hci.Result.from_json(tmp_path / "old.json")
+    assert old.n_test == {} and old.results == res.results
+    back = hci.Result.from_json(res.to_json(tmp_path / "r.json"))
+    assert back.n_test == res.n_test
     dataclasses.replace(old, n_test={"elsewhere": 1000}).to_json(tmp_path / "bad.json")
     with pytest.raises(InvalidFileError, match="n_test"):
         hci.Result.from_json(tmp_path / "bad.json")
