@@ -32,6 +32,7 @@ def test_presets():
     full = fc.Params.preset("full")
     assert full == fc.Params() and full.benchmark == "v2" and full.is_full()
     assert full.pomt_r == (36, 72, 108) and full.seeds == (0,) and full.max_devices == 4 and full.budgets == (0.5,)
+    assert full.test_images == 0 and fc.Params.preset("extended") == full  # every test image: the claims' intervals
     smoke = fc.Params.preset("smoke", benchmark="v2")
     assert smoke.benchmark == "v2" and smoke.max_devices == 1 and not smoke.is_full()
     assert fc.Params.preset("full", benchmark="v2").is_full()

@@ -204,8 +204,13 @@ def test_presets():
     p = hci.Params()
     assert (p.metric_images, p.sens_images, p.tokens, p.hsic_batch, p.alpha, p.ft_top, p.ft_steps, p.ft_batch,
             p.ft_lr, p.val_fraction, p.audit_batch, p.lat_rounds) == (640, 64, 32, 64, 1.1, 2, 30, 64, 3e-4, 0.1,
-                                                                     128, 3)
-    assert len(p.criteria) == 13 and dataclasses.replace(p, devices=("drone",)).devices == ("drone",)
+                                                                     128, 2)
+    assert p.criteria == hci.CORE_CRITERIA and len(p.criteria) == 10 and p.test_images == 500
+    assert dataclasses.replace(p, devices=("drone",)).devices == ("drone",)
+    # extended: every criterion and test image, the rest as the full run
+    ext = hci.Params.preset("extended")
+    assert ext.criteria == hci.ALL_CRITERIA and ext.test_images == 0 and ext.lat_rounds == 3
+    assert (ext.metric_images, ext.ft_top, ext.devices) == (p.metric_images, p.ft_top, p.devices)
 
 
 def test_token_count_must_fit_the_model():

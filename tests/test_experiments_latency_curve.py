@@ -56,6 +56,9 @@ def test_params_refuse_bad_values(field, value):
 def test_presets():
     assert lc.Params.preset("full") == lc.Params() and lc.Params().benchmark == "v2"
     assert lc.Params.preset("smoke").n_step == 8 and lc.Params.preset("lab", benchmark="v2").benchmark == "v2"
+    full, ext = lc.Params(), lc.Params.preset("extended")  # extended: denser, longer, larger than full
+    assert ext.n_step < full.n_step and ext.sweep_budget_s > full.sweep_budget_s
+    assert ext.test_subset > full.test_subset and ext.lat_rounds > full.lat_rounds
     with pytest.raises(InvalidValueError, match="'nope'"):
         lc.Params.preset("nope")
 

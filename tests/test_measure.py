@@ -315,3 +315,24 @@ def test_environment_keys_and_no_hostname():
     text = json.dumps(env)
     if len(host) >= 6:  # a very short name could match by accident
         assert host not in text
+
+
+def test_git_dirty_ignores_what_a_reproduction_writes(tmp_path, monkeypatch):
+    """A fresh clone whose run has rewritten results and figures is clean; a changed source file is not."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    for rel in ("pkg/mod.py", "data/results/r.json", "figures/f.png", "data/run_times.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("a")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(measure, "_git", lambda *a: git(*a).strip())
+    for rel in ("data/results/r.json", "figures/f.png", "data/run_times.json"):
+        (tmp_path / rel).write_text("b")
+    assert measure.environment()["git_dirty"] is False
+    (tmp_path / "pkg/mod.py").write_text("b")
+    assert measure.environment()["git_dirty"] is True

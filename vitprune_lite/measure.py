@@ -495,20 +495,28 @@ def _git(*args: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
+#: What a reproduction writes into the checkout itself (results, figures, curves, run times). Changes
+#: there do not make a tree "dirty": a fresh clone's run has already rewritten some of them when a
+#: later notebook records its environment.
+RUN_OUTPUTS = ("data/results", "figures", "data/latency", "data/benchmarks", "data/run_times.json")
+
+
 def environment() -> dict[str, Any]:
     """What a measurement ran on, to store beside it (no hostname, no user name).
 
     Returns:
         threads, cpu counts, CPU model, device name, versions (torch, timm, numpy, python),
         platform, 1-minute load average (a hint of other load), git revision (None outside a
-        checkout) and whether the tree had uncommitted changes, UTC timestamp.
+        checkout) and whether the tree had uncommitted changes outside :data:`RUN_OUTPUTS`, UTC
+        timestamp.
     """
     try:
         import timm
         timm_version = timm.__version__
     except ImportError:
         timm_version = None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  *(f":(exclude){p}" for p in RUN_OUTPUTS))
     return {
         "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),

@@ -105,12 +105,18 @@ def load_results(results_dir: Optional[Path] = None) -> dict[str, Any]:
     return out
 
 
+def _module_of(result: Any):
+    """The experiment module whose ``Result`` ``result`` is."""
+    return next(n.module for n in NOTEBOOKS.values() if isinstance(result, n.module.Result))
+
+
 def reduced(result: Any) -> bool:
-    """Whether a result comes from a smoke or lab run: its ``smoke`` flag, or any parameter that its
-    module's ``smoke`` or ``lab`` preset changes differs from the full run on the same benchmark."""
-    module = next(n.module for n in NOTEBOOKS.values() if isinstance(result, n.module.Result))
+    """Whether a result comes from another run than the full one: its ``smoke`` flag, or any
+    parameter that one of its module's other presets changes differs from the full run on the same
+    benchmark."""
+    module = _module_of(result)
     full = module.Params(benchmark=result.params.benchmark)
-    keys = (set(module.PRESETS["smoke"]) | set(module.PRESETS["lab"])) - {"benchmark"}
+    keys = set().union(*(p for name, p in module.PRESETS.items() if name != "full")) - {"benchmark"}
     return bool(result.smoke) or any(getattr(result.params, k) != getattr(full, k) for k in keys)
 
 
@@ -153,17 +159,20 @@ def _provenance(res: Any, name: str) -> str:
     if kind != "full":
         note += {"smoke": " **Smoke run: the tests' sizes, not the full results.**",
                  "lab": " **Lab run: reduced sizes, not the full results.**",
+                 "extended": " Extended run: larger sizes than the full run's.",
                  "reduced": " **Reduced run: parameters differ from the full run's; not the full results.**"}[kind]
     return note
 
 
 def run_kind(result: Any) -> str:
-    """``"full"``, ``"lab"`` or ``"smoke"`` when the result's parameters are that preset's (on its
-    benchmark); ``"reduced"`` for any other run that :func:`reduced` flags."""
+    """``"full"``, ``"extended"``, ``"lab"`` or ``"smoke"`` when the result's parameters are that
+    preset's (on its benchmark); ``"reduced"`` for any other run that :func:`reduced` flags."""
     if not reduced(result):
         return "full"
-    module = next(n.module for n in NOTEBOOKS.values() if isinstance(result, n.module.Result))
-    for name in ("smoke", "lab"):
+    module = _module_of(result)
+    for name in ("smoke", "lab", "extended"):
+        if name not in module.PRESETS:
+            continue
         want = module.Params.preset(name, benchmark=result.params.benchmark)
         if all(getattr(result.params, k) == getattr(want, k) for k in module.PRESETS[name]):
             return name
@@ -674,7 +683,7 @@ def claims_rows(results: Results, claims: Sequence[Mapping[str, Any]] = CLAIMS) 
             rows.append([c["paper"], quote, "–", NOT_YET])
         else:
             text, verdict = MEASURES[key](results)
-            if any(reduced(u) for u in uses):
+            if any(run_kind(u) not in ("full", "extended") for u in uses):
                 text, verdict = text + " (smoke or lab run)", NO_VERDICT
             rows.append([c["paper"], quote, text, verdict])
     return rows
@@ -756,12 +765,13 @@ def section_run_times(times: Mapping[str, Any]) -> str:
     rows = [[s] + [_duration(times[b][p][s]["seconds"]) if s in times[b][p] else "-" for b, p in runs]
             for s in stems]
     rows.append(["**total**"] + [_duration(sum(e["seconds"] for e in times[b][p].values())) for b, p in runs])
+    rows.append(["machine"] + [", ".join(sorted({str(e["cpu_model"]) for e in times[b][p].values()})) for b, p in runs])
     entries = [e for b, p in runs for e in times[b][p].values()]
     loads = [e["load_avg_1min"] for e in entries if e.get("load_avg_1min") is not None]
     changed = sorted({f"{p} ({b}): {', '.join(e['overrides'])}" for b, p in runs for e in times[b][p].values()
                       if e.get("overrides")})
-    notes = [f"Wall time of each notebook under papermill (`make reproduce`; `lab` is "
-             f"`make reproduce-lab`), on {', '.join(sorted({str(e['cpu_model']) for e in entries}))} "
+    notes = [f"Wall time of each notebook under papermill (`make reproduce`; `extended` is "
+             f"`make reproduce-extended`, `lab` is `make reproduce-lab`), on the machine each column names, "
              f"with {', '.join(sorted({str(e['cpu_usable']) for e in entries}))} usable cores"
              + (f"; 1-minute load average at the end of each notebook {min(loads):.1f}-{max(loads):.1f}" if loads else "")
              + f"; recorded {min(e['utc'] for e in entries)[:10]} to {max(e['utc'] for e in entries)[:10]}, "

@@ -4,6 +4,7 @@ the preset lookup, the cache of a run, and :class:`ResultFile`, the JSON file ev
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, TypeVar
 
@@ -59,6 +60,43 @@ def check_pruning(params: Any) -> None:
         raise InvalidValueError(f"Params.ft_lr = {params.ft_lr!r}: accepted a learning rate in (0, 1)")
     if not (0 <= params.val_fraction < 1):
         raise InvalidValueError(f"Params.val_fraction = {params.val_fraction!r}: accepted a share in [0, 1)")
+
+
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and bool(np.isfinite(v))
+
+
+@dataclass(frozen=True)
+class RecoveryParams:
+    """The standard recovery (:func:`vitprune_lite.pipelines.recover`) of notebooks 02 and 04: fields
+    their ``Params`` inherit, defined and checked once.
+
+    Attributes:
+        ft_steps: optimiser steps (0: no fine-tuning).
+        ft_batch: images per step.
+        ft_lr: learning rate.
+        val_fraction: share of the fine-tune set held out as validation; the recovery's
+            keep-if-better rule and every choice the experiment makes on validation use it.
+    """
+
+    ft_steps: int = 30
+    ft_batch: int = 64
+    ft_lr: float = 3e-4
+    val_fraction: float = 0.1
+
+    def check_recovery(self) -> None:
+        """Refuse a bad recovery field (:class:`~vitprune_lite.errors.InvalidValueError` naming it)."""
+        check_ints(self, (("ft_steps", 0), ("ft_batch", 1)))
+        if not _number(self.ft_lr) or not 0 < self.ft_lr < 1:
+            raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}: accepted a learning rate in (0, 1)")
+        if not _number(self.val_fraction) or not 0 < self.val_fraction < 1:
+            raise InvalidValueError(f"Params.val_fraction = {self.val_fraction!r}: accepted a share in (0, 1) "
+                                    "(choices are made on that validation split)")
+
+    def recovery(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`vitprune_lite.pipelines.recover` these fields set."""
+        return {"ft_steps": self.ft_steps, "ft_batch": self.ft_batch, "ft_lr": self.ft_lr,
+                "val_fraction": self.val_fraction}
 
 
 def preset(cls: type, presets: Mapping[str, Mapping[str, Any]], name: str, overrides: Mapping[str, Any]) -> Any:

@@ -87,6 +87,7 @@ class Params:
 #: check at its smoke sizes, run here, for the tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
+    "extended": {},  # the full run: nothing here is cut short
     "lab": {"public": (("train", 2000), ("val", 500), ("test", 1000)), "device_images": 300},
     "smoke": {"public": (("train", 480), ("val", 96), ("test", 192)), "device_images": 48, "threads": 1,
               "cross_device": "smoke"},

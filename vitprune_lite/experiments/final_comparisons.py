@@ -76,7 +76,7 @@ def _share_tuple(params: Any, name: str, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(_params.RecoveryParams):
     """What notebook 04 runs; the defaults are the full run (sized for benchmark v2 on two cores).
 
     Attributes:
@@ -95,7 +95,9 @@ class Params:
         budgets: shares of block parameters kept (each one of TAP-ViTs' 0.9, 0.8, 0.7, 0.6, 0.5).
         n_metric, n_finetune: metric-set (importance scoring) and fine-tune-set (recovery) images.
         score_tokens, sens_images: HSIC token positions per image; images for the KL layer sensitivity.
-        ft_steps, ft_batch, ft_lr, val_fraction: the recovery, identical for every structured method.
+        ft_steps, ft_batch, ft_lr, val_fraction: the standard recovery, identical for every structured
+            method and as in notebook 02 (:class:`~vitprune_lite.experiments._params.RecoveryParams`);
+            the planner chooses on the validation split.
         pomt_r: tokens POMT removes in its block. The defaults are a quarter, a half and three
             quarters of v2's 144 patches (v1's 64 patches: pass ``(16, 32, 48)``).
         tome_r: tokens ToMe merges in every block (v2's 144 patches; v1: ``(2, 4, 8)``).
@@ -111,7 +113,8 @@ class Params:
             (:func:`vitprune_lite.pipelines.plan_candidates`'s ``anchor_structures``). ``False``:
             every candidate's latency from the predictor alone (the random widths it is fitted
             on underestimated TAP-ViTs' structures by 3-16 % on v2).
-        test_images: private test images per device (0: the whole split).
+        test_images: private test images per device (0: the whole split, 1,000 on v2; the claims'
+            intervals come from them, so the full run takes them all).
         lat_rounds, lat_min_run: interleaved latency rounds; seconds per model per round.
         n_boot: bootstrap resamples for the intervals.
     """
@@ -129,10 +132,6 @@ class Params:
     n_finetune: int = 6400
     score_tokens: int = 32
     sens_images: int = 64
-    ft_steps: int = 30
-    ft_batch: int = 64
-    ft_lr: float = 3e-4
-    val_fraction: float = 0.1
     pomt_r: tuple[int, ...] = (36, 72, 108)
     tome_r: tuple[int, ...] = (4, 9, 18)
     topk_keep: tuple[float, ...] = (0.9, 0.7)
@@ -153,7 +152,7 @@ class Params:
         _params.check_benchmark(self)
         _params.check_ints(self, (("data_seed", 0), ("threads", 1), ("lat_threads", 1), ("max_devices", 0),
                                   ("n_metric", 1), ("n_finetune", 1), ("score_tokens", 1), ("sens_images", 1),
-                                  ("ft_steps", 0), ("ft_batch", 1), ("planner_holdout", 1), ("test_images", 0),
+                                  ("planner_holdout", 1), ("test_images", 0),
                                   ("lat_rounds", 1), ("n_boot", 10)))
         if not isinstance(self.selected_sets, str):
             raise InvalidValueError(f"Params.selected_sets = {self.selected_sets!r}: accepted a path as a string "
@@ -168,11 +167,7 @@ class Params:
         if bad:
             raise InvalidValueError(f"Params.budgets = {self.budgets!r}: {bad} are not TAP-ViTs budgets; "
                                     f"accepted shares {fracs}")
-        if not (0 < self.ft_lr < 1):
-            raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}: accepted a learning rate in (0, 1)")
-        if not (0 < self.val_fraction < 1):
-            raise InvalidValueError(f"Params.val_fraction = {self.val_fraction!r}: accepted a share in (0, 1) "
-                                    "(the planner chooses on the validation split)")
+        self.check_recovery()
         _int_tuple(self, "pomt_r", 1)
         _int_tuple(self, "tome_r", 1)
         _share_tuple(self, "topk_keep", "keep rates")
@@ -204,13 +199,14 @@ class Params:
         return self == Params(benchmark=self.benchmark, selected_sets=self.selected_sets)
 
 
-#: ``full``: the defaults (the committed results). ``lab``: two devices, 200 test images each, 40 %
+#: ``full``: the defaults (the committed results; ``extended`` is the same). ``lab``: two devices, 200 test images each, 40 %
 #: of the metric set, an eighth of the fine-tune set, a third of the recovery steps at half the batch, two token settings per
 #: method, a shorter profile of this machine and shorter timing: every method and every comparison,
 #: with wider intervals. Measured run times per preset: ``data/run_times.json``.
 #: ``smoke``: the tests' sizes (one device, one seed, tiny sets; only the plumbing is meaningful).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
+    "extended": {},  # the full run: nothing here is cut short
     "lab": {"max_devices": 2, "n_metric": 256, "n_finetune": 800, "sens_images": 16, "ft_steps": 10, "ft_batch": 32,
             "test_images": 200, "pomt_r": (36, 72), "tome_r": (4, 9), "topk_keep": (0.7,),
             "combined_tokens": (("pomt", 36), ("tome", 4)), "planner_profile_s": 10.0, "planner_holdout": 10,
@@ -381,8 +377,7 @@ def build_models(params: Params, inp: Inputs, progress: bool = True) -> dict[tup
 
     from .. import pipelines
 
-    rec = dict(ft_steps=params.ft_steps, ft_batch=params.ft_batch, ft_lr=params.ft_lr,
-               val_fraction=params.val_fraction)
+    rec = params.recovery()
     tap = dict(score_options={"tokens": params.score_tokens, "seed": 0}, sens_images=params.sens_images)
     model, public, cache, built = inp.model, inp.public, {}, {}
     threads = torch.get_num_threads()

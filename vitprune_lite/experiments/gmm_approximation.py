@@ -161,6 +161,7 @@ class Params:
 #: ``smoke``: the tests' sizes (1,000 pool images, 160/80 private images per device).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
+    "extended": {},  # the full run: nothing here is cut short
     "lab": {"pool_images": 2000, "n_metric": 320, "n_finetune": 800, "audit_ks": (1, 5, 20, 40), "private_train": 300,
             "private_test": 150},
     "smoke": {"pool_images": 1000, "private_train": 160, "private_test": 80, "n_metric": 64, "n_finetune": 640,

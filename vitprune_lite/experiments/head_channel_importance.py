@@ -1,4 +1,5 @@
-"""Notebook 02's experiment: which heads and channels matter, scored thirteen ways, pruned to five budgets.
+"""Notebook 02's experiment: which heads and channels matter, scored ten ways (thirteen in the
+``extended`` preset), pruned to five budgets.
 
 Steps, one function each (the notebook calls them in this order):
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,8 +39,8 @@ from ..errors import InvalidFileError, InvalidValueError
 from ..data import DEFAULT_BENCHMARK
 from . import _params
 
-__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "DATA_FREE", "SOURCES", "TAP_SOURCE",
-           "Inputs", "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
+__all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "CORE_CRITERIA", "DATA_FREE", "SOURCES",
+           "TAP_SOURCE", "Inputs", "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
            "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing", "faithfulness",
            "faithfulness_file", "speed_summary", "summary_50", "layer_ratios", "accuracy_interval",
            "mean_accuracy_interval", "plot_head_importance", "plot_mlp_channels", "plot_layer_ratios",
@@ -60,12 +60,16 @@ SOURCES = ("gmm", "random", "oracle")
 #: ``tap_vits`` on the GMM-selected public images, ``one_size_fits_all`` on a random public subset
 #: (notebook 01's, drawn per device), ``oracle`` on the device's private training images.
 TAP_SOURCE = {"tap_vits": "gmm", "one_size_fits_all": "random", "oracle": "oracle", "tap_vits_uniform": "gmm"}
+#: The full run's criteria: :data:`ALL_CRITERIA` without the three variants of another criterion
+#: (``magnitude_l1`` of ``magnitude_l2``, ``toast_heads`` of ``toast``, ``torch_pruning_taylor`` of
+#: ``torch_pruning``), which the ``extended`` preset adds back.
+CORE_CRITERIA = tuple(c for c in ALL_CRITERIA if c not in ("magnitude_l1", "toast_heads", "torch_pruning_taylor"))
 _WEIGHT_CRITERIA = ("magnitude_l1", "magnitude_l2", "random", "toast", "toast_heads")
 _FAITH_PRESETS = ("full", "lab", "smoke")
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(_params.RecoveryParams):
     """What notebook 02 runs; the defaults are the full run (sized for benchmark v2 on two cores).
 
     Attributes:
@@ -75,18 +79,24 @@ class Params:
         lat_threads: torch CPU threads while timing.
         devices: device names (empty: every device of the benchmark that notebook 01's sets hold).
             The default is the benchmark's first two devices (night_cam and drone on v1 and v2):
-            every criterion at every budget on 1,000 test images per device costs about 4x more per
-            image on v2 than on v1, so the full run takes two devices rather than all eight.
+            every criterion at every budget costs about 4x more per image on v2 than on v1, so the
+            full run takes two devices rather than all eight.
         metric_images: images per metric set (notebook 01 selects 640).
         sens_images: metric-set images used by the KL layer-sensitivity probes.
         tokens: token positions per HSIC sample (CLS + patches).
         hsic_batch: images per HSIC sample set.
         alpha: TAP-ViTs softmax temperature factor of the layer keep ratios.
         probes: probe sparsities of the layer sensitivity.
-        criteria: criteria pruned and compared (:data:`ALL_CRITERIA`; ``tap_vits`` is required).
-        test_images: private test images per device (0: the whole split).
+        criteria: criteria pruned and compared (from :data:`ALL_CRITERIA`; ``tap_vits`` is
+            required). The full run takes :data:`CORE_CRITERIA`.
+        test_images: private test images per device (0: the whole split, 1,000 on v2). The full
+            run takes the first 500: each of the 100 pruned models is evaluated on them, and the
+            evaluation is most of the run (a 95 % interval of one accuracy is then about +-4
+            points, of a paired difference over both devices and five budgets about +-1.6).
         ft_top: besides ``tap_vits``, recover the ``ft_top`` criteria best on validation data.
-        ft_steps, ft_batch, ft_lr, val_fraction: the standard recovery (:func:`vitprune_lite.pipelines.recover`).
+        ft_steps, ft_batch, ft_lr, val_fraction: the standard recovery, as in notebook 04
+            (:class:`~vitprune_lite.experiments._params.RecoveryParams`); the criteria to recover
+            are chosen on the validation split.
         ft_images: images taken from each device's fine-tune set (0: all of it).
         tcs_fc1: TCS share of FFN input channels dropped, per block (padded with 0 to the depth).
         tcs_fc2: TCS share of MLP hidden units dropped, per block (padded with 0 to the depth).
@@ -115,19 +125,15 @@ class Params:
     hsic_batch: int = 64
     alpha: float = 1.1
     probes: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
-    criteria: tuple[str, ...] = ALL_CRITERIA
-    test_images: int = 0
+    criteria: tuple[str, ...] = CORE_CRITERIA
+    test_images: int = 500
     ft_top: int = 2
-    ft_steps: int = 30
     ft_images: int = 0
-    ft_batch: int = 64
-    ft_lr: float = 3e-4
-    val_fraction: float = 0.1
     tcs_fc1: tuple[float, ...] = (0, 0, 0, 0, 0, 0.3)
     tcs_fc2: tuple[float, ...] = (0, 0, 0, 0.5, 0.9, 0.9)
     audit_batch: int = 128
-    audit_public: int = 1000
-    lat_rounds: int = 3
+    audit_public: int = 500
+    lat_rounds: int = 2
     lat_min_run: float = 0.05
     lat_all_budgets: bool = True
     faithfulness: str = "lab"
@@ -138,7 +144,7 @@ class Params:
         _params.check_benchmark(self)
         _params.check_ints(self, (("seed", 0), ("threads", 1), ("lat_threads", 1), ("metric_images", 2),
                                   ("sens_images", 1), ("tokens", 1), ("hsic_batch", 2), ("test_images", 0),
-                                  ("ft_top", 0), ("ft_steps", 0), ("ft_images", 0), ("ft_batch", 1),
+                                  ("ft_top", 0), ("ft_images", 0),
                                   ("audit_batch", 1), ("audit_public", 0), ("lat_rounds", 1)))
         if not isinstance(self.devices, tuple) or any(not isinstance(d, str) or not d for d in self.devices):
             raise InvalidValueError(f"Params.devices = {self.devices!r}: accepted a tuple of device names "
@@ -155,11 +161,7 @@ class Params:
             raise InvalidValueError(f"Params.criteria = {self.criteria!r}{bad}: accepted a tuple of distinct "
                                     f"names from {ALL_CRITERIA}, including "
                                     "'tap_vits' (the method under study)")
-        if not _number(self.ft_lr) or not 0 < self.ft_lr < 1:
-            raise InvalidValueError(f"Params.ft_lr = {self.ft_lr!r}: accepted a learning rate in (0, 1)")
-        if not _number(self.val_fraction) or not 0 < self.val_fraction < 1:
-            raise InvalidValueError(f"Params.val_fraction = {self.val_fraction!r}: accepted a share in (0, 1) "
-                                    "(the criteria to recover are chosen on it)")
+        self.check_recovery()
         for name in ("tcs_fc1", "tcs_fc2"):
             v = getattr(self, name)
             if not isinstance(v, tuple) or any(not _number(r) or not 0 <= r < 1 for r in v):
@@ -184,13 +186,14 @@ class Params:
         return _params.preset(cls, PRESETS, name, overrides)
 
 
-def _number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+_number = _params._number
 
 
-#: ``full``: the defaults (two devices, the faithfulness section read from its stored v1 file).
-#: ``lab``: one device (night_cam), 150 of its test images, 40 % of the metric images, ten of the
-#: thirteen criteria (without the L1, whole-head and torch-pruning Taylor variants), a shorter
+#: ``full``: the defaults (two devices, 500 test images each, ten criteria, the faithfulness
+#: section read from its stored v1 file). ``extended``: every test image (1,000 per device), all
+#: thirteen criteria, the whole-size TCS audit and a third latency round; about twice the run time.
+#: ``lab``: one device (night_cam), 150 of its test images, 40 % of the metric images, the ten
+#: criteria of the full run, a shorter
 #: recovery of one criterion besides TAP-ViTs, 200 public test images in the TCS audit, one short
 #: latency round at the smallest budget - every section, a quick qualitative look with wide
 #: intervals. ``smoke``: the
@@ -198,11 +201,10 @@ def _number(v: Any) -> bool:
 #: per preset: ``data/run_times.json``.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
+    "extended": {"criteria": ALL_CRITERIA, "test_images": 0, "audit_public": 1000, "lat_rounds": 3},
     "lab": {"devices": ("night_cam",), "metric_images": 256, "sens_images": 16, "test_images": 150,
             "ft_top": 1, "ft_steps": 10, "ft_batch": 32, "ft_images": 800, "audit_public": 200,
-            "criteria": ("tap_vits", "one_size_fits_all", "oracle", "tap_vits_uniform", "taylor", "magnitude_l2",
-                         "random", "toast", "toast_tcs", "torch_pruning"),
-            "lat_rounds": 1, "lat_min_run": 0.02, "lat_all_budgets": False},
+            "criteria": CORE_CRITERIA, "lat_rounds": 1, "lat_min_run": 0.02, "lat_all_budgets": False},
     "smoke": {"devices": ("night_cam",), "metric_images": 32, "sens_images": 8, "tokens": 8, "hsic_batch": 16,
               "probes": (0.5,), "criteria": ("tap_vits", "one_size_fits_all", "oracle", "magnitude_l2", "toast",
                                              "toast_tcs", "torch_pruning"),
@@ -968,9 +970,7 @@ def recovery(params: Params, inp: Inputs, src: Sources, pruned: Pruned, progress
         for d in inp.devices:
             for crit in chosen:
                 m, info = pipelines.recover(pruned.models[_key(crit, d, lab)], ft[d], np.arange(len(ft[d].x)),
-                                            val_fraction=params.val_fraction, ft_steps=params.ft_steps,
-                                            ft_batch=params.ft_batch, ft_lr=params.ft_lr, seed=params.seed,
-                                            progress=progress)
+                                            **params.recovery(), seed=params.seed, progress=progress)
                 acc = measure.accuracy(m, *src.tests[d])
                 pruned.results[d][lab][crit]["acc_recovered"] = acc
                 runs[f"{d}/{crit}"] = {"test_acc": acc, "val_acc_pruned": info["val_acc_pruned"],

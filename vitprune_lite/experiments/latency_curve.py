@@ -113,22 +113,22 @@ class Params:
     rounds: int = 5
     max_rounds: int = 25
     target_ci: float = 0.03
-    sweep_budget_s: float = 45.0
-    n_step: int = 2
+    sweep_budget_s: float = 30.0
+    n_step: int = 3
     batch_sizes: tuple[int, ...] = (1, 8)
     timm_models: tuple[str, ...] = ("deit_tiny_patch16_224", "deit_small_patch16_224")
     timm_curves: str = "missing"
     timm_budget_s: float = 180.0
     alpha: float = 0.5
     val_subset: int = 1000
-    test_subset: int = 2000
+    test_subset: int = 1000
     device_subset: int = 250
     pomt_layers: tuple[int, ...] = (1, 2, 3)
     pomt_r_grid: tuple[int, ...] = (18, 36, 54, 72, 90, 108)
     tome_r: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 18)
     keep_rates: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
     match_tol: float = 0.005
-    lat_rounds: int = 7
+    lat_rounds: int = 5
     lat_min_run_time: float = 0.2
     timm_tome_r: tuple[int, ...] = (0, 4, 8, 13, 16)
     public: tuple[tuple[str, int], ...] = ()
@@ -182,10 +182,13 @@ class Params:
         return _params.preset(cls, PRESETS, name, overrides)
 
 
-#: ``full``: the defaults (the committed results); ``lab``: every section on fewer points,
-#: rounds and images (each effect still shows, with wider intervals); ``smoke``: the tests' sizes.
+#: ``full``: the defaults (the committed results); ``extended``: every second token count instead of
+#: every third, longer sweeps, twice the public test images and seven latency rounds (about 1.3x
+#: the full run's time); ``lab``: every section on fewer points, rounds and images (each effect
+#: still shows, with wider intervals); ``smoke``: the tests' sizes.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
+    "extended": {"n_step": 2, "sweep_budget_s": 45.0, "test_subset": 2000, "lat_rounds": 7},
     "lab": {"rounds": 3, "max_rounds": 6, "sweep_budget_s": 8.0, "n_step": 6, "batch_sizes": (1,),
             "val_subset": 200, "test_subset": 300, "device_subset": 60, "lat_rounds": 2,
             "lat_min_run_time": 0.1, "timm_curves": "never", "timm_tome_r": (0, 8, 16),
