@@ -243,8 +243,8 @@ def test_result_carries_the_test_counts(tmp_path):
     from vitprune_lite import paths
 
     committed = paths.data_dir() / "results" / "02_head_channel_importance.json"
-    res = hci.Result.from_json(committed)  # the full run: every private test image of each device
-    assert res.n_test == {d: 1000 for d in res.devices}
+    res = hci.Result.from_json(committed)  # the full run: the first 500 private test images of each device
+    assert res.params.test_images == 500 and res.n_test == {d: 500 for d in res.devices}
     raw = json.loads(committed.read_text())
     del raw["n_test"]  # a file written before the counts were recorded is still read, without them
     (tmp_path / "old.json").write_text(json.dumps(raw))
