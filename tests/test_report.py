@@ -214,6 +214,8 @@ def test_render_marks_smoke_lab_and_other_reduced_runs():
     assert "**Lab run: reduced sizes, not the full results.**" in report.render({"02": lab})
     other = r02(params=hci.Params(benchmark="v1", test_images=123))
     assert report.run_kind(other) == "reduced" and "**Reduced run:" in report.render({"02": other})
+    for nb in report.NOTEBOOKS.values():  # run_kind asks every notebook's module for these presets
+        assert {"full", "extended", "lab", "smoke"} <= set(nb.module.PRESETS)
     extended = r02(params=hci.Params.preset("extended", benchmark="v1"))  # larger than full: flagged, verdicts kept
     assert report.run_kind(extended) == "extended" and "Extended run: larger sizes" in report.render({"02": extended})
     assert "(smoke or lab run)" not in " ".join(r[2] for r in report.claims_rows({"02": extended}))

@@ -171,8 +171,6 @@ def run_kind(result: Any) -> str:
         return "full"
     module = _module_of(result)
     for name in ("smoke", "lab", "extended"):
-        if name not in module.PRESETS:
-            continue
         want = module.Params.preset(name, benchmark=result.params.benchmark)
         if all(getattr(result.params, k) == getattr(want, k) for k in module.PRESETS[name]):
             return name

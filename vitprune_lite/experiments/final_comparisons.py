@@ -199,10 +199,11 @@ class Params(_params.RecoveryParams):
         return self == Params(benchmark=self.benchmark, selected_sets=self.selected_sets)
 
 
-#: ``full``: the defaults (the committed results; ``extended`` is the same). ``lab``: two devices, 200 test images each, 40 %
-#: of the metric set, an eighth of the fine-tune set, a third of the recovery steps at half the batch, two token settings per
-#: method, a shorter profile of this machine and shorter timing: every method and every comparison,
-#: with wider intervals. Measured run times per preset: ``data/run_times.json``.
+#: ``full``: the defaults (the committed results; ``extended`` is the same). ``lab``: two devices,
+#: 200 test images each, 40 % of the metric set, an eighth of the fine-tune set, a third of the
+#: recovery steps at half the batch, two token settings per method, a shorter profile of this
+#: machine and shorter timing: every method and every comparison, with wider intervals. Measured
+#: run times per preset: ``data/run_times.json``.
 #: ``smoke``: the tests' sizes (one device, one seed, tiny sets; only the plumbing is meaningful).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},

@@ -40,8 +40,9 @@ from ..data import DEFAULT_BENCHMARK
 from . import _params
 
 __all__ = ["Params", "PRESETS", "Result", "SCHEMA_VERSION", "ALL_CRITERIA", "CORE_CRITERIA", "DATA_FREE", "SOURCES",
-           "TAP_SOURCE", "Inputs", "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score", "rank_correlations",
-           "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing", "faithfulness",
+           "TAP_SOURCE", "Inputs", "Sources", "Scores", "Pruned", "load", "check_sets", "metric_sets", "score",
+           "rank_correlations", "build", "prune_all", "accuracy_table", "recovery", "tcs_audit", "timing",
+           "faithfulness",
            "faithfulness_file", "speed_summary", "summary_50", "layer_ratios", "accuracy_interval",
            "mean_accuracy_interval", "plot_head_importance", "plot_mlp_channels", "plot_layer_ratios",
            "plot_rank_correlation", "plot_accuracy_vs_budget", "plot_accuracy_curves", "plot_speedup"]
