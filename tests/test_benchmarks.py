@@ -37,3 +37,26 @@ def test_benchmark_v2_difficulty_probe_records_each_variant(one_thread):
     assert [res["variants"][k]["classes"] for k in only] == [12, 6, 8]
     for v in res["variants"].values():
         assert v["chance"] == 1 / v["classes"] and 0 <= v["val_acc"][-1][1] <= 1
+
+
+def test_latency_predictor_benchmark_bookkeeping(tmp_path, one_thread):
+    """The benchmark's smoke run (eager only): every part recorded, the planner anchored and
+    summarised over its own cases; the figures themselves are timings and not checked."""
+    from vitprune_lite import pipelines
+    from vitprune_lite.benchmarks import latency_predictor
+
+    out = tmp_path / "lp.json"
+    assert latency_predictor.main(["--smoke", "--backends", "eager", "--parts", "predictor", "planner",
+                                   "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [(r["model"], r["backend"], r["batch"]) for r in res["runs"]] == [("base_vit", "eager", 1)]
+    run = res["runs"][0]
+    assert run["validation"]["n"] == 3 and len(run["curve"]["n"]) == 6 and 0 <= run["margin"]
+    plan = res["planner"]["eager/1t"]
+    assert plan["anchored"] and plan["backend"] == "eager"
+    cases = plan["cases"]
+    assert len(cases) == len(res["args"]["budgets"]) * len(pipelines.PLAN_KINDS)  # one device, one seed
+    assert plan["n_cases"] == len(res["args"]["budgets"])
+    assert plan["combined_met_share"] == sum(c["measured_met"] for c in cases if c["kind"] == "combined") / 2
+    assert set(plan["measured_over_predicted_median"]) == set(pipelines.PLAN_KINDS)
+    assert res["summary"][0]["within_10"] == run["validation"]["within_10"]

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
     ("ft_steps", -1), ("ft_lr", 0.0), ("val_fraction", 0.0), ("pomt_r", (0,)), ("pomt_r", (16.0,)),
     ("tome_r", (True,)), ("topk_keep", (0.0,)), ("latency_budgets", (1.2,)), ("combined_tokens", (("topk", 2),)),
     ("combined_tokens", (("pomt", 0),)), ("planner_profile_s", 0), ("planner_holdout", 0),
-    ("planner_margin_q", 1.0), ("planner_anchor", 1), ("lat_rounds", 0), ("lat_min_run", 0.0), ("n_boot", 5), ("selected_sets", None),
+    ("planner_margin_q", 1.0), ("planner_anchor", 1), ("planner_rounds", 0), ("lat_rounds", 0),
+    ("lat_min_run", 0.0), ("n_boot", 5), ("selected_sets", None),
 ])
 def test_params_refuse_bad_values(field, value):
     with pytest.raises(InvalidValueError, match=f"Params.{field}"):

@@ -241,6 +241,19 @@ def test_planner_uses_the_predictor(vit):
             a["structure_ms"] * c["predicted_ms"] / c["structure_ms"], rel=1e-9)
         if a["structure"] == "dense":  # the reference itself: exactly the predicted dense latency
             assert a["structure_ms"] == pytest.approx(dense_pred, rel=1e-9)
+    both = pipelines.plan_candidates(vit, {"dense": vit, "half": pruned}, val, predictor=pred, threads=1,
+                                     rounds=3, min_run_time=0.001, anchor_structures=True, anchor_tokens=True,
+                                     token_grid=[("pomt", 4), ("tome", 2)])
+    alone = {b["structure"]: b["predicted_ms"] for b in both if b["tokens"] == "none"}
+    assert alone["dense"] == pytest.approx(dense_pred, rel=1e-9)
+    factors: dict = {}  # each token setting's measured/predicted factor, the same on every structure
+    for b, c in zip(both, cands):
+        assert b["structure_ms"] == alone[b["structure"]] and b["val_acc"] == c["val_acc"]
+        f = b["predicted_ms"] / b["structure_ms"] / (c["predicted_ms"] / c["structure_ms"])
+        assert f > 0 and f == pytest.approx(factors.setdefault(b["tokens"], f), rel=1e-9)
+    assert factors["none"] == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="anchor_tokens applies with anchor_structures"):
+        pipelines.plan_candidates(vit, {"dense": vit}, val, predictor=pred, anchor_tokens=True)
     with pytest.raises(ValueError, match="anchor_structures applies to a predictor"):
         pipelines.plan_candidates(vit, {"dense": vit}, val, anchor_structures=True)
     with pytest.raises(ValueError, match="exactly one of"):
@@ -291,7 +304,10 @@ def test_repredict_and_check_plans(vit, one_thread):
                                   min_run_time=0.001)
     assert [(c["budget_share"], c["kind"]) for c in cases] == [(s, k) for s in (0.9, 0.6) for k in pipelines.PLAN_KINDS]
     dense_pred = pred.predict(geo.dense_plan())
+    by_model: dict = {}
     for c in cases:
+        # a model chosen under several budgets or kinds is timed once: one measured ratio
+        assert c["measured_ratio"] == by_model.setdefault(id(c["model"]), c["measured_ratio"])
         assert c["predicted_ratio"] == pytest.approx(c["predicted_ms"] / dense_pred)
         assert c["predicted_met"] == (c["predicted_ratio"] <= c["budget_share"] * 0.95)
         assert c["measured_met"] == (c["measured_ratio"] <= c["budget_share"]) and c["measured_ratio"] > 0

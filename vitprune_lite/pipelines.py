@@ -463,7 +463,7 @@ COMBINED_TOKENS = (("pomt", 8), ("pomt", 16), ("pomt", 24), ("pomt", 32), ("tome
 def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: tuple[Tensor, Tensor], *,
                     curve: Optional[latency.Curve] = None, token_grid: Any = COMBINED_TOKENS,
                     threads: Optional[int] = None, rounds: int = 5, seed: int = 0,
-                    predictor: Any = None, anchor_structures: bool = False,
+                    predictor: Any = None, anchor_structures: bool = False, anchor_tokens: bool = False,
                     min_run_time: float = 0.2) -> list[dict[str, Any]]:
     """Every structure x token setting, with predicted batch-1 latency and validation accuracy.
 
@@ -476,7 +476,12 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
     against the dense model (interleaved) and the predictor supplies only what the token method
     changes, ``measured(structure) x predicted(structure + tokens) / predicted(structure)``. The
     predictor is fitted on random widths; a pruned structure's own latency is cheap to measure
-    and the part a predictor gets most wrong (:mod:`vitprune_lite.predictor`).
+    and the part a predictor gets most wrong (:mod:`vitprune_lite.predictor`). With
+    ``anchor_tokens`` as well, each token setting is timed once on the dense model in the same
+    rounds, and its measured-over-predicted factor multiplies every candidate with that setting:
+    a tokens-only candidate is then its own measurement, and a combined one carries both the
+    structure's and the token setting's correction (the predictor's error taken as a structure
+    part times a token part).
     Accuracy is measured on ``val``, a validation split of the device's fine-tune set (public
     images, never the private test split).
 
@@ -492,6 +497,8 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
             returned milliseconds stay in the predictor's scale (its dense prediction times the
             measured ratio to dense), so budgets stated as shares of the predicted dense
             latency (:func:`check_plans`) still apply.
+        anchor_tokens: with ``anchor_structures``, also measure each token setting on the
+            dense model (see above).
 
     Returns:
         One dict per candidate: ``structure``, ``tokens`` (method or ``"none"``), ``amount``,
@@ -502,6 +509,9 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
         raise ValueError("structures must name at least one model (e.g. {'dense': base})")
     if anchor_structures and predictor is None:
         raise ValueError("anchor_structures applies to a predictor=; with a curve= every structure is measured anyway")
+    if anchor_tokens and not anchor_structures:
+        raise ValueError("anchor_tokens applies with anchor_structures=True (a token setting's correction "
+                         "is taken on the measured dense model)")
     if (curve is None) == (predictor is None):
         raise ValueError("pass exactly one of curve= (a latency.Curve) and predictor= (a predictor.Predictor)")
     if predictor is not None:
@@ -524,11 +534,18 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
         pooled = curve.pooled()
     elif anchor_structures:
         timed = {"__dense__": base} | {name: m for name, m in structures.items() if m is not base}
+        if anchor_tokens:
+            timed |= {f"__dense__|{method}|{amount}": tokens.reduced_copy(base, method, amount)
+                      for method, amount in grid[1:]}
         lat = measure.measure_latency(timed, val[0][:1], threads=threads, rounds=rounds,
                                       min_run_time=min_run_time, seed=seed)
         dense_pred = predictor.predict(predictor.geometry.dense_plan())
         anchored = {name: dense_pred * (1.0 if m is base else measure.latency_ratio(lat, name, "__dense__"))
                     for name, m in structures.items()}
+        token_factor = {(method, amount): 1.0 if method == "none" or not anchor_tokens else
+                        dense_pred * measure.latency_ratio(lat, f"__dense__|{method}|{amount}", "__dense__")
+                        / predictor.predict(timed[f"__dense__|{method}|{amount}"])
+                        for method, amount in grid}
     out = []
     for name, struct in structures.items():
         for method, amount in grid:
@@ -540,7 +557,8 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
             else:
                 struct_ms, pred_ms = predictor.predict(struct), predictor.predict(model)
                 if anchor_structures:
-                    struct_ms, pred_ms = anchored[name], anchored[name] * pred_ms / struct_ms
+                    struct_ms, pred_ms = (anchored[name],
+                                          anchored[name] * pred_ms / struct_ms * token_factor[(method, amount)])
             out.append({"structure": name, "tokens": method, "amount": amount, "model": model,
                         "structure_ms": struct_ms, "predicted_ms": pred_ms,
                         "val_acc": measure.accuracy(model, *val)})
@@ -607,7 +625,8 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
     ratios to the predicted dense latency, which cancels the drift of absolute milliseconds
     between the profiling run and this one. The chosen models and the dense model are then timed
     in the same interleaved rounds (:func:`vitprune_lite.measure.measure_latency`, batch 1,
-    ``backend``); a budget is met when the measured ratio to dense is at most the share.
+    ``backend``; a model chosen more than once is timed once); a budget is met when the
+    measured ratio to dense is at most the share.
 
     Args:
         base: the dense model (timed as the reference).
@@ -637,7 +656,10 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
     dense_pred = predictor.predict(predictor.geometry.dense_plan())
     picks = {(share, kind): choose_plan(candidates, share * dense_pred, where, margin=margin)
              for share in shares for kind, where in PLAN_KINDS.items()}
-    timed: dict[str, Any] = {"dense": base} | {f"{s}|{k}": c["model"] for (s, k), (c, _) in picks.items()}
+    key_of: dict[int, str] = {id(base): "dense"}  # each distinct model timed once, whichever picks share it
+    for (s, k), (c, _) in picks.items():
+        key_of.setdefault(id(c["model"]), f"{s}|{k}")
+    timed: dict[str, Any] = {"dense": base} | {key_of[id(c["model"])]: c["model"] for c, _ in picks.values()}
     x1 = torch.randn(1, 3, *base.patch_embed.img_size, generator=torch.Generator().manual_seed(seed))
     if backend != "eager":
         from .predictor import PlanSpec
@@ -653,7 +675,7 @@ def check_plans(base: nn.Module, candidates: Sequence[Mapping[str, Any]], shares
     dense_ms = check["dense"].median_ms if reference_ms is None else float(reference_ms)
     cases = []
     for (share, kind), (c, predicted_met) in picks.items():
-        ratio = measure.latency_ratio(check, f"{share}|{kind}", "dense")
+        ratio = measure.latency_ratio(check, key_of[id(c["model"])], "dense")
         cases.append({"budget_share": share, "kind": kind, "model": c["model"], "val_acc": c["val_acc"],
                       "plan": c["structure"] + ("" if c["tokens"] == "none" else f" + {c['tokens']} {c['amount']}"),
                       "predicted_ms": c["predicted_ms"], "predicted_ratio": c["predicted_ms"] / dense_pred,

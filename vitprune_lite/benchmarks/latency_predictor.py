@@ -3,8 +3,10 @@
     python -m vitprune_lite.benchmarks.latency_predictor                 # the full run (idle machine!)
     python -m vitprune_lite.benchmarks.latency_predictor --smoke --out /tmp/lp.json   # seconds, numbers meaningless
 
-For every model x thread count (1, 2) x backend (eager, onnxruntime) x batch size (1, 32), on
-this machine (ONNX Runtime's ``intra_op_num_threads`` = torch's thread count = ``--threads``):
+For every model (default the v2 base model; timm names such as deit_small_patch16_224 with
+``--models``) x thread count (``--threads``, default 1: the planner's) x backend (eager,
+onnxruntime) x batch size (1, 32), on this machine (ONNX Runtime's ``intra_op_num_threads`` =
+torch's thread count):
 
 1. **Profile** (:func:`vitprune_lite.predictor.profile_device`): the dense curve ``L(n)``, the
    frame and the calibration plans, interleaved, within ``--budget`` seconds of timing (model
@@ -18,14 +20,18 @@ this machine (ONNX Runtime's ``intra_op_num_threads`` = torch's thread count = `
 3. **Backends compared**: the fixed-cost share of each curve (``L(2) / L(N)`` and frame / ``L(N)``)
    and the token methods' latency relative to dense at the calibration settings, ranked.
 
-Then, for the project's base model with its shipped checkpoint, the **combined planner**
-(:func:`vitprune_lite.pipelines.plan_candidates` with the batch-1 predictor of each backend)
-chooses structure x tokens under budgets of 90 % and 80 % of the dense model's batch-1 latency,
-per device (its validation split of notebook 01's fine-tune set, or a random public subset if
-notebook 01 has not run) and seed; every choice (combined, structure only, tokens only) is
-timed against the dense model, interleaved, in the same backend. A case meets its budget if the
-measured latency ratio to dense is at most the budget share. Structures are magnitude-pruned
-copies at TAP-ViTs' budgets (no recovery: quick to build, the same for every device).
+Then, for the project's base model with its shipped checkpoint (``--benchmark``, default v2),
+the **combined planner** (:func:`vitprune_lite.pipelines.plan_candidates` with the batch-1
+predictor of each backend) chooses structure x tokens under budgets of 90 % and 80 % of the
+dense model's batch-1 latency, per device (its validation split of notebook 01's fine-tune set,
+or a random public subset if notebook 01 has not run) and seed; every choice (combined,
+structure only, tokens only) is timed against the dense model, interleaved, in the same
+backend, for ``--check-rounds`` rounds. A case meets its budget if the measured latency ratio
+to dense is at most the budget share. Structures are magnitude-pruned copies at TAP-ViTs'
+budgets (no recovery: quick to build, the same for every device). In eager PyTorch the planner
+is anchored as notebook 04's is (each structure and each token setting on the dense model
+timed once, ``anchor_structures`` and ``anchor_tokens``); the ONNX Runtime planner takes the
+predictor alone (the anchors are eager timings).
 
 Before all that (``--parts exactness``), every model kind is exported at each batch size and its
 ONNX Runtime output compared with PyTorch's (max abs difference, bound 1e-4).
@@ -40,6 +46,7 @@ the serialised graph and the session), so one deit_small profile holds several G
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -49,14 +56,16 @@ import torch
 from vitprune_lite import importance, measure, models, pipelines, predictor, runtime
 from vitprune_lite.benchmarks import save
 
-TOKEN_GRID = [["pomt", 8], ["pomt", 16], ["pomt", 24], ["pomt", 32], ["tome", 2], ["tome", 4], ["tome", 6],
-              ["topk", 0.9], ["topk", 0.7], ["evit", 0.9], ["evit", 0.7]]
+#: The planner's token settings per benchmark: POMT at a quarter and a half of the patches
+#: (v1: 64, v2: 144), ToMe at notebook 04's two smaller r, Top-K and EViT keeping 70 %.
+TOKEN_GRIDS = {"v1": [["pomt", 16], ["pomt", 32], ["tome", 2], ["tome", 4], ["topk", 0.7], ["evit", 0.7]],
+               "v2": [["pomt", 36], ["pomt", 72], ["tome", 4], ["tome", 9], ["topk", 0.7], ["evit", 0.7]]}
 
 
-def load_model(name: str) -> torch.nn.Module:
-    """``base_vit`` (the shipped checkpoint) or a timm name (random weights: latency only)."""
+def load_model(name: str, benchmark: str = "v2") -> torch.nn.Module:
+    """``base_vit`` (the shipped checkpoint of ``benchmark``) or a timm name (random weights: latency only)."""
     if name == "base_vit":
-        return models.load_base_model()[0].eval()
+        return models.load_base_model(benchmark)[0].eval()
     return models.create_timm_model(name).eval()
 
 
@@ -146,13 +155,14 @@ def planner_cases(base, cals: dict[str, Any], args) -> dict[str, Any]:
     (:func:`vitprune_lite.pipelines.check_plans`, with the calibration's margin).
 
     Candidates and their validation accuracies are computed once per device x seed and shared by
-    every backend (:func:`vitprune_lite.pipelines.repredict`)."""
+    every backend (:func:`vitprune_lite.pipelines.repredict`); the eager planner's are anchored
+    (each structure and token setting timed once against the dense model)."""
     from vitprune_lite import data, gmm
 
-    bench = data.load_benchmark(0)
+    bench = data.benchmark_module(args.benchmark).load_benchmark(0)
     public = pipelines.PublicData(*bench.public["train"].tensors())
     try:
-        sets = gmm.load_selected_sets(benchmark="v1")
+        sets = gmm.load_selected_sets(benchmark=args.benchmark)
         space = str(sets["default_feature_space"])
         finetune = {d: sets[f"{d}/{space}/finetune"] for d in args.devices if f"{d}/{space}/finetune" in sets}
     except FileNotFoundError:
@@ -164,17 +174,25 @@ def planner_cases(base, cals: dict[str, Any], args) -> dict[str, Any]:
     for m, a in args.structures:
         structures[f"magnitude {m:g}/{a:g}"] = importance.prune_copy(base, importance.make_plan(base, scores, (m, a)))
     keys = list(cals)
+    anchored_key = next((k for k in keys if cals[k].predictor.backend == "eager"), None)
     cases: dict[str, list] = {k: [] for k in keys}
     exported: dict[str, dict] = {k: {} for k in keys}  # one export per distinct plan and backend
     for d, idx in finetune.items():
         for seed in args.seeds:
             _, val_idx = pipelines.split_validation(np.asarray(idx)[:args.val_pool], 0.1, seed)
             val = (public.x[val_idx], public.y[val_idx])
-            first = pipelines.plan_candidates(base, structures, val, predictor=cals[keys[0]].predictor,
-                                              token_grid=[tuple(t) for t in TOKEN_GRID])
+            grid = [tuple(t) for t in TOKEN_GRIDS[args.benchmark]]
+            # validation accuracy is computed once (here), the other backends repredict these candidates
+            key0 = anchored_key or keys[0]
+            pred0 = cals[key0].predictor
+            first = pipelines.plan_candidates(base, structures, val, predictor=pred0, token_grid=grid,
+                                              anchor_structures=anchored_key is not None,
+                                              anchor_tokens=anchored_key is not None, threads=pred0.threads,
+                                              rounds=args.check_rounds, min_run_time=args.check_min_run_time,
+                                              seed=seed)
             for key in keys:
                 cal = cals[key]
-                cands = first if key == keys[0] else pipelines.repredict(first, cal.predictor)
+                cands = first if key == key0 else pipelines.repredict(first, cal.predictor)
                 for c in pipelines.check_plans(base, cands, args.budgets, predictor=cal.predictor, margin=cal.margin,
                                                threads=cal.predictor.threads, rounds=args.check_rounds,
                                                min_run_time=args.check_min_run_time, seed=seed,
@@ -183,7 +201,10 @@ def planner_cases(base, cals: dict[str, Any], args) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in keys:
         cal = cals[key]
+        ratios = {kind: float(np.median([c["measured_ratio"] / c["predicted_ratio"] for c in cases[key]
+                                         if c["kind"] == kind])) for kind in pipelines.PLAN_KINDS}
         out[key] = {"backend": cal.predictor.backend, "threads": cal.predictor.threads, "margin": cal.margin,
+                    "anchored": key == anchored_key, "measured_over_predicted_median": ratios,
                     **pipelines.summarise_checks(cases[key]), "cases": cases[key]}
         print(f"planner ({key}, margin {100 * cal.margin:.1f} %): combined plan met the measured budget in "
               f"{100 * out[key]['combined_met_share']:.0f} % of {out[key]['n_cases']} cases; "
@@ -194,14 +215,17 @@ def planner_cases(base, cals: dict[str, Any], args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["base_vit", "deit_small_patch16_224"])
+    p.add_argument("--models", nargs="+", default=["base_vit"],
+                   help="base_vit (the shipped checkpoint of --benchmark) and/or timm names, "
+                        "e.g. deit_small_patch16_224")
+    p.add_argument("--benchmark", default="v2", choices=sorted(TOKEN_GRIDS))
     p.add_argument("--backends", nargs="+", default=list(runtime.BACKENDS), choices=runtime.BACKENDS)
     p.add_argument("--batch", nargs="+", type=int, default=[1, 32])
-    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="intra-op thread counts")
-    p.add_argument("--budget", type=float, default=240.0, help="profiling seconds per model x backend x batch")
+    p.add_argument("--threads", nargs="+", type=int, default=[1], help="intra-op thread counts")
+    p.add_argument("--budget", type=float, default=60.0, help="profiling seconds per model x backend x batch")
     p.add_argument("--curve-points", type=int, default=33)
     p.add_argument("--holdout", type=int, default=30, help="held-out random plans per run")
-    p.add_argument("--holdout-budget", type=float, default=180.0)
+    p.add_argument("--holdout-budget", type=float, default=60.0)
     p.add_argument("--min-run-time", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", nargs="+", default=["exactness", "predictor", "planner"],
@@ -210,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin-quantile", type=float, default=0.9,
                    help="the planner's safety margin: this quantile of the predictor's held-out |ratio error| "
                         "(0: no margin)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--devices", nargs="+", default=["night_cam", "drone", "factory", "phone"])
     p.add_argument("--structures", nargs="+", type=lambda s: tuple(float(v) for v in s.split("/")),
-                   default=[(0.9, 0.9), (0.8, 0.8), (0.7, 0.7), (0.6, 0.6), (0.5, 0.5)],
+                   default=[(0.7, 0.7), (0.5, 0.5)],
                    help="magnitude-pruned structures as mlp_keep/attn_keep")
     p.add_argument("--val-pool", type=int, default=6400)
-    p.add_argument("--check-rounds", type=int, default=7)
-    p.add_argument("--check-min-run-time", type=float, default=0.1)
+    p.add_argument("--check-rounds", type=int, default=15, help="rounds of the planner's anchors and checks")
+    p.add_argument("--check-min-run-time", type=float, default=0.05)
     p.add_argument("--smoke", action="store_true", help="seconds-long end-to-end check; numbers meaningless")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=None, help="JSON path (default data/benchmarks/latency_predictor.json)")
@@ -229,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.devices, args.structures, args.val_pool = [0], args.devices[:1], [(0.5, 0.5)], 200
         args.check_rounds, args.check_min_run_time = 2, 0.005
 
-    torch.set_num_threads(max(args.threads))
+    # every timing sets its own thread count; validation accuracy may use two
+    torch.set_num_threads(max(args.threads + [min(2, os.cpu_count() or 1)]))
     out: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "versions": runtime.versions(), "runs": []}
     cals_b1: dict[str, Any] = {}
     base = None
     for name in args.models:
-        model = load_model(name)
+        model = load_model(name, args.benchmark)
         if "exactness" in args.parts:
             out.setdefault("exactness", []).extend(exactness(model, name, args.batch, args.seed))
         if "predictor" not in args.parts:
