@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitprune_lite import latency, models, tokens
+from vitprune_lite import latency, measure, models, tokens
+from vitprune_lite.errors import InvalidValueError
 from vitprune_lite.experiments.latency_curve import staircase_ms
 
 
@@ -109,6 +110,31 @@ def test_sweep_covers_the_asked_token_counts(tiny_vit, order):
     assert s.seconds > 0 and len(s.load_avg) == 2
 
 
+def test_adaptive_sweep_times_mini_rounds(tiny_vit):
+    # 16 token counts < one mini-round: one round id per pass; every point timed every pass
+    s = latency.sweep(tiny_vit, rounds=3, max_rounds=3, threads=1, protocol="adaptive")
+    assert s.n == list(range(2, 18)) and all(ids == [0, 1, 2] for ids in s.round_ids)
+    assert len(s.round_factors) == 3
+
+
+def test_mini_rounds_partition_the_active_points():
+    rng = np.random.default_rng(0)
+    for n in (5, latency.ROUND_POINTS, 2 * latency.ROUND_POINTS + 3, 2 * latency.ROUND_POINTS + 20):
+        names = [f"n{i}" for i in range(n)]
+        chunks = latency._mini_rounds(names, rng)
+        assert sorted(k for c in chunks for k in c) == sorted(names)
+        assert len(chunks) == 1 or min(len(c) for c in chunks) >= latency.ROUND_POINTS // 2
+        assert max(len(c) for c in chunks) < max(n, latency.ROUND_POINTS) + latency.ROUND_POINTS // 2
+
+
+def test_measure_latency_fixed_calls(tiny_vit):
+    x = torch.zeros(1, 3, 32, 32)
+    out = measure.measure_latency({"a": tiny_vit}, x, rounds=3, threads=1, calls=2, warmup=0)
+    assert out["a"].n_samples == 3 and len(out["a"].round_medians_ms) == 3
+    with pytest.raises(InvalidValueError, match="calls"):
+        measure.measure_latency({"a": tiny_vit}, x, calls=0)
+
+
 def test_sweep_of_one_block(tiny_vit):
     s = latency.sweep(tiny_vit, n_values=[3, 17], part="block1", rounds=2, max_rounds=2,
                       threads=1, min_run_time=1e-4, batch_size=2)
@@ -120,7 +146,8 @@ def test_sweep_refuses_bad_input(tiny_vit):
                     ({"n_values": [18]}, "n values must lie in 2..17"),
                     ({"order": "random"}, "order"), ({"batch_size": 0}, "batch_size"),
                     ({"rounds": 1}, "rounds"), ({"part": "block2"}, "part"),
-                    ({"target_rel_ci": 0}, "target_rel_ci")]:
+                    ({"target_rel_ci": 0}, "target_rel_ci"), ({"protocol": "fast"}, "protocol"),
+                    ({"protocol": "adaptive", "order": "sequential"}, "adaptive")]:
         with pytest.raises(ValueError, match=msg):
             latency.sweep(tiny_vit, **kw)
     tokens.patch_tome(tiny_vit, 1)

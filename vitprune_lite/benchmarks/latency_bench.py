@@ -6,8 +6,10 @@
 
 Each model (random weights: latency does not depend on them) is profiled over every token count
 with two independent interleaved sweeps (``latency.profile``), each limited to ``--budget``
-seconds after its first ``--rounds`` rounds. Reported per sweep: wall time, rounds per point,
-the 95 % interval half-width (target +-3 %), the load average before and after; per profile:
+seconds after its first ``--rounds`` rounds, with ``--protocol`` (default ``adaptive``, see
+:func:`vitprune_lite.latency.sweep`; ``rounds`` is the notebooks' protocol). Reported per
+sweep: wall time, rounds per point, the 95 % interval half-width (target +-3 %), the load
+average before and after; per profile:
 the step-detection verdict and the test-retest agreement. Curves are written to
 ``data/latency/<device>__<model>__b<batch>.json`` (commit them, with the machine named in the
 file name), a summary to ``data/benchmarks/latency_bench.json``.
@@ -54,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=float, default=180.0, help="seconds per sweep, at most")
     p.add_argument("--rounds", type=int, default=5, help="rounds every point gets")
-    p.add_argument("--max-rounds", type=int, default=15)
+    p.add_argument("--max-rounds", type=int, default=60)
+    p.add_argument("--protocol", default="adaptive", choices=latency.PROTOCOLS,
+                   help="latency.sweep's protocol: 'adaptive' (single timed calls, mini-rounds, the budget spent "
+                        "on the widest intervals) or 'rounds' (the notebooks' default)")
     p.add_argument("--target", type=float, default=0.03, help="interval half-width / median")
     p.add_argument("--sweeps", type=int, default=2)
     p.add_argument("--block", action="store_true", help="also profile block 0 alone")
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 curve = latency.profile(model, name, sweeps=args.sweeps, batch_size=b, threads=args.threads,
                                         part=part, device=args.device, time_budget_s=args.budget,
                                         rounds=args.rounds, max_rounds=args.max_rounds,
-                                        target_rel_ci=args.target, progress=args.progress)
+                                        target_rel_ci=args.target, progress=args.progress,
+                                        protocol=args.protocol)
                 path = latency.save_curve(curve)
                 s = summarise(curve, args.target)
                 s.update(file=str(path), total_seconds=time.perf_counter() - t0)
