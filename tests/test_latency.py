@@ -115,6 +115,10 @@ def test_adaptive_sweep_times_mini_rounds(tiny_vit):
     s = latency.sweep(tiny_vit, rounds=3, max_rounds=3, threads=1, protocol="adaptive")
     assert s.n == list(range(2, 18)) and all(ids == [0, 1, 2] for ids in s.round_ids)
     assert len(s.round_factors) == 3
+    # each point's reported interval is the one its stopping rule checked: the same bootstrap
+    for i, (v, lo, hi) in enumerate(zip(s.normalised_samples(), s.ci_low_ms, s.ci_high_ms)):
+        assert (lo, hi) == latency.bootstrap_median_ci(v, rng=np.random.default_rng((s.seed, i)))
+        assert latency._rel_hw(v, (s.seed, i)) == pytest.approx((hi - lo) / 2 / np.median(v), rel=1e-9)
 
 
 def test_mini_rounds_partition_the_active_points():

@@ -548,8 +548,9 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
     the intervals are wide: a sample is one timed call with nothing untimed before it
     (``measure_latency``'s ``calls=1``; ``min_run_time`` is not used); each pass over the points
     is cut into shuffled mini-rounds of :data:`ROUND_POINTS` points, each with its own load
-    factor; and when the budget cannot pay for another pass over every point still above
-    ``target_rel_ci``, it times those with the widest intervals that it can pay for. On
+    factor; a point stops when the interval the sweep reports for it (the same bootstrap)
+    meets ``target_rel_ci``; and when the budget cannot pay for another pass over every point
+    still above it, it times those with the widest intervals that it can pay for. On
     deit_small at batch 1 (2 threads, AMD EPYC, 196 token counts, 170 s) ``"rounds"`` reached a
     median half-width of 8.6-9.5 % in 8-9 rounds.
 
@@ -650,7 +651,8 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
             if r >= max_rounds:
                 break
             norm = corrected()
-            hw = {k: _rel_hw(norm[k]) for k in names if len(samples[k]) == r}
+            hw = {k: _rel_hw(norm[k], (seed, i) if adaptive else None)
+                  for i, k in enumerate(names) if len(samples[k]) == r}
             active = [k for k in names if hw.get(k, 0.0) > target_rel_ci]
             if time_budget_s is None:
                 continue
@@ -663,7 +665,8 @@ def sweep(model: nn.Module, *, n_values: Optional[Iterable[int]] = None, batch_s
 
     rng = np.random.default_rng(seed)
     norm = corrected()
-    cis = [bootstrap_median_ci(norm[k], rng=rng) for k in names]
+    cis = [bootstrap_median_ci(norm[k], rng=np.random.default_rng((seed, i)) if adaptive else rng)
+           for i, k in enumerate(names)]
     factors = None
     if order != "sequential":
         fd = round_factors([samples[k] for k in names], [rounds_of[k] for k in names])
@@ -684,8 +687,14 @@ def _mini_rounds(active: list[str], rng: np.random.Generator) -> list[list[str]]
     return chunks
 
 
-def _rel_hw(samples: list[float]) -> float:
-    lo, hi = bootstrap_median_ci(samples, n_boot=400, rng=np.random.default_rng(len(samples)))
+def _rel_hw(samples: list[float], point_seed: Optional[tuple[int, int]] = None) -> float:
+    """Interval half-width over the median. With ``point_seed`` (the adaptive protocol): the very
+    interval the sweep reports for that point, so a point stops exactly when its reported
+    interval meets the target; without it a quicker estimate (400 resamples)."""
+    if point_seed is None:
+        lo, hi = bootstrap_median_ci(samples, n_boot=400, rng=np.random.default_rng(len(samples)))
+    else:
+        lo, hi = bootstrap_median_ci(samples, rng=np.random.default_rng(point_seed))
     return (hi - lo) / 2 / float(np.median(samples))
 
 
