@@ -542,10 +542,12 @@ def plan_candidates(base: nn.Module, structures: Mapping[str, nn.Module], val: t
         dense_pred = predictor.predict(predictor.geometry.dense_plan())
         anchored = {name: dense_pred * (1.0 if m is base else measure.latency_ratio(lat, name, "__dense__"))
                     for name, m in structures.items()}
-        token_factor = {(method, amount): 1.0 if method == "none" or not anchor_tokens else
-                        dense_pred * measure.latency_ratio(lat, f"__dense__|{method}|{amount}", "__dense__")
-                        / predictor.predict(timed[f"__dense__|{method}|{amount}"])
-                        for method, amount in grid}
+        token_factor = dict.fromkeys(grid, 1.0)  # measured / predicted, per token setting on the dense model
+        if anchor_tokens:
+            for method, amount in grid[1:]:
+                key = f"__dense__|{method}|{amount}"
+                measured = dense_pred * measure.latency_ratio(lat, key, "__dense__")
+                token_factor[(method, amount)] = measured / predictor.predict(timed[key])
     out = []
     for name, struct in structures.items():
         for method, amount in grid:
